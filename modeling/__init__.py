@@ -1,0 +1,16 @@
+from .configuration_pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig
+from .modeling_pixelgpt import (
+    PixelGPTForImageClassification,
+    PixelGPTForImageGeneration,
+    PixelGPTModel,
+    PixelGPTPreTrainedModel,
+)
+
+__all__ = [
+    "PIXELGPT_PRESETS",
+    "PixelGPTConfig",
+    "PixelGPTForImageClassification",
+    "PixelGPTForImageGeneration",
+    "PixelGPTModel",
+    "PixelGPTPreTrainedModel",
+]

@@ -1,0 +1,142 @@
+"""PixelGPT model configuration."""
+
+from transformers import PreTrainedConfig
+
+# Named size presets (as DiT's): the training script offers these as `--model_size` choices, and any field can
+# still be overridden one by one. Widths are multiples of 4 * heads so the 2-D rotary split is exact.
+PIXELGPT_PRESETS = {
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "small": {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8},
+    "base": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8},
+}
+
+
+class PixelGPTConfig(PreTrainedConfig):
+    r"""
+    Configuration of a PixelGPT model: a decoder-only transformer over the raster-order token sequence of a square
+    image, with 2-D rotary positions.
+
+    A sequence is `[start] + image tokens`. The start token is `start_token_id` (= `vocab_size`) for unconditional images or
+    `class_token_id(c)` for class `c`. Image tokens take values in `[0, vocab_size)`; each pixel is
+    `tokens_per_pixel` tokens (3 for lossless `rgb8`, 1 otherwise), so an image is
+    `image_size * image_size * tokens_per_pixel` tokens.
+
+    Args:
+        vocab_size (`int`, defaults to 512):
+            Number of distinct image tokens (the image processor's `vocab_size`: palette size, 256 for 8-bit
+            modes, `num_levels` or `num_levels**3` for the cheap modes). At least 2.
+        image_size (`int`, defaults to 32):
+            Side of the square token grid, in pixels. 1 to 256.
+        tokens_per_pixel (`int`, defaults to 1):
+            Tokens per pixel: 1, or 3 for per-sub-pixel `rgb8` tokens (R, G, B of a pixel in a row).
+        num_classes (`int`, defaults to 0):
+            Number of class-conditioning start tokens (0 = unconditional model only).
+        hidden_size (`int`, defaults to 256):
+            Width of the residual stream. Must be a multiple of `4 * num_attention_heads` (2-D rotary embedding
+            splits each head in a row half and a column half of rotation pairs).
+        intermediate_size (`int`, *optional*):
+            Width of the SwiGLU MLP. Defaults to 8/3 of `hidden_size`, rounded up to a multiple of 32.
+        num_hidden_layers (`int`, defaults to 8):
+            Number of decoder layers, at least 1.
+        num_attention_heads (`int`, defaults to 8):
+            Number of attention heads; must divide `hidden_size`.
+        rope_theta (`float`, defaults to 100.0):
+            Base of the rotary frequencies. Image grids are short (tens of rows), so a small base keeps the
+            slowest frequency useful.
+        rms_norm_eps (`float`, defaults to 1e-5):
+            Epsilon of the RMSNorm layers.
+        attention_dropout (`float`, defaults to 0.0):
+            Dropout on attention probabilities during training, in [0, 1).
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal weight initialisation.
+        tie_word_embeddings (`bool`, defaults to `False`):
+            Share the image-token embedding with the output head.
+        use_cache (`bool`, defaults to `True`):
+            Return key/value caches for fast generation.
+    """
+
+    model_type = "pixelgpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 512
+    image_size: int = 32
+    tokens_per_pixel: int = 1
+    num_classes: int = 0
+    hidden_size: int = 256
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    rope_theta: float = 100.0
+    rms_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        self._validate()
+        # Derived defaults, all in one place.
+        if self.intermediate_size is None:
+            self.intermediate_size = 32 * -(-8 * self.hidden_size // (3 * 32))
+        self.head_dim = self.hidden_size // self.num_attention_heads
+        self.num_key_value_heads = self.num_attention_heads  # read by transformers' cache classes
+        # Every position a sequence can have: the start token plus every image token.
+        self.max_position_embeddings = 1 + self.num_image_tokens
+        for derived in ("head_dim", "num_key_value_heads", "max_position_embeddings"):
+            kwargs.pop(derived, None)  # recomputed above, never taken from a saved file
+        super().__post_init__(**kwargs)
+
+    def _validate(self):
+        def check(ok, message):
+            if not ok:
+                raise ValueError(message)
+
+        for name in ("vocab_size", "image_size", "tokens_per_pixel", "num_classes", "hidden_size",
+                     "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool), f"`{name}` must be an int, got {value!r}.")
+        check(self.vocab_size >= 2, f"`vocab_size` must be at least 2, got {self.vocab_size}.")
+        check(1 <= self.image_size <= 256, f"`image_size` must be in [1, 256], got {self.image_size}.")
+        check(self.tokens_per_pixel in (1, 3), f"`tokens_per_pixel` must be 1 or 3, got {self.tokens_per_pixel}.")
+        check(self.num_classes >= 0, f"`num_classes` must be >= 0, got {self.num_classes}.")
+        check(self.num_hidden_layers >= 1, f"`num_hidden_layers` must be >= 1, got {self.num_hidden_layers}.")
+        check(self.num_attention_heads >= 1, f"`num_attention_heads` must be >= 1, got {self.num_attention_heads}.")
+        check(
+            self.hidden_size % (4 * self.num_attention_heads) == 0,
+            f"`hidden_size` ({self.hidden_size}) must be a multiple of 4 * num_attention_heads "
+            f"({4 * self.num_attention_heads}): each head is split into row and column rotary halves of even size.",
+        )
+        check(self.intermediate_size is None or self.intermediate_size >= 1,
+              f"`intermediate_size` must be >= 1 or None, got {self.intermediate_size}.")
+        check(self.rope_theta > 1.0, f"`rope_theta` must be > 1, got {self.rope_theta}.")
+        check(0.0 <= self.attention_dropout < 1.0, f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+        check(self.rms_norm_eps > 0, f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
+        check(self.initializer_range > 0, f"`initializer_range` must be > 0, got {self.initializer_range}.")
+
+    @property
+    def start_token_id(self) -> int:
+        """The unconditional start token (also the "null class" for classifier-free guidance)."""
+        return self.vocab_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens in one image: `image_size**2 * tokens_per_pixel`."""
+        return self.image_size * self.image_size * self.tokens_per_pixel
+
+    @property
+    def num_start_tokens(self) -> int:
+        """Start-token ids after the image tokens: one unconditional (`start_token_id`) plus one per class."""
+        return 1 + self.num_classes
+
+    def class_token_id(self, label: int) -> int:
+        """The start-token id that conditions on class `label`."""
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"class label {label} is out of range: this model has {self.num_classes} classes "
+                             f"(labels 0..{self.num_classes - 1}).")
+        return self.vocab_size + 1 + label
+
+
+# save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
+PixelGPTConfig.register_for_auto_class()
+
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS"]

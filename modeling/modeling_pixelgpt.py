@@ -1,0 +1,507 @@
+"""PixelGPT: a decoder-only transformer that models an image as a raster-order sequence of tokens.
+
+Sequence layout: `[start, x_0, x_1, ..., x_{N-1}]`, where the start token is the unconditional `start_token_id` or
+a class token, and `x_i` are image tokens from the image processor. Logits at sequence index t predict `x_t`.
+
+Positions are 2-D rotary embeddings of (row, column). A query is rotated by the position of the token it predicts
+and a key by the position of the token it holds, so every attention score sees the offset between "the pixel being
+drawn" and "a pixel already drawn" (the start token sits at pixel -1, just before the first one). Tokens of the
+same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_pixelgpt import PixelGPTConfig
+
+
+class PixelGPTRotaryEmbedding(nn.Module):
+    """2-D rotary embedding: half of each head's rotation pairs turn with the row, the other half with the column."""
+
+    def __init__(self, config: PixelGPTConfig):
+        super().__init__()
+        self.quarter = config.head_dim // 4
+        self.theta = config.rope_theta
+        self.image_size = config.image_size
+        self.tokens_per_pixel = config.tokens_per_pixel
+
+    def _cos_sin(self, pixel: torch.Tensor, width: int, dtype: torch.dtype):
+        # Frequencies are recomputed each call (a handful of numbers) rather than kept in a non-persistent buffer,
+        # which `from_pretrained` would leave uninitialised.
+        inv_freq = self.theta ** (-torch.arange(self.quarter, device=pixel.device, dtype=torch.float32) / self.quarter)
+        row = torch.div(pixel, width, rounding_mode="floor")
+        col = pixel - row * width
+        freqs = torch.cat([row[..., None] * inv_freq, col[..., None] * inv_freq], dim=-1)  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor, image_width: int | None = None):
+        width = image_width or self.image_size
+        # Sequence index t holds x_{t-1} (the start token holds "pixel -1") and predicts x_t.
+        key_pixel = torch.div(position_ids - 1, self.tokens_per_pixel, rounding_mode="floor")
+        query_pixel = torch.div(position_ids, self.tokens_per_pixel, rounding_mode="floor")
+        return self._cos_sin(query_pixel, width, x.dtype), self._cos_sin(key_pixel, width, x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hd): broadcast over heads
+    return x * cos + rotate_half(x) * sin
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, T, S)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    elif query.shape[2] > 1:
+        # No mask given means plain causal attention, aligned to the end when a cache precedes the queries.
+        q_len, k_len = query.shape[2], key.shape[2]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        attn_weights = attn_weights.masked_fill(~causal, torch.finfo(attn_weights.dtype).min)
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, heads, hd)
+    return attn_output, attn_weights
+
+
+class PixelGPTAttention(nn.Module):
+    """Multi-head causal self-attention with one fused QKV projection."""
+
+    def __init__(self, config: PixelGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = 1
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq_len, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, hd)
+        (cos_q, sin_q), (cos_k, sin_k) = position_embeddings
+        query = apply_rotary(query, cos_q, sin_q)
+        key = apply_rotary(key, cos_k, sin_k)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, heads, S, hd), S = past + T
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )  # (B, T, heads, hd)
+        attn_output = self.o_proj(attn_output.reshape(batch, seq_len, -1))  # (B, T, D)
+        return attn_output, attn_weights
+
+
+class PixelGPTMLP(nn.Module):
+    """SwiGLU feed-forward with the gate and up projections fused into one matmul."""
+
+    def __init__(self, config: PixelGPTConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each (B, T, I)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class PixelGPTDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: PixelGPTConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = PixelGPTAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = PixelGPTMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class PixelGPTPreTrainedModel(PreTrainedModel):
+    config_class = PixelGPTConfig
+    config: PixelGPTConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PixelGPTDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `AutoModel` is the generation class (its `_auto_class`); also name the task-specific Auto classes so a
+        # saved folder loads as either head through remote code.
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModelForCausalLM", f"{module}.PixelGPTForImageGeneration")
+        auto_map.setdefault("AutoModelForImageClassification", f"{module}.PixelGPTForImageClassification")
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class PixelGPTModel(PixelGPTPreTrainedModel):
+    """The bare transformer: token ids in, final (normalised) hidden states out."""
+
+    def __init__(self, config: PixelGPTConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Start tokens (unconditional + one per class) have their own table so that the image-token table keeps
+        # exactly the output head's shape and can be tied to it.
+        self.embed_start = nn.Embedding(config.num_start_tokens, config.hidden_size)
+        # Which sub-pixel (R, G or B) the next token is; only needed when a pixel takes several tokens.
+        self.channel_embed = nn.Embedding(config.tokens_per_pixel, config.hidden_size) if config.tokens_per_pixel > 1 else None
+        self.layers = nn.ModuleList(PixelGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = PixelGPTRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        vocab = self.config.vocab_size
+        is_image = (input_ids < vocab).unsqueeze(-1)  # (B, T, 1)
+        image = self.embed_tokens(input_ids.clamp(max=vocab - 1))
+        start = self.embed_start((input_ids - vocab).clamp(min=0))
+        return torch.where(is_image, image, start)  # (B, T, D)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # a cache is useless in training and conflicts with recomputation
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)  # (B, T, D)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
+            position_ids = position_ids.unsqueeze(0)  # (1, T)
+        if self.channel_embed is not None:
+            # The token at sequence index t predicts x_t, whose channel is t % tokens_per_pixel.
+            inputs_embeds = inputs_embeds + self.channel_embed(position_ids % self.config.tokens_per_pixel)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden_states = inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=causal_mask,
+                past_key_values=past_key_values if use_cache else None,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+
+class PixelGPTProgress(LogitsProcessor):
+    """Ticks a progress bar once per sampled token position; leaves the scores untouched."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.bar.update(1)
+        return scores
+
+
+class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
+    """PixelGPT with a next-token head over image tokens: training loss, `generate()` and `generate_images()`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: PixelGPTConfig):
+        super().__init__(config)
+        self.model = PixelGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.image_processor = None  # set by the user, or loaded on first `generate_images` from `name_or_path`
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Usually the `input_ids` themselves. The shift happens here: logits at index t are scored against
+            `labels[:, t + 1]`, so `labels[:, 0]` (the start token) is never a target. Use -100 to ignore a position.
+            `loss` is the mean cross-entropy in nats per scored token.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep])  # (B, T_kept, V)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+    def _resolve_image_processor(self, image_processor):
+        processor = image_processor or self.image_processor
+        if processor is None:
+            source = self.config._name_or_path
+            if not source:
+                raise ValueError(
+                    "No image processor to turn tokens into images: pass `image_processor=` (a "
+                    "PixelGPTImageProcessor) or set `model.image_processor`, or load the model with from_pretrained "
+                    "from a folder/repo that holds a preprocessor_config.json."
+                )
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
+            self.image_processor = processor
+        expected = (self.config.vocab_size, self.config.tokens_per_pixel, self.config.image_size)
+        found = (processor.vocab_size, processor.tokens_per_pixel, processor.image_size)
+        if found != expected:
+            raise ValueError(
+                f"Image processor does not match the model: (vocab_size, tokens_per_pixel, image_size) is {found} "
+                f"for the processor and {expected} for the model."
+            )
+        return processor
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 16,
+        image_processor=None,
+        output_type: str = "pil",
+        show_progress: bool = True,
+        **generate_kwargs,
+    ):
+        """Sample images with `generate()` (KV cache) and decode them.
+
+        Args:
+            num_images: how many images to draw (per class label, when `class_labels` is a list).
+            class_labels: a class id or list of ids for a class-conditional model; None draws unconditionally.
+            temperature: softmax temperature; 0 means greedy (argmax) decoding.
+            top_k / top_p: optional top-k and nucleus filtering (None or 0 / 1.0 disable them).
+            generator: a `torch.Generator`; the same generator state gives the same images.
+            batch_size: images sampled together per `generate()` call (with a fixed `generator`, a different
+                batch size draws different images).
+            image_processor: the `PixelGPTImageProcessor` that decodes tokens; defaults to `model.image_processor`
+                or the one saved beside the model.
+            output_type: "pil" (list of `PIL.Image`) or "tokens" (`LongTensor` of shape (num_images, N + 1)).
+            show_progress: show a tqdm bar over sampled token positions.
+            generate_kwargs: passed on to `generate()`.
+        """
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {temperature}.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"`top_k` must be a non-negative int or None, got {top_k!r}.")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+        if output_type not in ("pil", "tokens"):
+            raise ValueError(f"`output_type` must be 'pil' or 'tokens', got {output_type!r}.")
+        processor = self._resolve_image_processor(image_processor) if output_type == "pil" else None
+
+        if class_labels is None:
+            start_ids = [self.config.start_token_id] * num_images
+        else:
+            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+            start_ids = [self.config.class_token_id(int(c)) for c in labels for _ in range(num_images)]
+
+        device = self.device
+        seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        num_tokens = self.config.num_image_tokens
+        batches = [start_ids[i : i + batch_size] for i in range(0, len(start_ids), batch_size)]
+        bar = tqdm(total=len(batches) * num_tokens, desc="Sampling", unit="tok", disable=not show_progress)
+        sampling = dict(do_sample=temperature > 0)
+        if temperature > 0:
+            sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+        outputs = []
+        # generate() draws from torch's global generator: fork it so that a `generator` gives reproducible images
+        # without disturbing the caller's global random state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for batch in batches:
+                input_ids = torch.tensor(batch, device=device).unsqueeze(1)  # (b, 1)
+                out = self.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=num_tokens,
+                    min_new_tokens=num_tokens,
+                    logits_processor=LogitsProcessorList([PixelGPTProgress(bar)]),
+                    pad_token_id=self.config.start_token_id,
+                    eos_token_id=None,
+                    **sampling,
+                    **generate_kwargs,
+                )  # (b, 1 + N)
+                outputs.append(out.cpu())
+        bar.close()
+        tokens = torch.cat(outputs)
+        return tokens if output_type == "tokens" else processor.decode(tokens)
+
+
+class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
+    """PixelGPT features averaged over image positions, then a linear classifier (e.g. for linear probes)."""
+
+    def __init__(self, config: PixelGPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = PixelGPTModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, 1 + num_image_tokens)`):
+            A start token followed by image tokens, as the image processor returns them.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`; when given, `loss` is the cross-entropy.
+        """
+        outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=output_hidden_states, **kwargs)
+        pooled = outputs.last_hidden_state[:, 1:].mean(dim=1)  # (B, D): mean over image-token positions
+        logits = self.score(pooled)  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "PixelGPTPreTrainedModel",
+    "PixelGPTModel",
+    "PixelGPTForImageGeneration",
+    "PixelGPTForImageClassification",
+]

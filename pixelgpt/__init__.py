@@ -1,0 +1,43 @@
+"""PixelGPT: an autoregressive image transformer for transformers.
+
+Importing the package registers PixelGPT with the Auto classes, so `AutoModel.from_pretrained(folder)` and
+`AutoImageProcessor.from_pretrained(folder)` use the installed code; saved folders also carry the code for
+`trust_remote_code=True` loading where the package is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+)
+
+from .modeling import (
+    PIXELGPT_PRESETS,
+    PixelGPTConfig,
+    PixelGPTForImageClassification,
+    PixelGPTForImageGeneration,
+    PixelGPTModel,
+    PixelGPTPreTrainedModel,
+)
+from .processing import PixelGPTImageProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(PixelGPTConfig.model_type, PixelGPTConfig, exist_ok=True)
+# The design makes AutoModel the generation class: `AutoModel.from_pretrained(repo)` is ready to draw images.
+AutoModel.register(PixelGPTConfig, PixelGPTForImageGeneration, exist_ok=True)
+AutoModelForCausalLM.register(PixelGPTConfig, PixelGPTForImageGeneration, exist_ok=True)
+AutoModelForImageClassification.register(PixelGPTConfig, PixelGPTForImageClassification, exist_ok=True)
+AutoImageProcessor.register(PixelGPTConfig, image_processor_classes={"pil": PixelGPTImageProcessor}, exist_ok=True)
+
+__all__ = [
+    "PIXELGPT_PRESETS",
+    "PixelGPTConfig",
+    "PixelGPTForImageClassification",
+    "PixelGPTForImageGeneration",
+    "PixelGPTImageProcessor",
+    "PixelGPTModel",
+    "PixelGPTPreTrainedModel",
+]

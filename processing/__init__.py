@@ -1,0 +1,3 @@
+from .image_processing_pixelgpt import PixelGPTImageProcessor
+
+__all__ = ["PixelGPTImageProcessor"]

@@ -78,12 +78,8 @@ class PixelGPTConfig(PreTrainedConfig):
         # Derived defaults, all in one place.
         if self.intermediate_size is None:
             self.intermediate_size = 32 * -(-8 * self.hidden_size // (3 * 32))
-        self.head_dim = self.hidden_size // self.num_attention_heads
-        self.num_key_value_heads = self.num_attention_heads  # read by transformers' cache classes
-        # Every position a sequence can have: the start token plus every image token.
-        self.max_position_embeddings = 1 + self.num_image_tokens
         for derived in ("head_dim", "num_key_value_heads", "max_position_embeddings"):
-            kwargs.pop(derived, None)  # recomputed above, never taken from a saved file
+            kwargs.pop(derived, None)  # properties below, never taken from a saved file
         super().__post_init__(**kwargs)
 
     def _validate(self):
@@ -112,6 +108,22 @@ class PixelGPTConfig(PreTrainedConfig):
         check(0.0 <= self.attention_dropout < 1.0, f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
         check(self.rms_norm_eps > 0, f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
         check(self.initializer_range > 0, f"`initializer_range` must be > 0, got {self.initializer_range}.")
+
+    # Purely derived sizes are properties, so they stay right when a field is changed after construction
+    # (`from_pretrained(path, image_size=...)` sets attributes after `__post_init__`).
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_key_value_heads(self) -> int:
+        """Read by transformers' cache classes; PixelGPT uses full multi-head attention."""
+        return self.num_attention_heads
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """Every position a sequence can have: the start token plus every image token."""
+        return 1 + self.num_image_tokens
 
     @property
     def start_token_id(self) -> int:

@@ -1,0 +1,64 @@
+import pytest
+
+from pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig
+
+from conftest import tiny_config
+
+
+def test_derived_defaults():
+    config = PixelGPTConfig(vocab_size=256, image_size=8, tokens_per_pixel=3, hidden_size=96, num_attention_heads=4)
+    assert config.head_dim == 24
+    assert config.intermediate_size == 256  # 8/3 * 96 rounded up to a multiple of 32
+    assert config.num_image_tokens == 8 * 8 * 3
+    assert config.max_position_embeddings == 1 + 192
+    assert config.start_token_id == 256
+
+
+def test_class_tokens_follow_the_start_token():
+    config = tiny_config(num_classes=3)
+    assert config.num_start_tokens == 4
+    assert [config.class_token_id(c) for c in range(3)] == [14, 15, 16]
+    with pytest.raises(ValueError, match=r"class label 3 is out of range.*3 classes"):
+        config.class_token_id(3)
+
+
+def test_save_load_round_trip(tmp_path):
+    config = tiny_config(num_classes=2, tie_word_embeddings=True, rope_theta=50.0)
+    config.save_pretrained(tmp_path)
+    loaded = PixelGPTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.tie_word_embeddings is True and loaded.max_position_embeddings == config.max_position_embeddings
+
+
+def test_derived_fields_are_not_taken_from_a_saved_file(tmp_path):
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    loaded = PixelGPTConfig.from_pretrained(tmp_path, image_size=7)
+    assert loaded.max_position_embeddings == 1 + 49
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("hidden_size", 20, r"multiple of 4 \* num_attention_heads \(8\)"),
+        ("tokens_per_pixel", 2, r"must be 1 or 3, got 2"),
+        ("image_size", 0, r"\[1, 256\], got 0"),
+        ("image_size", 300, r"\[1, 256\], got 300"),
+        ("vocab_size", 1, r"at least 2"),
+        ("vocab_size", 12.0, r"must be an int"),
+        ("num_hidden_layers", 0, r">= 1"),
+        ("num_classes", -1, r">= 0"),
+        ("attention_dropout", 1.0, r"\[0, 1\)"),
+        ("rope_theta", 1.0, r"> 1"),
+        ("intermediate_size", 0, r">= 1 or None"),
+    ],
+)
+def test_impossible_values_raise(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**{field: value})
+
+
+@pytest.mark.parametrize("name", sorted(PIXELGPT_PRESETS))
+def test_presets_are_valid(name):
+    config = PixelGPTConfig(**PIXELGPT_PRESETS[name])
+    assert config.hidden_size % (4 * config.num_attention_heads) == 0

@@ -1,0 +1,121 @@
+"""A saved PixelGPT folder must load where the package is absent: from a folder and from a Hub cache, offline,
+through trust_remote_code — with the same logits and the same processor output as the original."""
+
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
+
+from conftest import random_ids, run_without_pixelgpt, tiny_config
+
+CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "image_processing_pixelgpt.py"}
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pixelgpt-model")
+    torch.manual_seed(0)
+    model = PixelGPTForImageGeneration(tiny_config(vocab_size=27, num_classes=2)).eval()
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=3, image_size=5)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    image = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    np.save(folder.parent / "image.npy", image)
+    ids = random_ids(model.config, batch=2)
+    np.save(folder.parent / "ids.npy", ids.numpy())
+    expected = {
+        "logits": model(ids).logits.detach().numpy(),
+        "processed": processor(image).input_ids.numpy(),
+        "tokens": model.generate_images(2, generator=torch.Generator().manual_seed(0), image_processor=processor,
+                                        output_type="tokens", show_progress=False).numpy(),
+    }
+    return folder, expected
+
+
+LOAD_AND_DUMP = """
+    import json, sys, numpy as np, torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
+    source, data = sys.argv[1] if len(sys.argv) > 1 else {source!r}, {data!r}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+    model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
+    assert type(model).__name__ == "PixelGPTForImageGeneration", type(model)
+    assert "pixelgpt" not in type(model).__module__.split(".")[0]  # came from the downloaded code, not a package
+    assert type(AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True)).__name__ == "PixelGPTForImageGeneration"
+    classifier = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, num_labels=3)
+    assert type(classifier).__name__ == "PixelGPTForImageClassification"
+    ids = torch.from_numpy(np.load(data + "/ids.npy"))
+    np.save(data + "/out_logits.npy", model(ids).logits.detach().numpy())
+    np.save(data + "/out_processed.npy", processor(np.load(data + "/image.npy")).input_ids.numpy())
+    tokens = model.generate_images(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
+    np.save(data + "/out_tokens.npy", tokens.numpy())
+    images = model.generate_images(2, generator=torch.Generator().manual_seed(0), show_progress=False)
+    print(json.dumps({{"config": type(config).__name__, "processor": type(processor).__name__, "size": images[0].size}}))
+"""
+
+
+def check_outputs(folder, expected, stdout):
+    data = folder.parent
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report == {"config": "PixelGPTConfig", "processor": "PixelGPTImageProcessor", "size": [5, 5]}
+    np.testing.assert_array_equal(np.load(data / "out_logits.npy"), expected["logits"])
+    np.testing.assert_array_equal(np.load(data / "out_processed.npy"), expected["processed"])
+    np.testing.assert_array_equal(np.load(data / "out_tokens.npy"), expected["tokens"])
+
+
+def test_saved_folder_holds_weights_code_and_auto_map(saved):
+    folder, _ = saved
+    names = {p.name for p in folder.iterdir()}
+    assert CODE_FILES | {"config.json", "preprocessor_config.json", "model.safetensors"} <= names
+    assert not {n for n in names if n.endswith((".bin", ".pt", ".pkl"))}
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_pixelgpt.PixelGPTForImageGeneration"
+    assert auto_map["AutoConfig"] == "configuration_pixelgpt.PixelGPTConfig"
+    assert auto_map["AutoModelForImageClassification"] == "modeling_pixelgpt.PixelGPTForImageClassification"
+    processor_map = json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
+    assert processor_map == {"AutoImageProcessor": "image_processing_pixelgpt.PixelGPTImageProcessor"}
+
+
+def test_fresh_process_without_the_package_loads_a_folder(saved):
+    folder, expected = saved
+    stdout = run_without_pixelgpt(LOAD_AND_DUMP.format(source=str(folder), data=str(folder.parent)),
+                                  env={"HF_HOME": str(folder.parent / "hf_home_folder")})
+    check_outputs(folder, expected, stdout)
+
+
+def test_fresh_process_without_the_package_loads_from_a_hub_cache_offline(saved, tmp_path):
+    folder, expected = saved
+    repo = tmp_path / "hf_home" / "hub" / "models--someone--tiny-pixelgpt"
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    stdout = run_without_pixelgpt(LOAD_AND_DUMP.format(source="someone/tiny-pixelgpt", data=str(folder.parent)),
+                                  env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})
+    check_outputs(folder, expected, stdout)
+
+
+def test_push_to_hub_uploads_weights_config_processor_and_code(saved, tmp_path):
+    folder, _ = saved
+    model = PixelGPTForImageGeneration.from_pretrained(folder)
+    processor = PixelGPTImageProcessor.from_pretrained(folder)
+    uploaded = []
+
+    def fake_commit(self, repo_id, operations, **kwargs):
+        uploaded.extend(op.path_in_repo for op in operations)
+        return mock.MagicMock(oid=REVISION, commit_url=f"https://hub.invalid/{repo_id}/commit/{REVISION}")
+
+    with mock.patch.object(HfApi, "create_repo", return_value=mock.MagicMock(repo_id="someone/tiny")), \
+            mock.patch.object(HfApi, "create_commit", fake_commit):
+        model.push_to_hub("someone/tiny", token="hf_fake")
+        processor.push_to_hub("someone/tiny", token="hf_fake")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} | CODE_FILES <= set(uploaded)
+    assert not [name for name in uploaded if name.endswith((".bin", ".pt", ".pkl"))]

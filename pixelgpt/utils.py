@@ -1,0 +1,125 @@
+"""Small helpers shared by the training script and the CLI: image grids and the generated model card."""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from PIL import Image
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A [PixelGPT](https://github.com/pixelgpt/pixelgpt) autoregressive image model: a decoder-only transformer that draws
+{{ resolution }}x{{ resolution }} images token by token ({{ token_scheme }}), trained on {{ dataset_text }}.
+
+![samples](samples.png)
+
+## Use
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+images = model.generate_images(num_images=8{{ class_example }})  # list of PIL images
+images[0].save("sample.png")
+```
+
+## Results
+
+| metric | held-out value | untrained model |
+|---|---|---|
+| {{ bits_name }} | {{ bits }} | {{ untrained_bits }} |
+
+{{ bits_note }}
+
+## Training
+
+| hyper-parameter | value |
+|---|---|
+{% for key, value in hyperparameters %}| {{ key }} | {{ value }} |
+{% endfor %}
+"""
+
+# Hub id of the full dataset the built-in default is a subset of.
+DEFAULT_DATASET_HUB_ID = "zalando-datasets/fashion_mnist"
+
+
+def make_image_grid(images: list, cols: int = 8, pad: int = 1, background=(255, 255, 255)) -> Image.Image:
+    """Tile equally sized PIL images row by row (`cols` per row) with `pad` pixels between them."""
+    if not images:
+        raise ValueError("make_image_grid needs at least one image.")
+    w, h = images[0].size
+    rows = -(-len(images) // cols)
+    mode = "L" if all(i.mode == "L" for i in images) else "RGB"
+    fill = background[0] if mode == "L" else tuple(background)
+    grid = Image.new(mode, (cols * (w + pad) + pad, rows * (h + pad) + pad), fill)
+    for i, image in enumerate(images):
+        grid.paste(image.convert(mode), (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return grid
+
+
+def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name, num_train_images):
+    """Write README.md (YAML metadata + usage + results + hyper-parameters). Holds no token and no local path."""
+    folder = Path(folder)
+    repo_id = args.hub_model_id or folder.resolve().name
+    is_default = dataset_name is not None and "built-in" in dataset_name
+    hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for a local image folder
+    if is_default:
+        dataset_text = f"a {num_train_images}-image subset of Fashion-MNIST (MIT, Zalando SE), shipped with PixelGPT"
+    elif dataset_name:
+        dataset_text = f"{num_train_images} images of the `{dataset_name}` dataset"
+    else:
+        dataset_text = f"{num_train_images} images from a local image folder"
+    token_scheme = {"rgb8": "three lossless 8-bit tokens per pixel", "gray8": "one lossless 8-bit token per pixel",
+                    "rgb": f"{processor.num_levels} levels per colour channel, one token per pixel",
+                    "gray": f"{processor.num_levels} gray levels, one token per pixel",
+                    "palette": f"a {processor.vocab_size}-colour k-means palette, one token per pixel",
+                    }[processor.quantization]
+    bits = metrics[bits_name]
+    untrained = metrics.get("untrained_" + bits_name)
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="unconditional-image-generation",
+        tags=["pixelgpt", "image-generation", "autoregressive", "custom_code"],
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=[bits_name],
+        model_name=repo_id,
+        eval_results=[EvalResult(task_type="unconditional-image-generation", dataset_type=hub_dataset or "imagefolder",
+                                 dataset_name=hub_dataset or "local image folder", metric_type=bits_name,
+                                 metric_name=f"held-out {bits_name.replace('_', ' ')}", metric_value=round(bits, 4))],
+    )
+    hyperparameters = [
+        ("model size", f"{args.model_size} ({config.hidden_size} wide, {config.num_hidden_layers} layers, "
+                       f"{config.num_attention_heads} heads)"),
+        ("resolution", args.resolution), ("quantization", processor.quantization),
+        ("vocabulary", processor.vocab_size), ("class conditional", bool(config.num_classes)),
+        ("steps", metrics["steps"]), ("batch size per device", args.train_batch_size),
+        ("gradient accumulation", args.gradient_accumulation_steps), ("learning rate", args.learning_rate),
+        ("warm-up steps", args.lr_warmup_steps), ("schedule", "linear warm-up, cosine decay"),
+        ("AdamW betas", f"({args.adam_beta1}, {args.adam_beta2})"), ("weight decay", args.weight_decay),
+        ("gradient clipping", args.max_grad_norm), ("EMA", args.ema_decay if args.use_ema else "off"),
+        ("mixed precision", args.mixed_precision or "accelerate default"), ("seed", args.seed),
+        ("training time (s)", metrics.get("train_seconds")),
+    ]
+    card = ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        repo_id=repo_id,
+        model_name=repo_id,
+        resolution=config.image_size,
+        token_scheme=token_scheme,
+        dataset_text=dataset_text,
+        class_example=", class_labels=[0]" if config.num_classes else "",
+        bits_name=bits_name,
+        bits=f"{bits:.4f}",
+        untrained_bits="n/a (resumed run)" if untrained is None else f"{untrained:.4f}",
+        bits_note=("Bits per dimension: mean negative log-likelihood over 8-bit sub-pixels, in bits (comparable with "
+                   "published results)." if bits_name == "bits_per_dim" else
+                   "Bits per token: mean negative log-likelihood of the quantized tokens, in bits; it depends on the "
+                   "quantization and is not comparable with 8-bit bits/dim."),
+        hyperparameters=hyperparameters,
+    )
+    card.save(folder / "README.md")
+    return card

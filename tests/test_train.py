@@ -1,0 +1,271 @@
+"""examples/train.py: end-to-end runs on the built-in real data with tiny settings (seconds each)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+import train  # noqa: E402
+
+TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
+        "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
+        "--num_samples", "4", "--lr_warmup_steps", "2"]
+
+
+def run(tmp_path, *extra, name="out"):
+    args = train.parse_args(["--output_dir", str(tmp_path / name), *TINY, *extra])
+    train.main(args)
+    return tmp_path / name
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a, b, **tolerance):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], **(tolerance or dict(rtol=0, atol=0)), msg=key)
+
+
+def test_help_documents_every_argument():
+    with mock.patch.object(sys, "argv", ["train.py", "--help"]), pytest.raises(SystemExit) as exit_info:
+        train.parse_args()
+    assert exit_info.value.code == 0
+    undocumented = [a.dest for a in train.build_parser()._actions if a.dest != "help" and not a.help]
+    assert undocumented == []
+
+
+def test_default_data_run_produces_model_card_and_samples(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "3", "--use_ema")
+    model = AutoModel.from_pretrained(out)
+    images = model.generate_images(2, generator=torch.Generator().manual_seed(0), show_progress=False)
+    assert images[0].size == (8, 8) and images[0].mode == "L"
+    grid = Image.open(out / "samples.png")
+    assert grid.size == (4 * 9 + 1, 9 + 1)
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "unconditional-image-generation"
+    assert data["datasets"] == ["zalando-datasets/fashion_mnist"] and data["metrics"] == ["bits_per_token"]
+    assert "pixelgpt" in data["tags"]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert data["model-index"][0]["results"][0]["metrics"][0]["value"] == round(results["bits_per_token"], 4)
+    assert "trust_remote_code=True" in card.text and "![samples](samples.png)" in card.text
+    assert str(tmp_path) not in card.content and "/tmp" not in card.content
+    assert {"modeling_pixelgpt.py", "configuration_pixelgpt.py", "image_processing_pixelgpt.py"} <= \
+        {p.name for p in out.iterdir()}
+
+
+def test_short_run_on_real_images_beats_the_untrained_model(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "200", "--learning_rate", "3e-3", "--quantization", "gray8",
+              "--max_train_samples", "1024", "--train_batch_size", "16")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["untrained_bits_per_dim"] > 7.0  # ~log2(256) for a uniform guess
+    # 200 steps bring a 1-layer model from ~8 to ~5.2 bits/dim on held-out images (measured).
+    assert results["bits_per_dim"] < 0.75 * results["untrained_bits_per_dim"], results
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    # 64 images / batch 8 = 8 steps per epoch: the run crosses epochs, and the crash happens mid-epoch.
+    common = ["--max_train_steps", "12", "--checkpointing_steps", "5", "--checkpoints_total_limit", "5",
+              "--class_conditional", "--use_ema", "--ema_decay", "0.9"]
+    straight = run(tmp_path, *common, name="straight")
+
+    crash_after = train.save_checkpoint
+
+    def save_then_crash(accelerator, args, step, ema):
+        path = crash_after(accelerator, args, step, ema)
+        raise KeyboardInterrupt(f"simulated interruption after {path.name}")
+
+    with mock.patch.object(train, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *common, name="resumed")
+    assert [p.name for p in train.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5"]
+    run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed")
+    assert_same_weights(weights(tmp_path / "resumed"), weights(straight))
+    assert [p.name for p in train.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5", "checkpoint-10"]
+
+
+def test_checkpoint_rotation_keeps_the_newest(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2")
+    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
+
+
+CRASH_DURING_SAVE = """
+    import os, sys
+    sys.path.insert(0, {examples!r})
+    import train
+    from accelerate import Accelerator
+    original = Accelerator.save_state
+
+    def dying_save(self, output_dir=None, **kwargs):
+        if "checkpoint-4" in str(output_dir):
+            original(self, output_dir, **kwargs)  # files written, but the process dies before the rename
+            os._exit(9)
+        return original(self, output_dir, **kwargs)
+
+    Accelerator.save_state = dying_save
+    train.main(train.parse_args({argv!r}))
+"""
+
+
+def test_a_process_killed_while_saving_leaves_no_checkpoint_that_latest_would_pick(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *TINY, "--max_train_steps", "6", "--checkpointing_steps", "2",
+            "--checkpoints_total_limit", "3"]
+    code = textwrap.dedent(CRASH_DURING_SAVE.format(examples=str(REPO_ROOT / "examples"), argv=argv))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 9, result.stderr[-2000:]
+    assert (out / "checkpoint-4.tmp").is_dir() and not (out / "checkpoint-4").exists()
+    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-2"]
+    train.main(train.parse_args(argv + ["--resume_from_checkpoint", "latest"]))
+    assert not (out / "checkpoint-4.tmp").exists()
+    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    straight = run(tmp_path, "--max_train_steps", "6", name="straight")
+    assert_same_weights(weights(out), weights(straight))
+
+
+RANK_DUMP = """
+    import sys
+    sys.path.insert(0, {examples!r})
+    import train
+    from accelerate import Accelerator
+    from safetensors.torch import save_file
+
+    def dump_then_end(self):
+        model = self.unwrap_model(self._models[0])
+        save_file({{k: v.contiguous() for k, v in model.state_dict().items()}},
+                  f"{out}/rank{{self.process_index}}.safetensors")
+
+    Accelerator.end_training = dump_then_end
+    train.main(train.parse_args(sys.argv[1:]))
+"""
+
+
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "launch_train.py"
+    script.write_text(textwrap.dedent(RANK_DUMP.format(examples=str(REPO_ROOT / "examples"), out=str(tmp_path))))
+    common = [*TINY, "--max_train_steps", "4", "--eval_steps", "100", "--sample_steps", "100"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              "29517", str(script), "--output_dir", str(tmp_path / "ddp"), *common, "--train_batch_size", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert_same_weights(rank0, rank1)  # gradients were synchronised
+    single = run(tmp_path, *common, "--train_batch_size", "8", name="single")
+    assert_same_weights(weights(tmp_path / "ddp"), weights(single), rtol=1e-4, atol=1e-6)
+
+
+def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path):
+    calls = []
+
+    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        # The files huggingface_hub would send for these arguments.
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append((repo_id, set(filter_repo_objects(files, ignore_patterns=ignore_patterns)), self.token))
+
+    with mock.patch.object(HfApi, "create_repo", return_value=mock.MagicMock(repo_id="someone/pixelgpt-test")), \
+            mock.patch.object(HfApi, "upload_folder", fake_upload_folder):
+        run(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
+            "--hub_model_id", "someone/pixelgpt-test", "--hub_token", "hf_secret_token")
+    [(repo_id, uploaded, token)] = calls
+    assert repo_id == "someone/pixelgpt-test" and token == "hf_secret_token"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "samples.png",
+            "modeling_pixelgpt.py", "configuration_pixelgpt.py", "image_processing_pixelgpt.py"} <= uploaded
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()  # present locally, never uploaded:
+    assert not [n for n in uploaded if n.startswith(("checkpoint-", "samples/", "logs/"))]
+    assert "hf_secret_token" not in (tmp_path / "out" / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def make_folder(root, sizes=((12, 12),) * 6, classes=("cats", "dogs")):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def folder_args(tmp_path, root, *extra):
+    return train.parse_args(["--output_dir", str(tmp_path / "out"), *TINY, "--train_data_dir", str(root),
+                             "--max_train_steps", "1", "--train_batch_size", "2", *extra])
+
+
+def test_image_folder_with_class_subfolders_trains_class_conditionally(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    train.main(folder_args(tmp_path, root, "--class_conditional", "--quantization", "rgb", "--num_levels", "4"))
+    model = AutoModel.from_pretrained(tmp_path / "out")
+    assert model.config.num_classes == 2 and model.config.id2label == {0: "cats", 1: "dogs"}
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.to_dict().get("datasets") is None
+
+
+def test_corrupt_truncated_and_small_images_stop_the_run_naming_the_files(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    (root / "cats" / "broken.png").write_bytes(b"not an image at all")
+    data = (root / "dogs" / "0.png").read_bytes()
+    (root / "dogs" / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
+    with pytest.raises(ValueError) as info:
+        train.main(folder_args(tmp_path, root))
+    message = str(info.value)
+    assert "broken.png" in message and "truncated.png" in message and "tiny.png" in message
+    assert "5x5 is smaller than --resolution 8" in message and "--skip_bad_images" in message
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_skip_bad_images_counts_and_lists_what_it_skipped(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs")
+    (root / "cats" / "broken.png").write_bytes(b"garbage")
+    Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
+    train.main(folder_args(tmp_path, root, "--skip_bad_images", "--eval_fraction", "0.01"))
+    skipped = (tmp_path / "out" / "skipped_train_images.txt").read_text().splitlines()
+    assert len(skipped) == 2 and any("broken.png" in s for s in skipped) and any("tiny.png" in s for s in skipped)
+    assert "Skipped 2 of" in caplog.text
+
+
+def test_empty_folder_missing_column_and_bad_label_column(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image files"):
+        train.main(folder_args(tmp_path, tmp_path / "empty"))
+    root = make_folder(tmp_path / "imgs")
+    with pytest.raises(ValueError, match=r"Image column 'picture' not found; columns are \['image', 'label'\]"):
+        train.main(folder_args(tmp_path, root, "--image_column", "picture"))
+    with pytest.raises(ValueError, match="Label column 'kind' not found"):
+        train.main(folder_args(tmp_path, root, "--label_column", "kind", "--class_conditional"))
+
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+    images = [np.zeros((8, 8), dtype=np.uint8)] * 4
+    Dataset.from_dict({"image": images, "kind": ["a", "b", "a", "b"]},
+                      features=Features({"image": ImageFeature(), "kind": Value("string")})).save_to_disk(
+        str(tmp_path / "ds"))
+    with mock.patch.object(train, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
+            str(tmp_path / "ds"))), pytest.raises(ValueError, match="'kind' has type .*string.*ClassLabel or integer"):
+        train.main(train.parse_args(["--output_dir", str(tmp_path / "o2"), *TINY, "--dataset_name", "x/y",
+                                     "--label_column", "kind", "--class_conditional"]))
+
+
+def test_bad_arguments_are_rejected():
+    for argv, message in ((["--quantization", "palette"], "needs --fit_palette"),
+                          (["--train_data_dir", "a", "--dataset_name", "b"], "not both"),
+                          (["--train_batch_size", "0"], "--train_batch_size must be >= 1")):
+        with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
+            train.parse_args(argv)
+        assert message in "".join(c.args[0] for c in err.write.call_args_list)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from datasets import ClassLabel, DatasetDict, Image as ImageFeature, Value, load_dataset
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and sampling.")
     train.add_argument("--train_batch_size", type=int, default=32, help="Images per device per step.")
     train.add_argument("--eval_batch_size", type=int, default=64, help="Images per device per evaluation step.")
-    train.add_argument("--num_epochs", type=int, default=1, help="Passes over the training set.")
+    train.add_argument("--num_epochs", type=int, default=2, help="Passes over the training set.")
     train.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides epochs).")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     train.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
@@ -397,6 +397,9 @@ def main(args):
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
     ema = None
+    if args.use_ema and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError("--use_ema keeps a full copy of the weights and is not supported with FSDP or DeepSpeed "
+                         "sharding; use DDP (multi_gpu.yaml) or drop --use_ema.")
     if args.use_ema:
         ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
                             use_buffers=True)
@@ -482,12 +485,13 @@ def main(args):
     final_model = accelerator.unwrap_model(model)
     if ema is not None:
         final_model.load_state_dict(ema.module.state_dict())
+    state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
     eval_bits = evaluate(model, eval_loader, accelerator)
     accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
     logger.info(f"final held-out {bits_name}: {eval_bits:.4f}")
     if accelerator.is_main_process:
         out = Path(args.output_dir)
-        final_model.save_pretrained(out)
+        final_model.save_pretrained(out, state_dict=state_dict)
         processor.save_pretrained(out)
         grid = save_samples(model, processor, args, global_step, config.num_classes, accelerator)
         grid.save(out / "samples.png")

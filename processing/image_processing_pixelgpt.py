@@ -213,13 +213,15 @@ class PixelGPTImageProcessor(BaseImageProcessor):
 
     @staticmethod
     def _as_list(images) -> list:
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-            return list(images)
-        if isinstance(images, (list, tuple)):
-            if len(images) == 0:
-                raise ValueError("Got an empty list of images.")
-            return list(images)
-        return [images]
+        """One image, a 4-D batch array/tensor, or any sequence of images (list, tuple, a datasets column...)."""
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            return list(images) if images.ndim == 4 else [images]
+        if isinstance(images, Image.Image) or not hasattr(images, "__iter__") or isinstance(images, (str, bytes)):
+            return [images]
+        images = list(images)
+        if not images:
+            raise ValueError("Got an empty list of images.")
+        return images
 
     # ------------------------------------------------------------------ uint8 array <-> tokens
     def _palette_array(self) -> np.ndarray:

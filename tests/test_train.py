@@ -11,11 +11,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel
+
+from pixelgpt import PixelGPTImageProcessor
 
 from conftest import REPO_ROOT
 
@@ -27,7 +30,16 @@ TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_head
         "--num_samples", "4", "--lr_warmup_steps", "2"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one state per process; each main() here stands for a separate run."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def run(tmp_path, *extra, name="out"):
+    AcceleratorState._reset_state(reset_partial_state=True)
     args = train.parse_args(["--output_dir", str(tmp_path / name), *TINY, *extra])
     train.main(args)
     return tmp_path / name
@@ -98,6 +110,21 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed")
     assert_same_weights(weights(tmp_path / "resumed"), weights(straight))
     assert [p.name for p in train.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5", "checkpoint-10"]
+
+
+def test_palette_accumulation_bf16_and_tensorboard_logging(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run(tmp_path, "--max_train_steps", "4", "--fit_palette", "--palette_size", "6", "--palette_samples", "32",
+              "--gradient_accumulation_steps", "2", "--mixed_precision", "bf16", "--report_to", "tensorboard",
+              "--logging_steps", "1", "--sample_steps", "2")
+    processor = PixelGPTImageProcessor.from_pretrained(out)
+    assert processor.quantization == "palette" and len(processor.palette) == 6
+    assert AutoModel.from_pretrained(out).config.vocab_size == 6
+    events = EventAccumulator(str(out / "logs" / "pixelgpt"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
 
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):

@@ -53,6 +53,9 @@ class PixelGPTConfig(PreTrainedConfig):
             Share the image-token embedding with the output head.
         use_cache (`bool`, defaults to `True`):
             Return key/value caches for fast generation.
+        parallel_tokens (`int`, defaults to 1):
+            k of k-ahead training (set by `train.py --parallel_tokens`): the model can also draw k tokens per
+            forward pass (`generate_images(tokens_per_step=k)`). 1 = one token per pass only. 1 to 64.
     """
 
     model_type = "pixelgpt"
@@ -72,6 +75,7 @@ class PixelGPTConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
+    parallel_tokens: int = 1
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -108,6 +112,8 @@ class PixelGPTConfig(PreTrainedConfig):
         check(0.0 <= self.attention_dropout < 1.0, f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
         check(self.rms_norm_eps > 0, f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
         check(self.initializer_range > 0, f"`initializer_range` must be > 0, got {self.initializer_range}.")
+        check(isinstance(self.parallel_tokens, int) and 1 <= self.parallel_tokens <= 64,
+              f"`parallel_tokens` must be an int in [1, 64], got {self.parallel_tokens!r}.")
 
     # Purely derived sizes are properties, so they stay right when a field is changed after construction
     # (`from_pretrained(path, image_size=...)` sets attributes after `__post_init__`).

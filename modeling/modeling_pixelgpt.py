@@ -46,11 +46,13 @@ class PixelGPTRotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor, image_width: int | None = None):
+    def forward(self, x: torch.Tensor, input_positions: torch.LongTensor, target_positions: torch.LongTensor,
+                image_width: int | None = None):
+        """Positions are image-token indices (negative for start tokens): a key is rotated by the pixel of the token
+        it holds, a query by the pixel of the token it predicts."""
         width = image_width or self.image_size
-        # Sequence index t holds x_{t-1} (the start token holds "pixel -1") and predicts x_t.
-        key_pixel = torch.div(position_ids - 1, self.tokens_per_pixel, rounding_mode="floor")
-        query_pixel = torch.div(position_ids, self.tokens_per_pixel, rounding_mode="floor")
+        key_pixel = torch.div(input_positions, self.tokens_per_pixel, rounding_mode="floor")
+        query_pixel = torch.div(target_positions, self.tokens_per_pixel, rounding_mode="floor")
         return self._cos_sin(query_pixel, width, x.dtype), self._cos_sin(key_pixel, width, x.dtype)
 
 
@@ -179,6 +181,47 @@ class PixelGPTDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
+class PixelGPTStaticCache:
+    """Preallocated key/value buffers for PixelGPT's own sampling loop.
+
+    `update` writes the new keys/values in place and returns views of the filled part, so attention only reads what
+    exists (no padding mask, no re-allocation, no concatenation per step). The length advances once the last layer
+    has written. Rows added together are causal among themselves, aligned to the end of the cache.
+    """
+
+    def __init__(self, config: PixelGPTConfig, batch_size: int, max_length: int, device, dtype):
+        shape = (batch_size, config.num_attention_heads, max_length, config.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.length = 0
+        self.max_length = max_length
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
+        end = self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"PixelGPTStaticCache holds {self.max_length} positions; {end} were asked for.")
+        self.keys[layer_idx][:, :, self.length : end] = key
+        self.values[layer_idx][:, :, self.length : end] = value
+        keys, values = self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]  # (B, heads, end, hd)
+        if layer_idx == len(self.keys) - 1:
+            self.length = end
+        return keys, values
+
+    def causal_mask(self, num_new: int, attn_implementation: str):
+        """None for one new row (it sees the whole cache); else an end-aligned causal mask for the new rows."""
+        if num_new == 1:
+            return None
+        total = self.length + num_new
+        allowed = torch.ones(num_new, total, dtype=torch.bool, device=self.keys[0].device).tril(self.length)
+        if attn_implementation == "eager":
+            return torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(self.keys[0].dtype).min)[None, None]
+        return allowed[None, None]  # (1, 1, new, total)
+
+
 class PixelGPTPreTrainedModel(PreTrainedModel):
     config_class = PixelGPTConfig
     config: PixelGPTConfig
@@ -241,8 +284,16 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        input_positions: torch.LongTensor | None = None,
+        target_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        r"""
+        input_positions / target_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Image-token index held by each row (start rows: negative) and index of the token each row predicts.
+            Default: raster order, `position_ids - 1` and `position_ids`. Other values give k-ahead prediction
+            (row holds token j - k, predicts token j) for parallel decoding.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         use_cache = use_cache if use_cache is not None else self.config.use_cache
@@ -256,18 +307,23 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
             position_ids = position_ids.unsqueeze(0)  # (1, T)
+        if target_positions is None:  # raster order: sequence index t holds x_{t-1} (start: -1) and predicts x_t
+            input_positions, target_positions = position_ids - 1, position_ids
         if self.channel_embed is not None:
-            # The token at sequence index t predicts x_t, whose channel is t % tokens_per_pixel.
-            inputs_embeds = inputs_embeds + self.channel_embed(position_ids % self.config.tokens_per_pixel)
+            # Tell each row which sub-pixel (R, G or B) it predicts.
+            inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        if isinstance(past_key_values, PixelGPTStaticCache):
+            causal_mask = past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+            )
+        position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
         hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
@@ -288,17 +344,6 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
         )
-
-
-class PixelGPTProgress(LogitsProcessor):
-    """Ticks a progress bar once per sampled token position; leaves the scores untouched."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.bar.update(1)
-        return scores
 
 
 class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
@@ -324,6 +369,8 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        input_positions: torch.LongTensor | None = None,
+        target_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -331,6 +378,8 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             Usually the `input_ids` themselves. The shift happens here: logits at index t are scored against
             `labels[:, t + 1]`, so `labels[:, 0]` (the start token) is never a target. Use -100 to ignore a position.
             `loss` is the mean cross-entropy in nats per scored token.
+        input_positions / target_positions: see `PixelGPTModel.forward` (k-ahead prediction for parallel decoding).
+            With explicit `target_positions` there is no shift: `labels[:, t]` is the token row t predicts.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -340,6 +389,8 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            input_positions=input_positions,
+            target_positions=target_positions,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -348,8 +399,12 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            if target_positions is None:  # raster layout: logits at t are scored against labels[:, t + 1]
+                logits_scored, labels = logits[:, :-1], labels[:, 1:]
+            else:  # explicit targets: row t predicts labels[:, t]
+                logits_scored = logits
             loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+                logits_scored.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100
             )
         return CausalLMOutputWithPast(
             loss=loss,
@@ -381,6 +436,67 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             )
         return processor
 
+    def k_ahead_inputs(self, input_ids: torch.LongTensor, k: int) -> dict:
+        """Inputs for k-ahead training or scoring from `(B, 1 + N)` processor ids: row t holds token t - k (the first
+        k rows are start tokens at positions -k..-1) and predicts token t. k = 1 is the usual raster model."""
+        batch, n = input_ids.shape[0], input_ids.shape[1] - 1
+        rows = torch.cat([input_ids[:, :1].expand(batch, k), input_ids[:, 1 : 1 + n - k]], dim=1)  # (B, N)
+        targets = torch.arange(n, device=input_ids.device).expand(batch, n)
+        return dict(input_ids=rows, input_positions=targets - k, target_positions=targets, labels=input_ids[:, 1:])
+
+    @staticmethod
+    def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.LongTensor:
+        """Sample one token per row of `(B, m, V)` logits. Mirrors generate()'s temperature -> top-k -> top-p
+        warpers and its `torch.multinomial` draw, so both paths give the same tokens under the same seed."""
+        scores = logits.float()
+        if temperature == 0:
+            return scores.argmax(-1)
+        if temperature != 1.0:
+            scores = scores / temperature
+        if top_k:
+            kth = torch.topk(scores, min(top_k, scores.shape[-1])).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            remove = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
+            remove[..., -1:] = False  # always keep the most likely token
+            scores = scores.masked_fill(remove.scatter(-1, order, remove), -float("inf"))
+        probs = scores.softmax(-1)
+        return torch.multinomial(probs.flatten(0, -2), 1).view(probs.shape[:-1])
+
+    @torch.no_grad()
+    def sample_tokens(
+        self,
+        start_ids: torch.LongTensor,
+        tokens_per_step: int = 1,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        progress=None,
+    ) -> torch.LongTensor:
+        """PixelGPT's own sampling loop: static KV cache, one forward pass per `tokens_per_step` tokens.
+
+        `start_ids` `(B,)` are start or class tokens. With `tokens_per_step=k > 1` each pass feeds the k tokens drawn
+        last and predicts the next k (k-ahead; the model must have been trained with `parallel_tokens=k`). Draws
+        from torch's global generator, like `generate()`. Returns `(B, 1 + N)` ids in raster order.
+        """
+        k, n = tokens_per_step, self.config.num_image_tokens
+        batch, device = start_ids.shape[0], start_ids.device
+        cache = PixelGPTStaticCache(self.config, batch, k + n, device, self.dtype)
+        tokens = torch.empty(batch, n, dtype=torch.long, device=device)
+        rows = start_ids[:, None].expand(batch, k)  # (B, k): k start rows at positions -k..-1
+        done = 0
+        while done < n:
+            m = min(k, n - done)
+            targets = torch.arange(done, done + m, device=device).expand(batch, m)
+            logits = self(input_ids=rows[:, :m], past_key_values=cache, use_cache=True, input_positions=targets - k,
+                          target_positions=targets).logits  # (B, m, V)
+            rows = tokens[:, done : done + m] = self._draw(logits, temperature, top_k, top_p)
+            done += m
+            if progress is not None:
+                progress.update(m)
+        return torch.cat([start_ids[:, None], tokens], dim=1)
+
     @torch.no_grad()
     def generate_images(
         self,
@@ -391,12 +507,14 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 16,
+        tokens_per_step: int = 1,
         image_processor=None,
         output_type: str = "pil",
         show_progress: bool = True,
+        use_generate: bool = False,
         **generate_kwargs,
     ):
-        """Sample images with `generate()` (KV cache) and decode them.
+        """Sample images and decode them.
 
         Args:
             num_images: how many images to draw (per class label, when `class_labels` is a list).
@@ -404,13 +522,17 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             temperature: softmax temperature; 0 means greedy (argmax) decoding.
             top_k / top_p: optional top-k and nucleus filtering (None or 0 / 1.0 disable them).
             generator: a `torch.Generator`; the same generator state gives the same images.
-            batch_size: images sampled together per `generate()` call (with a fixed `generator`, a different
-                batch size draws different images).
+            batch_size: images sampled together (with a fixed `generator`, a different batch size draws different
+                images).
+            tokens_per_step: tokens drawn per forward pass: 1, or the model's `parallel_tokens` (parallel decoding,
+                `parallel_tokens` times fewer passes at some cost in quality).
             image_processor: the `PixelGPTImageProcessor` that decodes tokens; defaults to `model.image_processor`
                 or the one saved beside the model.
             output_type: "pil" (list of `PIL.Image`) or "tokens" (`LongTensor` of shape (num_images, N + 1)).
-            show_progress: show a tqdm bar over sampled token positions.
-            generate_kwargs: passed on to `generate()`.
+            show_progress: show a tqdm bar over sampled tokens.
+            use_generate: sample through transformers' `generate()` (the reference path, one token per pass)
+                instead of PixelGPT's static-cache loop; both give the same tokens under the same generator.
+            generate_kwargs: passed on to `generate()` (only with `use_generate=True`).
         """
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
@@ -424,6 +546,14 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
         if output_type not in ("pil", "tokens"):
             raise ValueError(f"`output_type` must be 'pil' or 'tokens', got {output_type!r}.")
+        allowed_steps = sorted({1, self.config.parallel_tokens})
+        if tokens_per_step not in allowed_steps:
+            raise ValueError(f"`tokens_per_step` must be one of {allowed_steps} for this model (it was trained with "
+                             f"parallel_tokens={self.config.parallel_tokens}), got {tokens_per_step!r}.")
+        if use_generate and tokens_per_step != 1:
+            raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
+        if generate_kwargs and not use_generate:
+            raise ValueError(f"{sorted(generate_kwargs)} are generate() arguments; pass use_generate=True.")
         processor = self._resolve_image_processor(image_processor) if output_type == "pil" else None
 
         if class_labels is None:
@@ -436,33 +566,45 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
         num_tokens = self.config.num_image_tokens
         batches = [start_ids[i : i + batch_size] for i in range(0, len(start_ids), batch_size)]
-        bar = tqdm(total=len(batches) * num_tokens, desc="Sampling", unit="tok", disable=not show_progress)
-        sampling = dict(do_sample=temperature > 0)
-        if temperature > 0:
-            sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+        bar = tqdm(total=len(start_ids) * num_tokens, desc="Sampling", unit="tok", disable=not show_progress)
         outputs = []
-        # generate() draws from torch's global generator: fork it so that a `generator` gives reproducible images
+        # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
         # without disturbing the caller's global random state.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
             for batch in batches:
-                input_ids = torch.tensor(batch, device=device).unsqueeze(1)  # (b, 1)
-                out = self.generate(
-                    input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=num_tokens,
-                    min_new_tokens=num_tokens,
-                    logits_processor=LogitsProcessorList([PixelGPTProgress(bar)]),
-                    pad_token_id=self.config.start_token_id,
-                    eos_token_id=None,
-                    **sampling,
-                    **generate_kwargs,
-                )  # (b, 1 + N)
-                outputs.append(out.cpu())
+                start = torch.tensor(batch, device=device)
+                if use_generate:
+                    out = self._generate_reference(start, temperature, top_k, top_p, bar, **generate_kwargs)
+                else:
+                    out = self.sample_tokens(start, tokens_per_step, temperature, top_k, top_p, progress=bar)
+                outputs.append(out.cpu())  # (b, 1 + N)
         bar.close()
         tokens = torch.cat(outputs)
         return tokens if output_type == "tokens" else processor.decode(tokens)
+
+    def _generate_reference(self, start, temperature, top_k, top_p, bar, **generate_kwargs):
+        input_ids = start.unsqueeze(1)  # (b, 1)
+        sampling = dict(do_sample=temperature > 0)
+        if temperature > 0:
+            sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+
+        class _Tick(LogitsProcessor):  # advances the progress bar once per generated position
+            def __call__(self, ids, scores):
+                bar.update(ids.shape[0])
+                return scores
+
+        return self.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=self.config.num_image_tokens,
+            logits_processor=LogitsProcessorList([_Tick()]),
+            pad_token_id=None,
+            eos_token_id=None,
+            **sampling,
+            **generate_kwargs,
+        )
 
 
 class PixelGPTForImageClassification(PixelGPTPreTrainedModel):

@@ -51,6 +51,7 @@ def test_derived_fields_are_not_taken_from_a_saved_file(tmp_path):
         ("attention_dropout", 1.0, r"\[0, 1\)"),
         ("rope_theta", 1.0, r"> 1"),
         ("intermediate_size", 0, r">= 1 or None"),
+        ("parallel_tokens", 0, r"\[1, 64\]"),
     ],
 )
 def test_impossible_values_raise(field, value, message):

@@ -274,3 +274,74 @@ def test_tiny_model_memorises_eight_real_images(default_dataset):
     redrawn = model.generate_images(1, class_labels=list(range(8)), temperature=0, output_type="tokens",
                                     show_progress=False)
     assert torch.equal(redrawn, ids)
+
+
+# ----------------------------------------------------------------------------------------------- fast sampling paths
+@pytest.mark.parametrize(
+    "overrides, sampling",
+    [
+        (dict(), dict(temperature=1.0)),
+        (dict(tokens_per_pixel=3, vocab_size=11, image_size=3), dict(temperature=0.7, top_k=5)),
+        (dict(num_classes=2), dict(temperature=1.3, top_p=0.8, class_labels=[1, 0])),
+    ],
+)
+def test_static_cache_loop_draws_the_same_tokens_as_generate(overrides, sampling):
+    model = make_model(**overrides)
+    kwargs = dict(num_images=3, batch_size=2, output_type="tokens", show_progress=False, **sampling)
+    fast = model.generate_images(generator=torch.Generator().manual_seed(4), **kwargs)
+    reference = model.generate_images(generator=torch.Generator().manual_seed(4), use_generate=True, **kwargs)
+    assert torch.equal(fast, reference)
+
+
+def reference_k_ahead(model, start_ids, k):
+    """No cache: recompute every row each step, keep the logits of the rows that predict the next k tokens."""
+    n = model.config.num_image_tokens
+    tokens = torch.empty(len(start_ids), 0, dtype=torch.long)
+    while tokens.shape[1] < n:
+        done, m = tokens.shape[1], min(k, n - tokens.shape[1])
+        ids = torch.cat([start_ids[:, None], tokens], 1)
+        inputs = model.k_ahead_inputs(torch.cat([ids, torch.zeros_like(ids[:, :1]).expand(-1, n - done)], 1), k)
+        inputs.pop("labels")
+        logits = model(**inputs, use_cache=False).logits[:, done : done + m]
+        tokens = torch.cat([tokens, model._draw(logits, 1.0, None, None)], 1)
+    return torch.cat([start_ids[:, None], tokens], 1)
+
+
+@pytest.mark.parametrize("k", [2, 4, 7])
+def test_k_ahead_cached_loop_matches_recomputing_everything(k):
+    model = make_model(parallel_tokens=k, num_classes=2)
+    start = torch.tensor([model.config.class_token_id(0), model.config.start_token_id, model.config.class_token_id(1)])
+    torch.manual_seed(5)
+    fast = model.sample_tokens(start, tokens_per_step=k)
+    torch.manual_seed(5)
+    assert torch.equal(fast, reference_k_ahead(model, start, k))
+    assert fast.shape == (3, 26)
+
+
+def test_k_ahead_layout_with_k_1_is_the_raster_model():
+    model = make_model()
+    ids = random_ids(model.config)
+    inputs = model.k_ahead_inputs(ids, 1)
+    assert torch.equal(inputs["input_ids"], ids[:, :-1])
+    out = model(**inputs)
+    torch.testing.assert_close(out.loss, model(ids, labels=ids).loss)
+    torch.testing.assert_close(out.logits, model(ids).logits[:, :-1])
+
+
+def test_k_ahead_rows_never_see_their_target_or_later_tokens():
+    model = make_model(parallel_tokens=3)
+    ids = random_ids(model.config)
+    logits = model(**model.k_ahead_inputs(ids, 3)).logits
+    changed = ids.clone()
+    changed[:, 1 + 10] = (changed[:, 1 + 10] + 1) % 13  # token 10 is held by row 13, which predicts token 13
+    later = model(**model.k_ahead_inputs(changed, 3)).logits
+    torch.testing.assert_close(logits[:, :13], later[:, :13], rtol=0, atol=0)
+    assert not torch.allclose(logits[:, 13], later[:, 13])
+
+
+def test_tokens_per_step_must_match_the_training(model_and_processor):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match=r"must be one of \[1\].*parallel_tokens=1"):
+        model.generate_images(tokens_per_step=4, image_processor=processor, show_progress=False)
+    with pytest.raises(ValueError, match="generate\\(\\) arguments"):
+        model.generate_images(image_processor=processor, show_progress=False, num_beams=2)

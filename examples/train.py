@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--intermediate_size", type=int, help="Override the MLP width.")
     model.add_argument("--class_conditional", action="store_true", help="Condition on the label column (class tokens).")
     model.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
+    model.add_argument("--parallel_tokens", type=int, default=1,
+                       help="Also train k-ahead prediction for this k, so the model can draw k tokens per forward pass "
+                            "(generate_images(tokens_per_step=k)); 1 = one token per pass only.")
+    model.add_argument("--parallel_fraction", type=float, default=0.5,
+                       help="Share of training steps that use k-ahead prediction when --parallel_tokens > 1.")
 
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", default="pixelgpt-output", help="Where model, card, samples and checkpoints go.")
@@ -139,6 +144,10 @@ def parse_args(argv=None):
         args.resolution = 28 if not (args.train_data_dir or args.dataset_name) else 32
     if not 0 < args.eval_fraction < 1:
         p.error("--eval_fraction must be in (0, 1)")
+    if not 1 <= args.parallel_tokens <= 64:
+        p.error("--parallel_tokens must be in [1, 64]")
+    if not 0 < args.parallel_fraction <= 1:
+        p.error("--parallel_fraction must be in (0, 1]")
     return args
 
 
@@ -289,15 +298,23 @@ def save_checkpoint(accelerator, args, step, ema):
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
+def k_ahead_loss(model, accelerator, input_ids, k, reduction="mean"):
+    """Cross-entropy of k-ahead prediction (k = 1: the usual next-token loss), through the prepared model."""
+    inputs = accelerator.unwrap_model(model).k_ahead_inputs(input_ids, k)
+    labels = inputs.pop("labels")
+    logits = model(**inputs, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
+
+
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator):
-    """Mean held-out negative log-likelihood in bits per token (= bits/dim for lossless 8-bit modes)."""
+def evaluate(model, dataloader, accelerator, k=1):
+    """Mean held-out negative log-likelihood in bits per token (= bits/dim for lossless 8-bit modes), for
+    k-ahead prediction (k = 1: ordinary one-token-per-pass decoding)."""
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for batch in dataloader:
         ids = batch["input_ids"]
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+        nll = k_ahead_loss(model, accelerator, ids, k, reduction="none")
         nll = accelerator.gather_for_metrics(nll.view(ids.shape[0], -1))
         total += nll.sum()
         count += nll.numel()
@@ -370,15 +387,20 @@ def main(args):
         if class_names:
             config_kwargs["id2label"] = dict(enumerate(class_names))
     config = PixelGPTConfig(vocab_size=processor.vocab_size, image_size=args.resolution,
-                            tokens_per_pixel=processor.tokens_per_pixel, **config_kwargs)
+                            tokens_per_pixel=processor.tokens_per_pixel, parallel_tokens=args.parallel_tokens,
+                            **config_kwargs)
     model = PixelGPTForImageGeneration(config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     transform = make_transform(processor, config, args.image_column, label_column, args.class_conditional)
+    # Each loader gets its own generator: creating an iterator (every epoch, every evaluation, the skipping
+    # loader of a resumed run) then never draws from torch's global RNG, which training randomness relies on.
     train_loader = torch.utils.data.DataLoader(train.with_transform(transform), batch_size=args.train_batch_size,
-                                               shuffle=True, num_workers=args.dataloader_num_workers, drop_last=True)
+                                               shuffle=True, num_workers=args.dataloader_num_workers, drop_last=True,
+                                               generator=torch.Generator().manual_seed(args.seed))
     eval_loader = torch.utils.data.DataLoader(held_out.with_transform(transform), batch_size=args.eval_batch_size,
-                                              num_workers=args.dataloader_num_workers)
+                                              num_workers=args.dataloader_num_workers,
+                                              generator=torch.Generator().manual_seed(args.seed))
     if len(train_loader) == 0:
         raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
 
@@ -446,7 +468,11 @@ def main(args):
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == first_epoch else train_loader
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+                # k-ahead steps teach parallel decoding; the draw uses torch's RNG, which checkpoints restore.
+                k = 1
+                if args.parallel_tokens > 1 and torch.rand(()) < args.parallel_fraction:
+                    k = args.parallel_tokens
+                loss = k_ahead_loss(model, accelerator, batch["input_ids"], k)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -489,6 +515,10 @@ def main(args):
     eval_bits = evaluate(model, eval_loader, accelerator)
     accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
     logger.info(f"final held-out {bits_name}: {eval_bits:.4f}")
+    parallel_bits = None
+    if args.parallel_tokens > 1:
+        parallel_bits = evaluate(model, eval_loader, accelerator, k=args.parallel_tokens)
+        logger.info(f"final held-out {bits_name} of {args.parallel_tokens}-ahead prediction: {parallel_bits:.4f}")
     if accelerator.is_main_process:
         out = Path(args.output_dir)
         final_model.save_pretrained(out, state_dict=state_dict)
@@ -497,6 +527,8 @@ def main(args):
         grid.save(out / "samples.png")
         metrics = {bits_name: eval_bits, "untrained_" + bits_name: untrained_bits, "steps": global_step,
                    "train_seconds": round(time.time() - started, 1)}
+        if parallel_bits is not None:
+            metrics[f"{bits_name}_{args.parallel_tokens}_ahead"] = parallel_bits
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         write_model_card(out, args=args, config=config, processor=processor, dataset_name=dataset_name,
                          metrics=metrics, bits_name=bits_name, num_train_images=len(train))

@@ -31,7 +31,8 @@ images[0].save("sample.png")
 | metric | held-out value | untrained model |
 |---|---|---|
 | {{ bits_name }} | {{ bits }} | {{ untrained_bits }} |
-
+{% if parallel_row %}{{ parallel_row }}
+{% endif %}
 {{ bits_note }}
 
 ## Training
@@ -103,6 +104,12 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         ("mixed precision", args.mixed_precision or "accelerate default"), ("seed", args.seed),
         ("training time (s)", metrics.get("train_seconds")),
     ]
+    k = config.parallel_tokens
+    parallel_row = None
+    if k > 1:
+        hyperparameters.append(("parallel decoding", f"{k}-ahead prediction on {args.parallel_fraction:.0%} of steps"))
+        parallel_row = (f"| {bits_name}, {k}-ahead (`generate_images(tokens_per_step={k})`: {k}x fewer passes) | "
+                        f"{metrics[f'{bits_name}_{k}_ahead']:.4f} | |")
     card = ModelCard.from_template(
         card_data,
         template_str=CARD_TEMPLATE,
@@ -120,6 +127,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                    "Bits per token: mean negative log-likelihood of the quantized tokens, in bits; it depends on the "
                    "quantization and is not comparable with 8-bit bits/dim."),
         hyperparameters=hyperparameters,
+        parallel_row=parallel_row,
     )
     card.save(folder / "README.md")
     return card

@@ -95,7 +95,7 @@ def test_short_run_on_real_images_beats_the_untrained_model(tmp_path):
 def test_resumed_run_ends_with_the_same_weights(tmp_path):
     # 64 images / batch 8 = 8 steps per epoch: the run crosses epochs, and the crash happens mid-epoch.
     common = ["--max_train_steps", "12", "--checkpointing_steps", "5", "--checkpoints_total_limit", "5",
-              "--class_conditional", "--use_ema", "--ema_decay", "0.9"]
+              "--class_conditional", "--use_ema", "--ema_decay", "0.9", "--parallel_tokens", "3"]
     straight = run(tmp_path, *common, name="straight")
 
     crash_after = train.save_checkpoint
@@ -125,6 +125,18 @@ def test_palette_accumulation_bf16_and_tensorboard_logging(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Images("samples")] == [2, 4]
+
+
+def test_parallel_tokens_trains_a_model_that_draws_k_tokens_per_pass(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "6", "--parallel_tokens", "4", "--parallel_fraction", "0.5")
+    model = AutoModel.from_pretrained(out)
+    assert model.config.parallel_tokens == 4
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["bits_per_token_4_ahead"] > 0
+    assert "4-ahead" in (out / "README.md").read_text()
+    images = model.generate_images(3, tokens_per_step=4, generator=torch.Generator().manual_seed(0),
+                                   show_progress=False)
+    assert len(images) == 3 and images[0].size == (8, 8)
 
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):

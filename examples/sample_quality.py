@@ -30,6 +30,8 @@ def build_parser():
     p.add_argument("--batch_size", type=int, default=50, help="Images sampled together.")
     p.add_argument("--confidence", type=float, default=0.8, help="Top probability that counts as 'confident'.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for the model's samples.")
+    p.add_argument("--tokens_per_step", type=int, default=1,
+                   help="Tokens drawn per forward pass (the model's parallel_tokens for parallel decoding).")
     p.add_argument("--classifier_epochs", type=int, default=4, help="Epochs of classifier training.")
     p.add_argument("--classifier_train_images", type=int, default=6000, help="Built-in training images it learns from.")
     p.add_argument("--seed", type=int, default=0, help="Seed for the classifier and the samples.")
@@ -96,7 +98,7 @@ def sample(model, processor, args):
     if model.config.num_classes:
         labels = [i % model.config.num_classes for i in range(args.num_samples)]
     images = model.generate_images(1 if labels else args.num_samples, class_labels=labels, image_processor=processor,
-                                   temperature=args.temperature,
+                                   temperature=args.temperature, tokens_per_step=args.tokens_per_step,
                                    generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size)
     return images, labels
 

@@ -1,0 +1,347 @@
+"""PixelGPT vs transformers' ImageGPT, same machine, same run: one command, a table, a JSON and a Markdown report.
+
+    python bench/run.py                 # full suite (~20 min on a 2-core CPU)
+    python bench/run.py --quick         # smaller sizes and budgets, for a smoke check
+    python bench/run.py --only B1,B2    # some rows only
+    python bench/run.py --device cuda   # on a GPU: bf16 training, CUDA memory
+
+Every row runs PixelGPT and `ImageGPTForCausalImageModeling` at the same depth, width, heads, vocabulary and
+sequence length (PixelGPT's SwiGLU width 8/3*D matches ImageGPT's 4*D GELU MLP in parameters and FLOPs). Each
+measurement runs in a fresh worker process (so peak RSS is that measurement's own), alternating the two models, and
+the best of the repeats is kept. Ratios are PixelGPT / ImageGPT for speed, ImageGPT / PixelGPT for memory and
+bits/dim (so > 1 always means PixelGPT is better).
+
+B1 training throughput (tokens/s) and achieved GFLOP/s against this machine's measured matmul peak.
+B2 generation images/s and ms per token, KV cache, batches 1/8/64 at 16x16 and 32x32; PixelGPT also with parallel
+   decoding (8 tokens per forward pass, 8x fewer passes).
+B3 peak memory (RSS; CUDA max allocated on GPU) in training and generation.
+B4 scaling: training time and memory per image at 8x8 .. 64x64.
+B5 quality per compute: both trained by the same loop for the same wall-clock on Fashion-MNIST (../shared/data),
+   held-out bits/dim (lossless 8-bit gray tokens).
+"""
+
+import argparse
+import gzip
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data" / "fashion-mnist"
+SIZES = {"full": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=8),
+         "quick": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)}
+TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def build(kind, size, image_size, vocab, device, parallel_tokens=1):
+    torch.manual_seed(0)
+    seq = image_size * image_size
+    if kind == "pixelgpt":
+        from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration
+
+        config = PixelGPTConfig(vocab_size=vocab, image_size=image_size, parallel_tokens=parallel_tokens, **size)
+        model = PixelGPTForImageGeneration(config)
+    else:
+        from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling
+
+        # ImageGPT's vocabulary includes its start-of-sequence token; n_positions covers start + all pixels.
+        config = ImageGPTConfig(vocab_size=vocab + 1, n_positions=seq + 1, n_embd=size["hidden_size"],
+                                n_layer=size["num_hidden_layers"], n_head=size["num_attention_heads"])
+        model = ImageGPTForCausalImageModeling(config)
+    return model.to(device)
+
+
+def batch_ids(batch, image_size, vocab, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, 1 + image_size * image_size), generator=g)
+    ids[:, 0] = vocab  # both models use id `vocab` as the start token
+    return ids.to(device)
+
+
+def loss_of(kind, model, ids):
+    if kind == "pixelgpt":
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+    return model(input_ids=ids, labels=ids).loss
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device):
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+def work_train(p):
+    device, kind = p["device"], p["kind"]
+    model = build(kind, p["size"], p["image_size"], p["vocab"], device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = batch_ids(p["batch"], p["image_size"], p["vocab"], device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    times = []
+    for step in range(p["warmup"] + p["steps"]):
+        sync(device)
+        t = time.perf_counter()
+        with autocast:
+            loss = loss_of(kind, model, ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if step >= p["warmup"]:
+            times.append(time.perf_counter() - t)
+    seconds = min(times)
+    tokens = p["batch"] * p["image_size"] ** 2
+    return {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "images_per_s": p["batch"] / seconds,
+            "peak_mb": peak_memory_mb(device), "params": sum(x.numel() for x in model.parameters())}
+
+
+@torch.no_grad()
+def work_generate(p):
+    device, kind = p["device"], p["kind"]
+    k = p.get("tokens_per_step", 1)
+    model = build(kind, p["size"], p["image_size"], p["vocab"], device, parallel_tokens=k).eval()
+    if device == "cuda":
+        model = model.to(torch.bfloat16)
+    n = p["image_size"] ** 2
+    times = []
+    for _ in range(p["repeats"]):
+        torch.manual_seed(0)
+        sync(device)
+        t = time.perf_counter()
+        if kind == "pixelgpt":
+            out = model.generate_images(p["batch"], batch_size=p["batch"], tokens_per_step=k, output_type="tokens",
+                                        show_progress=False)
+        else:
+            start = torch.full((p["batch"], 1), p["vocab"], device=device)
+            out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
+                                 max_new_tokens=n, pad_token_id=p["vocab"])
+        sync(device)
+        times.append(time.perf_counter() - t)
+        assert out.shape == (p["batch"], 1 + n), out.shape
+    seconds = min(times)
+    return {"seconds": seconds, "images_per_s": p["batch"] / seconds, "ms_per_token": 1000 * seconds / n,
+            "forward_passes": math.ceil(n / k), "peak_mb": peak_memory_mb(device)}
+
+
+def work_peak(p):
+    """Matmul peak of this machine: fp32 sgemm on CPU, bf16 on CUDA (GFLOP/s)."""
+    device = p["device"]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / 4)
+    return {"gflops": 2 * n**3 / best / 1e9}
+
+
+def load_fashion_mnist(split, limit):
+    prefix = "train" if split == "train" else "t10k"
+    raw = gzip.open(SHARED / f"{prefix}-images-idx3-ubyte.gz").read()
+    images = torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=16).view(-1, 28 * 28)[:limit]
+    return images.long()  # gray8 tokens: the pixel values themselves
+
+
+def work_quality(p):
+    """Train for a fixed wall-clock budget with one loop for both models; held-out bits/dim."""
+    device, kind = p["device"], p["kind"]
+    model = build(kind, p["size"], 28, 256, device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.01)
+    train = load_fashion_mnist("train", 60000)
+    test = load_fashion_mnist("test", p["eval_images"])
+    start = torch.full((1, 1), 256, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    steps, begin = 0, time.perf_counter()
+    while time.perf_counter() - begin < p["seconds"]:
+        idx = torch.randint(0, len(train), (p["batch"],), generator=g)
+        ids = torch.cat([start.expand(p["batch"], 1), train[idx]], 1).to(device)
+        lr_scale = min(1.0, (steps + 1) / 50)  # same short warm-up for both
+        for group in optimizer.param_groups:
+            group["lr"] = p["lr"] * lr_scale
+        loss = loss_of(kind, model, ids)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for chunk in test.split(50):
+            ids = torch.cat([start.expand(len(chunk), 1), chunk], 1).to(device)
+            total += loss_of(kind, model, ids).item() * chunk.numel()
+    return {"bits_per_dim": total / test.numel() / math.log(2), "steps": steps,
+            "images_seen": steps * p["batch"], "seconds": p["seconds"]}
+
+
+WORKERS = {"train": work_train, "generate": work_generate, "peak": work_peak, "quality": work_quality}
+
+
+def run_worker(task, **params):
+    """One measurement in a fresh interpreter (own peak RSS, no cross-talk between models)."""
+    payload = json.dumps({"task": task, **params})
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", payload], capture_output=True,
+                         text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {task} {params} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def alternate(task, repeats, **params):
+    """Run PixelGPT and ImageGPT alternately `repeats` times each; keep each model's best run."""
+    best = {}
+    for _ in range(repeats):
+        for kind in ("pixelgpt", "imagegpt"):
+            result = run_worker(task, kind=kind, **params)
+            key = "seconds_per_step" if task == "train" else "seconds"
+            if kind not in best or result[key] < best[kind][key]:
+                best[kind] = result
+    return best
+
+
+# ----------------------------------------------------------------------------------------------------- suite
+def suite(args):
+    quick = args.quick
+    size = SIZES["quick" if quick else "full"]
+    device = args.device
+    vocab = 512
+    rows, report = [], {"machine": machine(device), "size": size, "vocab": vocab, "quick": quick, "rows": {}}
+    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5"}
+    peak = run_worker("peak", device=device)["gflops"]
+    report["matmul_peak_gflops"] = peak
+    print(f"measured matmul peak: {peak:.1f} GFLOP/s ({'bf16' if device == 'cuda' else 'fp32'})")
+
+    def add(row, metric, ours, ref, ratio, unit=""):
+        rows.append((row, metric, ours, ref, ratio, unit))
+        print(f"{row:<34} {metric:<22} {ours:>12.4g} {ref:>12.4g} {ratio:>7.2f}x {unit}")
+
+    print(f"{'row':<34} {'metric':<22} {'PixelGPT':>12} {'ImageGPT':>12} {'ratio':>8}")
+    train_params = dict(device=device, size=size, vocab=vocab, image_size=16 if quick else 32,
+                        batch=8, warmup=1, steps=2 if quick else 3)
+    if only & {"B1", "B3"}:
+        best = alternate("train", 1 if quick else 2, **train_params)
+        report["rows"]["B1_train"] = best
+        t = train_params["image_size"] ** 2
+        d, layers = size["hidden_size"], size["num_hidden_layers"]
+        for kind in best:
+            non_embedding = 12 * layers * d * d  # attention 4D^2 + MLP 8D^2 per layer, both models
+            flops_per_token = 6 * non_embedding + 6 * layers * d * t  # + causal attention matmuls, fwd + bwd
+            best[kind]["gflops"] = best[kind]["tokens_per_s"] * flops_per_token / 1e9
+            best[kind]["fraction_of_peak"] = best[kind]["gflops"] / peak
+        ours, ref = best["pixelgpt"], best["imagegpt"]
+        name = f"B1 train {train_params['image_size']}x{train_params['image_size']} b{train_params['batch']}"
+        add(name, "tokens/s", ours["tokens_per_s"], ref["tokens_per_s"], ours["tokens_per_s"] / ref["tokens_per_s"])
+        add(name, "fraction of peak", ours["fraction_of_peak"], ref["fraction_of_peak"],
+            ours["fraction_of_peak"] / ref["fraction_of_peak"])
+        add("B3 train peak memory", "MB", ours["peak_mb"], ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"])
+
+    if only & {"B2", "B3"}:
+        report["rows"]["B2_generate"] = {}
+        for image_size in (16, 32):
+            for batch in (1, 8, 64):
+                if quick and (image_size, batch) not in ((16, 1), (16, 8)):
+                    continue
+                params = dict(device=device, size=size, vocab=vocab, image_size=image_size, batch=batch,
+                              repeats=1 if batch == 64 or image_size == 32 else 2)
+                best = alternate("generate", 1, **params)
+                best["pixelgpt_parallel8"] = run_worker("generate", kind="pixelgpt", tokens_per_step=8, **params)
+                report["rows"]["B2_generate"][f"{image_size}x{image_size}_b{batch}"] = best
+                ours, ref, par = best["pixelgpt"], best["imagegpt"], best["pixelgpt_parallel8"]
+                name = f"B2 generate {image_size}x{image_size} b{batch}"
+                add(name, "images/s", ours["images_per_s"], ref["images_per_s"],
+                    ours["images_per_s"] / ref["images_per_s"])
+                add(name, "ms/token", ours["ms_per_token"], ref["ms_per_token"],
+                    ref["ms_per_token"] / ours["ms_per_token"])
+                add(name + " parallel k=8", "images/s", par["images_per_s"], ref["images_per_s"],
+                    par["images_per_s"] / ref["images_per_s"], f"({par['forward_passes']} passes)")
+                if batch == 8:
+                    add(f"B3 generate peak memory {image_size}x{image_size} b8", "MB", ours["peak_mb"],
+                        ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"])
+
+    if "B4" in only:
+        report["rows"]["B4_scaling"] = {}
+        for image_size in (8, 16, 32) if quick else (8, 16, 32, 64):
+            params = dict(device=device, size=TINY, vocab=vocab, image_size=image_size, batch=1, warmup=1, steps=2)
+            best = alternate("train", 1, **params)
+            report["rows"]["B4_scaling"][f"{image_size}x{image_size}"] = best
+            ours, ref = best["pixelgpt"], best["imagegpt"]
+            name = f"B4 train/image {image_size}x{image_size} (tiny)"
+            add(name, "s/image", ours["seconds_per_step"], ref["seconds_per_step"],
+                ref["seconds_per_step"] / ours["seconds_per_step"])
+            add(name, "peak MB", ours["peak_mb"], ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"])
+
+    if "B5" in only:
+        if not (SHARED / "train-images-idx3-ubyte.gz").exists():
+            print(f"B5 skipped: {SHARED} not found (needs the shared Fashion-MNIST files)")
+        else:
+            params = dict(device=device, size=TINY, batch=32, lr=1e-3, eval_images=500 if quick else 1000,
+                          seconds=30 if quick else args.b5_seconds)
+            best = {kind: run_worker("quality", kind=kind, **params) for kind in ("pixelgpt", "imagegpt")}
+            report["rows"]["B5_quality"] = best
+            ours, ref = best["pixelgpt"], best["imagegpt"]
+            name = f"B5 {params['seconds']}s training (tiny)"
+            add(name, "held-out bits/dim", ours["bits_per_dim"], ref["bits_per_dim"],
+                ref["bits_per_dim"] / ours["bits_per_dim"])
+            add(name, "images seen", ours["images_seen"], ref["images_seen"],
+                ours["images_seen"] / ref["images_seen"])
+
+    report["table"] = [dict(zip(("row", "metric", "pixelgpt", "imagegpt", "ratio", "note"), r)) for r in rows]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# PixelGPT vs ImageGPT ({report['machine']})", "",
+             f"Model: {size} (B4, B5: {TINY}), vocabulary {vocab}; matmul peak {peak:.1f} GFLOP/s.", "",
+             "| row | metric | PixelGPT | ImageGPT | PixelGPT advantage | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]:.4g} | {r[3]:.4g} | {r[4]:.2f}x | {r[5]} |" for r in rows]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    return report
+
+
+def machine(device):
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Small sizes and budgets (a smoke check, minutes).")
+    parser.add_argument("--only", help="Comma-separated rows to run, e.g. B1,B2 (default: all).")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where to run.")
+    parser.add_argument("--b5_seconds", type=int, default=180, help="Training budget per model in B5.")
+    parser.add_argument("--out", default=str(HERE / "results"), help="Folder for report.json and report.md.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        params = json.loads(args.worker)
+        print(json.dumps(WORKERS[params.pop("task")](params)))
+        return
+    suite(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""bench/run.py: each worker runs on tiny sizes and reports sane numbers (the figures come from the real run)."""
+
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, SHARED_DATA
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import run as bench  # noqa: E402
+
+SIZE = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+
+
+@pytest.mark.parametrize("kind", ["pixelgpt", "imagegpt"])
+def test_train_and_generate_workers_measure_both_models(kind):
+    trained = bench.work_train(dict(device="cpu", kind=kind, size=SIZE, vocab=7, image_size=4, batch=2, warmup=1,
+                                    steps=1))
+    assert trained["tokens_per_s"] > 0 and trained["peak_mb"] > 0
+    generated = bench.work_generate(dict(device="cpu", kind=kind, size=SIZE, vocab=7, image_size=4, batch=3,
+                                         repeats=1))
+    assert generated["forward_passes"] == 16 and generated["images_per_s"] > 0
+
+
+def test_parallel_decoding_needs_k_times_fewer_passes():
+    result = bench.work_generate(dict(device="cpu", kind="pixelgpt", size=SIZE, vocab=7, image_size=4, batch=2,
+                                      repeats=1, tokens_per_step=8))
+    assert result["forward_passes"] == 2
+
+
+def test_same_sizes_for_both_models():
+    ours = bench.build("pixelgpt", bench.TINY, 8, 512, "cpu")
+    ref = bench.build("imagegpt", bench.TINY, 8, 512, "cpu")
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if "emb" not in n and "wte" not in n  # noqa
+                          and "wpe" not in n and "head" not in n)
+    # Same depth/width: non-embedding parameters within 2% (norm/bias details differ).
+    assert abs(count(ours) - count(ref)) / count(ref) < 0.02
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").exists(), reason="needs ../shared/data/fashion-mnist")
+def test_quality_worker_reports_held_out_bits_per_dim():
+    result = bench.work_quality(dict(device="cpu", kind="pixelgpt", size=SIZE, batch=4, lr=1e-3, eval_images=4,
+                                     seconds=0.5))
+    assert result["steps"] >= 1 and 0 < result["bits_per_dim"] < 12

@@ -4,6 +4,7 @@ from .modeling_pixelgpt import (
     PixelGPTForImageGeneration,
     PixelGPTModel,
     PixelGPTPreTrainedModel,
+    PixelGPTStaticCache,
 )
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "PixelGPTForImageGeneration",
     "PixelGPTModel",
     "PixelGPTPreTrainedModel",
+    "PixelGPTStaticCache",
 ]

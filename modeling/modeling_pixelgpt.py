@@ -494,7 +494,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             rows = tokens[:, done : done + m] = self._draw(logits, temperature, top_k, top_p)
             done += m
             if progress is not None:
-                progress.update(m)
+                progress.update(m * batch)  # the bar counts image tokens
         return torch.cat([start_ids[:, None], tokens], dim=1)
 
     @torch.no_grad()
@@ -642,6 +642,7 @@ class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
 PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "PixelGPTStaticCache",
     "PixelGPTPreTrainedModel",
     "PixelGPTModel",
     "PixelGPTForImageGeneration",

@@ -20,6 +20,7 @@ from .modeling import (
     PixelGPTForImageGeneration,
     PixelGPTModel,
     PixelGPTPreTrainedModel,
+    PixelGPTStaticCache,
 )
 from .processing import PixelGPTImageProcessor
 
@@ -40,4 +41,5 @@ __all__ = [
     "PixelGPTImageProcessor",
     "PixelGPTModel",
     "PixelGPTPreTrainedModel",
+    "PixelGPTStaticCache",
 ]

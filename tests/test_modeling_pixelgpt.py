@@ -1,3 +1,5 @@
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +347,19 @@ def test_tokens_per_step_must_match_the_training(model_and_processor):
         model.generate_images(tokens_per_step=4, image_processor=processor, show_progress=False)
     with pytest.raises(ValueError, match="generate\\(\\) arguments"):
         model.generate_images(image_processor=processor, show_progress=False, num_beams=2)
+
+
+def test_progress_bar_counts_every_image_token(model_and_processor):
+    model, processor = model_and_processor
+
+    class Bar:
+        n = 0
+
+        def update(self, amount):
+            self.n += amount
+
+    for kwargs in (dict(), dict(use_generate=True)):
+        bar = Bar()
+        with mock.patch("pixelgpt.modeling.modeling_pixelgpt.tqdm", return_value=mock.MagicMock(update=bar.update)):
+            model.generate_images(3, batch_size=2, output_type="tokens", **kwargs)
+        assert bar.n == 3 * model.config.num_image_tokens, kwargs

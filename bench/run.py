@@ -205,10 +205,10 @@ def run_worker(task, **params):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def alternate(task, repeats, **params):
-    """Run PixelGPT and ImageGPT alternately `repeats` times each; keep each model's best run."""
+def alternate(task, rounds, **params):
+    """Run PixelGPT and ImageGPT alternately, `rounds` times each; keep each model's best run."""
     best = {}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for kind in ("pixelgpt", "imagegpt"):
             result = run_worker(task, kind=kind, **params)
             key = "seconds_per_step" if task == "train" else "seconds"

@@ -42,3 +42,16 @@ def test_quality_worker_reports_held_out_bits_per_dim():
     result = bench.work_quality(dict(device="cpu", kind="pixelgpt", size=SIZE, batch=4, lr=1e-3, eval_images=4,
                                      seconds=0.5))
     assert result["steps"] >= 1 and 0 < result["bits_per_dim"] < 12
+
+
+def test_alternate_runs_both_models_with_worker_repeats(monkeypatch):
+    calls = []
+
+    def fake_worker(task, **params):
+        calls.append(params["kind"])
+        return {"seconds": len(calls), "repeats_seen": params["repeats"]}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    best = bench.alternate("generate", 2, repeats=3)
+    assert calls == ["pixelgpt", "imagegpt", "pixelgpt", "imagegpt"]
+    assert best["pixelgpt"] == {"seconds": 1, "repeats_seen": 3}  # the faster of its two rounds

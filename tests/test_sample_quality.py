@@ -21,6 +21,8 @@ def test_reports_confidence_for_real_trained_and_untrained_samples(tmp_path):
     for key in ("trained_model_samples", "untrained_model_samples"):
         part = report[key]
         assert sum(part["class_histogram"]) == 10 and 0 <= part["recognised_share"] <= 1
+        assert 0 <= part["class_entropy_bits"] <= 3.33
         assert 0 <= part["matches_requested_class"] <= 1  # class-conditional model: requested labels 0..9
     assert sum(report["real_test_images"]["class_histogram"]) == 1000
     assert len(report["real_test_images"]["class_histogram"]) == 11  # 10 garments + "not clothing"
+    assert report["real_test_images"]["class_entropy_bits"] > 3.0  # the balanced test set: close to log2(10)

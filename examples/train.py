@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_attention_heads", type=int, help="Override the preset's head count.")
     model.add_argument("--intermediate_size", type=int, help="Override the MLP width.")
     model.add_argument("--class_conditional", action="store_true", help="Condition on the label column (class tokens).")
+    model.add_argument("--class_dropout_prob", type=float, default=0.1,
+                       help="With --class_conditional: share of images trained with the unconditional start token, "
+                            "which classifier-free guidance (generate_images(guidance_scale=...)) needs.")
     model.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
     model.add_argument("--parallel_tokens", type=int, default=1,
                        help="Also train k-ahead prediction for this k, so the model can draw k tokens per forward pass "
@@ -148,6 +151,8 @@ def parse_args(argv=None):
         p.error("--parallel_tokens must be in [1, 64]")
     if not 0 < args.parallel_fraction <= 1:
         p.error("--parallel_fraction must be in (0, 1]")
+    if not 0 <= args.class_dropout_prob <= 1:
+        p.error("--class_dropout_prob must be in [0, 1]")
     return args
 
 
@@ -472,7 +477,13 @@ def main(args):
                 k = 1
                 if args.parallel_tokens > 1 and torch.rand(()) < args.parallel_fraction:
                     k = args.parallel_tokens
-                loss = k_ahead_loss(model, accelerator, batch["input_ids"], k)
+                input_ids = batch["input_ids"]
+                if args.class_conditional and args.class_dropout_prob > 0:
+                    # Condition dropout: some images learn the unconditional start token, for guidance.
+                    dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < args.class_dropout_prob
+                    input_ids = input_ids.clone()
+                    input_ids[dropped, 0] = config.start_token_id
+                loss = k_ahead_loss(model, accelerator, input_ids, k)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -473,29 +473,112 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         top_k: int | None = None,
         top_p: float | None = None,
         progress=None,
+        prefix: torch.LongTensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> torch.LongTensor:
         """PixelGPT's own sampling loop: static KV cache, one forward pass per `tokens_per_step` tokens.
 
-        `start_ids` `(B,)` are start or class tokens. With `tokens_per_step=k > 1` each pass feeds the k tokens drawn
-        last and predicts the next k (k-ahead; the model must have been trained with `parallel_tokens=k`). Draws
-        from torch's global generator, like `generate()`. Returns `(B, 1 + N)` ids in raster order.
+        Args:
+            start_ids: `(B,)` start or class tokens.
+            tokens_per_step: k tokens per pass; k > 1 feeds the k tokens drawn last and predicts the next k
+                (k-ahead, for models trained with `parallel_tokens=k`).
+            prefix: `(B, P)` known first image tokens (raster order) to continue from; they are kept as given.
+            guidance_scale: classifier-free guidance for class tokens: the unconditional branch (start token
+                `start_token_id`) runs in the same batch and the next-token log-probabilities become
+                `u + s * (c - u)`, as transformers' `UnbatchedClassifierFreeGuidanceLogitsProcessor` does.
+        Draws from torch's global generator, like `generate()`. Returns `(B, 1 + N)` ids in raster order.
         """
         k, n = tokens_per_step, self.config.num_image_tokens
         batch, device = start_ids.shape[0], start_ids.device
-        cache = PixelGPTStaticCache(self.config, batch, k + n, device, self.dtype)
         tokens = torch.empty(batch, n, dtype=torch.long, device=device)
-        rows = start_ids[:, None].expand(batch, k)  # (B, k): k start rows at positions -k..-1
-        done = 0
+        done = 0 if prefix is None else prefix.shape[1]
+        if done:
+            tokens[:, :done] = prefix
+        guided = guidance_scale != 1.0
+        starts = start_ids
+        if guided:  # conditional rows first, then the same rows with the unconditional start token
+            starts = torch.cat([start_ids, torch.full_like(start_ids, self.config.start_token_id)])
+        cache = PixelGPTStaticCache(self.config, starts.shape[0], k + n, device, self.dtype)
+        cached = -k  # the cache holds the rows of token indices [-k, cached); negative indices are start rows
         while done < n:
             m = min(k, n - done)
-            targets = torch.arange(done, done + m, device=device).expand(batch, m)
-            logits = self(input_ids=rows[:, :m], past_key_values=cache, use_cache=True, input_positions=targets - k,
-                          target_positions=targets).logits  # (B, m, V)
-            rows = tokens[:, done : done + m] = self._draw(logits, temperature, top_k, top_p)
-            done += m
+            index = torch.arange(cached, done + m - k, device=device)  # rows still missing: token indices held
+            ids = tokens[:, index.clamp(min=0)]
+            ids = torch.where(index < 0, start_ids[:, None], ids)  # (B, rows)
+            if guided:
+                ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])
+            rows = ids.shape[1]
+            logits = self(input_ids=ids, past_key_values=cache, use_cache=True,
+                          input_positions=index.expand(ids.shape[0], rows),
+                          target_positions=(index + k).expand(ids.shape[0], rows)).logits[:, -m:]  # (B', m, V)
+            if guided:
+                cond, uncond = logits[:batch].float().log_softmax(-1), logits[batch:].float().log_softmax(-1)
+                logits = uncond + guidance_scale * (cond - uncond)
+            tokens[:, done : done + m] = self._draw(logits, temperature, top_k, top_p)
+            cached, done = done + m - k, done + m
             if progress is not None:
                 progress.update(m * batch)  # the bar counts image tokens
         return torch.cat([start_ids[:, None], tokens], dim=1)
+
+    def _check_sampling(self, batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
+                        output_type, use_generate, generate_kwargs):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {temperature}.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"`top_k` must be a non-negative int or None, got {top_k!r}.")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+        if output_type not in ("pil", "tokens"):
+            raise ValueError(f"`output_type` must be 'pil' or 'tokens', got {output_type!r}.")
+        allowed_steps = sorted({1, self.config.parallel_tokens})
+        if tokens_per_step not in allowed_steps:
+            raise ValueError(f"`tokens_per_step` must be one of {allowed_steps} for this model (it was trained with "
+                             f"parallel_tokens={self.config.parallel_tokens}), got {tokens_per_step!r}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0 (1 = no guidance), got {guidance_scale}.")
+        if guidance_scale != 1.0 and (class_labels is None or not self.config.num_classes):
+            raise ValueError("`guidance_scale` guides towards class labels: it needs `class_labels` and a "
+                             "class-conditional model (trained with --class_conditional).")
+        if use_generate and tokens_per_step != 1:
+            raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
+        if generate_kwargs and not use_generate:
+            raise ValueError(f"{sorted(generate_kwargs)} are generate() arguments; pass use_generate=True.")
+
+    def _start_ids(self, class_labels, repeats: int) -> list[int]:
+        """One start token per output image: unconditional, or each class label `repeats` times."""
+        if class_labels is None:
+            return [self.config.start_token_id] * repeats
+        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        return [self.config.class_token_id(int(c)) for c in labels for _ in range(repeats)]
+
+    def _run_batches(self, start_ids, prefixes, generator, batch_size, show_progress, use_generate, tokens_per_step,
+                     temperature, top_k, top_p, guidance_scale, generate_kwargs) -> torch.LongTensor:
+        device = self.device
+        seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        start_ids = torch.tensor(start_ids, device=device)
+        known = 0 if prefixes is None else prefixes.shape[1]
+        bar = tqdm(total=len(start_ids) * (self.config.num_image_tokens - known), desc="Sampling", unit="tok",
+                   disable=not show_progress)
+        outputs = []
+        # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
+        # without disturbing the caller's global random state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for i in range(0, len(start_ids), batch_size):
+                start = start_ids[i : i + batch_size]
+                prefix = None if prefixes is None else prefixes[i : i + batch_size].to(device)
+                if use_generate:
+                    out = self._generate_reference(start, prefix, temperature, top_k, top_p, guidance_scale, bar,
+                                                   **generate_kwargs)
+                else:
+                    out = self.sample_tokens(start, tokens_per_step, temperature, top_k, top_p, progress=bar,
+                                             prefix=prefix, guidance_scale=guidance_scale)
+                outputs.append(out.cpu())  # (b, 1 + N)
+        bar.close()
+        return torch.cat(outputs)
 
     @torch.no_grad()
     def generate_images(
@@ -508,6 +591,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         generator: torch.Generator | None = None,
         batch_size: int = 16,
         tokens_per_step: int = 1,
+        guidance_scale: float = 1.0,
         image_processor=None,
         output_type: str = "pil",
         show_progress: bool = True,
@@ -526,6 +610,8 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                 images).
             tokens_per_step: tokens drawn per forward pass: 1, or the model's `parallel_tokens` (parallel decoding,
                 `parallel_tokens` times fewer passes at some cost in quality).
+            guidance_scale: classifier-free guidance towards `class_labels` (1 = none; > 1 stronger); the model
+                must be class-conditional, trained with class dropout.
             image_processor: the `PixelGPTImageProcessor` that decodes tokens; defaults to `model.image_processor`
                 or the one saved beside the model.
             output_type: "pil" (list of `PIL.Image`) or "tokens" (`LongTensor` of shape (num_images, N + 1)).
@@ -536,59 +622,74 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         """
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {temperature}.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-            raise ValueError(f"`top_k` must be a non-negative int or None, got {top_k!r}.")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-        if output_type not in ("pil", "tokens"):
-            raise ValueError(f"`output_type` must be 'pil' or 'tokens', got {output_type!r}.")
-        allowed_steps = sorted({1, self.config.parallel_tokens})
-        if tokens_per_step not in allowed_steps:
-            raise ValueError(f"`tokens_per_step` must be one of {allowed_steps} for this model (it was trained with "
-                             f"parallel_tokens={self.config.parallel_tokens}), got {tokens_per_step!r}.")
-        if use_generate and tokens_per_step != 1:
-            raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
-        if generate_kwargs and not use_generate:
-            raise ValueError(f"{sorted(generate_kwargs)} are generate() arguments; pass use_generate=True.")
+        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
+                             output_type, use_generate, generate_kwargs)
         processor = self._resolve_image_processor(image_processor) if output_type == "pil" else None
-
-        if class_labels is None:
-            start_ids = [self.config.start_token_id] * num_images
-        else:
-            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-            start_ids = [self.config.class_token_id(int(c)) for c in labels for _ in range(num_images)]
-
-        device = self.device
-        seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
-        num_tokens = self.config.num_image_tokens
-        batches = [start_ids[i : i + batch_size] for i in range(0, len(start_ids), batch_size)]
-        bar = tqdm(total=len(start_ids) * num_tokens, desc="Sampling", unit="tok", disable=not show_progress)
-        outputs = []
-        # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
-        # without disturbing the caller's global random state.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for batch in batches:
-                start = torch.tensor(batch, device=device)
-                if use_generate:
-                    out = self._generate_reference(start, temperature, top_k, top_p, bar, **generate_kwargs)
-                else:
-                    out = self.sample_tokens(start, tokens_per_step, temperature, top_k, top_p, progress=bar)
-                outputs.append(out.cpu())  # (b, 1 + N)
-        bar.close()
-        tokens = torch.cat(outputs)
+        tokens = self._run_batches(self._start_ids(class_labels, num_images), None, generator, batch_size,
+                                   show_progress, use_generate, tokens_per_step, temperature, top_k, top_p,
+                                   guidance_scale, generate_kwargs)
         return tokens if output_type == "tokens" else processor.decode(tokens)
 
-    def _generate_reference(self, start, temperature, top_k, top_p, bar, **generate_kwargs):
-        input_ids = start.unsqueeze(1)  # (b, 1)
+    @torch.no_grad()
+    def complete_images(
+        self,
+        images,
+        keep_rows: int,
+        num_completions: int = 1,
+        class_labels: int | list[int] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 16,
+        tokens_per_step: int = 1,
+        guidance_scale: float = 1.0,
+        image_processor=None,
+        output_type: str = "pil",
+        show_progress: bool = True,
+        use_generate: bool = False,
+        **generate_kwargs,
+    ):
+        """Keep the top `keep_rows` pixel rows of each image and sample the rest, `num_completions` times each.
+
+        `images` are anything the image processor takes (one image or a batch); the output holds
+        `len(images) * num_completions` images, the completions of the first input first. The kept rows come back
+        exactly as the processor quantized them (pixel for pixel the input in lossless modes). `class_labels` (one
+        per input, for class-conditional models) and the sampling arguments are as in `generate_images`.
+        """
+        processor = self._resolve_image_processor(image_processor)
+        if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
+            raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
+                             f"got {keep_rows!r}.")
+        if not isinstance(num_completions, int) or num_completions < 1:
+            raise ValueError(f"`num_completions` must be a positive int, got {num_completions!r}.")
+        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
+                             output_type, use_generate, generate_kwargs)
+        ids = processor(images, return_tensors="pt").input_ids  # (n_inputs, 1 + N)
+        known = keep_rows * self.config.image_size * self.config.tokens_per_pixel
+        prefixes = ids[:, 1 : 1 + known].repeat_interleave(num_completions, dim=0)
+        if class_labels is None:
+            start_ids = [self.config.start_token_id] * len(prefixes)
+        else:
+            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+            if len(labels) != len(ids):
+                raise ValueError(f"Give one class label per input image: {len(ids)} images, {len(labels)} labels.")
+            start_ids = self._start_ids(labels, num_completions)
+        tokens = self._run_batches(start_ids, prefixes, generator, batch_size, show_progress, use_generate,
+                                   tokens_per_step, temperature, top_k, top_p, guidance_scale, generate_kwargs)
+        return tokens if output_type == "tokens" else processor.decode(tokens)
+
+    def _generate_reference(self, start, prefix, temperature, top_k, top_p, guidance_scale, bar, **generate_kwargs):
+        input_ids = start.unsqueeze(1) if prefix is None else torch.cat([start.unsqueeze(1), prefix], 1)  # (b, 1 + P)
+        if input_ids.shape[1] == 1 + self.config.num_image_tokens:
+            return input_ids  # every token is given: nothing to sample
         sampling = dict(do_sample=temperature > 0)
         if temperature > 0:
             sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+        if guidance_scale != 1.0:
+            unconditional = input_ids.clone()
+            unconditional[:, 0] = self.config.start_token_id
+            sampling.update(guidance_scale=guidance_scale, negative_prompt_ids=unconditional)
 
         class _Tick(LogitsProcessor):  # advances the progress bar once per generated position
             def __call__(self, ids, scores):
@@ -598,7 +699,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         return self.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=self.config.num_image_tokens,
+            max_new_tokens=self.config.num_image_tokens - input_ids.shape[1] + 1,
             logits_processor=LogitsProcessorList([_Tick()]),
             pad_token_id=None,
             eos_token_id=None,

@@ -363,3 +363,99 @@ def test_progress_bar_counts_every_image_token(model_and_processor):
         with mock.patch("pixelgpt.modeling.modeling_pixelgpt.tqdm", return_value=mock.MagicMock(update=bar.update)):
             model.generate_images(3, batch_size=2, output_type="tokens", **kwargs)
         assert bar.n == 3 * model.config.num_image_tokens, kwargs
+
+
+# ----------------------------------------------------------------------------------------------- guidance, completion
+def test_guided_static_cache_loop_matches_generate_with_cfg():
+    model = make_model(num_classes=3)
+    kwargs = dict(num_images=2, class_labels=[2, 0], guidance_scale=2.5, temperature=0.9, output_type="tokens",
+                  show_progress=False, batch_size=3)
+    fast = model.generate_images(generator=torch.Generator().manual_seed(8), **kwargs)
+    reference = model.generate_images(generator=torch.Generator().manual_seed(8), use_generate=True, **kwargs)
+    assert torch.equal(fast, reference)
+
+
+def test_guidance_scale_zero_is_unconditional_and_scale_one_is_conditional():
+    model = make_model(num_classes=3)
+    greedy = dict(temperature=0, output_type="tokens", show_progress=False)
+    unconditional = model.generate_images(2, **greedy)
+    conditional = model.generate_images(2, class_labels=1, **greedy)
+    assert not torch.equal(conditional[:, 1:], unconditional[:, 1:])
+    assert torch.equal(model.generate_images(2, class_labels=1, guidance_scale=0.0, **greedy)[:, 1:],
+                       unconditional[:, 1:])
+    assert torch.equal(model.generate_images(2, class_labels=1, guidance_scale=1.0, **greedy), conditional)
+
+
+def test_guidance_needs_classes():
+    model = make_model()
+    with pytest.raises(ValueError, match="needs `class_labels` and a class-conditional model"):
+        model.generate_images(guidance_scale=3.0, output_type="tokens", show_progress=False)
+
+
+@pytest.fixture
+def gray8_model():
+    model = make_model(vocab_size=256, image_size=5, num_classes=2)
+    return model, PixelGPTImageProcessor(quantization="gray8", image_size=5)
+
+
+def test_completion_keeps_the_given_rows_pixel_for_pixel(gray8_model):
+    model, processor = gray8_model
+    images = [np.random.default_rng(i).integers(0, 256, (5, 5), dtype=np.uint8) for i in range(2)]
+    completed = model.complete_images(images, keep_rows=2, num_completions=3, image_processor=processor,
+                                      generator=torch.Generator().manual_seed(0), batch_size=4, show_progress=False)
+    assert len(completed) == 6 and all(c.size == (5, 5) and c.mode == "L" for c in completed)
+    for i, image in enumerate(completed):
+        pixels = np.asarray(image)
+        assert np.array_equal(pixels[:2], images[i // 3][:2])  # completions of input 0 first, then input 1
+    bottoms = [np.asarray(c)[2:] for c in completed[:3]]
+    assert not (np.array_equal(bottoms[0], bottoms[1]) and np.array_equal(bottoms[1], bottoms[2]))
+    again = model.complete_images(images, keep_rows=2, num_completions=3, image_processor=processor,
+                                  generator=torch.Generator().manual_seed(0), batch_size=4, show_progress=False)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(completed, again))
+
+
+@pytest.mark.parametrize("keep_rows", [0, 3, 5])
+def test_completion_fast_path_matches_generate(gray8_model, keep_rows):
+    model, processor = gray8_model
+    images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 1), dtype=np.uint8)  # (B, H, W, C)
+    kwargs = dict(keep_rows=keep_rows, num_completions=2, class_labels=[1, 0], guidance_scale=1.5,
+                  image_processor=processor, output_type="tokens", show_progress=False)
+    fast = model.complete_images(images, generator=torch.Generator().manual_seed(3), **kwargs)
+    reference = model.complete_images(images, generator=torch.Generator().manual_seed(3), use_generate=True, **kwargs)
+    assert torch.equal(fast, reference)
+    assert fast[:, 0].tolist() == [model.config.class_token_id(c) for c in (1, 1, 0, 0)]
+
+
+def test_k_ahead_completion_matches_recomputing_everything():
+    model = make_model(parallel_tokens=4, vocab_size=256, image_size=5)
+    prefix = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(0))
+    start = torch.full((2,), model.config.start_token_id)
+    torch.manual_seed(2)
+    fast = model.sample_tokens(start, tokens_per_step=4, prefix=prefix)
+    assert torch.equal(fast[:, 1:8], prefix)
+    # Reference: recompute all rows for every step, as in reference_k_ahead, starting after the prefix.
+    torch.manual_seed(2)
+    tokens = prefix.clone()
+    while tokens.shape[1] < 25:
+        done, m = tokens.shape[1], min(4, 25 - tokens.shape[1])
+        ids = torch.cat([start[:, None], tokens, torch.zeros(2, 25 - done, dtype=torch.long)], 1)
+        inputs = model.k_ahead_inputs(ids, 4)
+        inputs.pop("labels")
+        tokens = torch.cat([tokens, model._draw(model(**inputs).logits[:, done : done + m], 1.0, None, None)], 1)
+    assert torch.equal(fast[:, 1:], tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep_rows=6), r"keep_rows` must be an int in \[0, 5\]"),
+        (dict(keep_rows=2, num_completions=0), "num_completions"),
+        (dict(keep_rows=2, class_labels=[0]), "one class label per input image: 2 images, 1 labels"),
+        (dict(keep_rows=2, class_labels=[0, 5]), "out of range"),
+    ],
+)
+def test_completion_rejects_bad_arguments(gray8_model, kwargs, message):
+    model, processor = gray8_model
+    images = [np.zeros((5, 5), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=message):
+        model.complete_images(images, image_processor=processor, show_progress=False, **kwargs)

@@ -308,3 +308,20 @@ def test_bad_arguments_are_rejected():
         with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
             train.parse_args(argv)
         assert message in "".join(c.args[0] for c in err.write.call_args_list)
+
+
+@pytest.mark.parametrize("probability, expected_null_share", [(0.0, 0.0), (1.0, 1.0)])
+def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability, expected_null_share):
+    seen = []
+    original = train.k_ahead_loss
+
+    def spy(model, accelerator, input_ids, k, reduction="mean"):
+        if reduction == "mean":  # training steps (evaluation uses reduction="none")
+            seen.append(input_ids[:, 0].clone())
+        return original(model, accelerator, input_ids, k, reduction)
+
+    with mock.patch.object(train, "k_ahead_loss", spy):
+        out = run(tmp_path, "--max_train_steps", "3", "--class_conditional", "--class_dropout_prob", str(probability))
+    starts = torch.cat(seen)
+    null = AutoModel.from_pretrained(out).config.start_token_id
+    assert len(starts) == 3 * 8 and float((starts == null).float().mean()) == expected_null_share

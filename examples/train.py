@@ -552,6 +552,10 @@ def main(args):
             api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"PixelGPT, step {global_step}",
                               ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*"])
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+    # Release the DDP wrapper (and its gradient reducer) while the process group still exists: freed after
+    # end_training() destroys the group, it could hang a CPU/gloo run on its way out.
+    del model, optimizer, train_loader, eval_loader, scheduler
+    accelerator.free_memory()
     accelerator.end_training()
     return eval_bits
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -185,14 +186,25 @@ RANK_DUMP = """
     from accelerate import Accelerator
     from safetensors.torch import save_file
 
-    def dump_then_end(self):
-        model = self.unwrap_model(self._models[0])
-        save_file({{k: v.contiguous() for k, v in model.state_dict().items()}},
-                  f"{out}/rank{{self.process_index}}.safetensors")
+    free_memory = Accelerator.free_memory
 
-    Accelerator.end_training = dump_then_end
+    def dump_then_free(self, *objects):
+        if self._models:  # each rank's own copy of the trained weights, before train.py releases it
+            model = self.unwrap_model(self._models[0])
+            save_file({{k: v.contiguous() for k, v in model.state_dict().items()}},
+                      f"{out}/rank{{self.process_index}}.safetensors")
+        return free_memory(self, *objects)
+
+    Accelerator.free_memory = dump_then_free
     train.main(train.parse_args(sys.argv[1:]))
 """
+
+
+def free_port() -> int:
+    """A port nobody listens on now, so a leftover or parallel run cannot block the rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -201,9 +213,12 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     common = [*TINY, "--max_train_steps", "4", "--eval_steps", "100", "--sample_steps", "100"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29517", str(script), "--output_dir", str(tmp_path / "ddp"), *common, "--train_batch_size", "4"]
+              str(free_port()), str(script), "--output_dir", str(tmp_path / "ddp"), *common, "--train_batch_size", "4"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    try:
+        result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
+    except subprocess.TimeoutExpired as err:  # a hung rendezvous: fail with what the ranks printed
+        raise AssertionError(f"2-process run hung:\n{(err.stderr or b'')[-3000:]!r}") from err
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert_same_weights(rank0, rank1)  # gradients were synchronised

@@ -287,9 +287,9 @@ def save_checkpoint(accelerator, args, step, ema):
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         if args.checkpoints_total_limit:
-            for old in list_checkpoints(args.output_dir)[: max(0, len(list_checkpoints(args.output_dir)) -
-                                                                args.checkpoints_total_limit + 1)]:
-                shutil.rmtree(old)
+            existing = list_checkpoints(args.output_dir)
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                shutil.rmtree(old)  # make room for the one being written
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:

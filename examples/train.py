@@ -3,6 +3,10 @@
     accelerate launch examples/train.py --output_dir pixelgpt-fashion          # built-in Fashion-MNIST subset
     accelerate launch examples/train.py --train_data_dir ./my_images --resolution 32 --quantization rgb
     python examples/train.py --dataset_name user/dataset --image_column img --label_column cls --class_conditional
+    python examples/train.py --task inpaint                      # any-order model: inpaint, outpaint, vary
+    python examples/train.py --train_data_dir emoji --task colorize --quantization rgb --num_levels 4
+    python examples/train.py --task upscale --resolution 28 --condition_size 7 --quantization gray8
+    python examples/train.py --train_data_dir photos --source_dir sketches --task translate   # paired folders
 
 Plain `python examples/train.py` runs one process; `accelerate launch` adds multi-process / mixed precision.
 """
@@ -31,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration, PixelGPTImageProcessor
+from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, PIXELGPT_TASKS
 from pixelgpt.default_data import DEFAULT_DATASET_NAME, load_default_dataset
 from pixelgpt.utils import make_image_grid, write_model_card
 
@@ -55,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval_fraction", type=float, default=0.05, help="Share of train held out when no eval split exists.")
     data.add_argument("--max_train_samples", type=int, help="Use only this many training images.")
     data.add_argument("--max_eval_samples", type=int, default=500, help="Evaluate on at most this many held-out images.")
+    data.add_argument("--source_column", help="--task translate: the column of source images (the image column "
+                      "holds the targets).")
+    data.add_argument("--source_dir", help="--task translate with --train_data_dir: a folder of source images with "
+                      "the same relative file names as the target images.")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="Skip unreadable/too-small images (and report how many) instead of stopping.")
 
@@ -73,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Resampling filter used when resizing.")
 
     model = p.add_argument_group("model")
+    model.add_argument("--task", default="generate", choices=PIXELGPT_TASKS,
+                       help="generate: raster-order model; inpaint: random-order model (inpainting, outpainting, "
+                       "variations); colorize / upscale: learn images from their own grayscale / low-resolution "
+                       "version; translate: learn targets from paired source images.")
+    model.add_argument("--inpaint_box_probability", type=float, default=0.5,
+                       help="--task inpaint: share of training orders that leave a random rectangle for last.")
+    model.add_argument("--condition_quantization", choices=["gray8", "gray", "rgb"], default=None,
+                       help="How condition images are tokenized (default: gray8 for colorize, else gray8 for gray "
+                       "quantizations and rgb otherwise).")
+    model.add_argument("--condition_num_levels", type=int, default=8, help="Levels per channel of gray/rgb conditions.")
+    model.add_argument("--condition_size", type=int, default=None,
+                       help="Side of the condition grid (default: resolution/4 for upscale, else the resolution).")
     model.add_argument("--model_size", default="tiny", choices=sorted(PIXELGPT_PRESETS), help="Size preset.")
     model.add_argument("--hidden_size", type=int, help="Override the preset's width.")
     model.add_argument("--num_hidden_layers", type=int, help="Override the preset's depth.")
@@ -153,6 +174,28 @@ def parse_args(argv=None):
         p.error("--parallel_fraction must be in (0, 1]")
     if not 0 <= args.class_dropout_prob <= 1:
         p.error("--class_dropout_prob must be in [0, 1]")
+    if args.parallel_tokens > 1 and args.task != "generate":
+        p.error("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
+    if not 0 <= args.inpaint_box_probability <= 1:
+        p.error("--inpaint_box_probability must be in [0, 1]")
+    if args.task == "translate":
+        if not (args.source_column or args.source_dir):
+            p.error("--task translate needs paired source images: --source_column (a dataset column) or "
+                    "--source_dir (a folder mirroring --train_data_dir)")
+        if args.source_dir and not args.train_data_dir:
+            p.error("--source_dir pairs with --train_data_dir (the folder of target images)")
+    elif args.source_column or args.source_dir:
+        p.error("--source_column / --source_dir are for --task translate")
+    if args.task in CONDITIONAL_TASKS:
+        if args.class_conditional:
+            p.error(f"--class_conditional does not combine with --task {args.task}")
+        if args.condition_quantization is None:
+            gray = args.task == "colorize" or args.quantization in ("gray", "gray8")
+            args.condition_quantization = "gray8" if gray else "rgb"
+        if args.condition_size is None:
+            args.condition_size = max(1, args.resolution // 4) if args.task == "upscale" else args.resolution
+        if not 1 <= args.condition_size <= 256:
+            p.error("--condition_size must be in [1, 256]")
     return args
 
 
@@ -166,6 +209,8 @@ def load_splits(args):
         if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in root.rglob("*") if f.is_file()):
             raise ValueError(f"--train_data_dir {root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         dataset, name = load_dataset("imagefolder", data_dir=str(root), cache_dir=args.cache_dir), None
+        if args.source_dir:  # pair before splitting, so that every missing source is reported at once
+            dataset = pair_with_sources(dataset, args)
     elif args.dataset_name:
         dataset = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
         name = args.dataset_name
@@ -192,10 +237,42 @@ def load_splits(args):
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     held_out = held_out.select(range(min(args.max_eval_samples, len(held_out))))
-    if isinstance(train.features[args.image_column], ImageFeature):  # decode ourselves, naming the file on failure
-        train = train.cast_column(args.image_column, ImageFeature(decode=False))
-        held_out = held_out.cast_column(args.image_column, ImageFeature(decode=False))
+    columns = [args.image_column] + ([args.source_column] if args.source_column else [])
+    for split in (train, held_out):
+        for column in columns[1:]:
+            if column not in split.column_names:
+                raise ValueError(f"Source column {column!r} not found; columns are {split.column_names}.")
+    for column in columns:
+        if isinstance(train.features[column], ImageFeature):  # decode ourselves, naming the file on failure
+            train = train.cast_column(column, ImageFeature(decode=False))
+            held_out = held_out.cast_column(column, ImageFeature(decode=False))
     return train, held_out, name
+
+
+def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
+    """Add a "source" column: for each target image, the file of the same relative path (any image extension)
+    under --source_dir."""
+    root, sources = Path(args.train_data_dir).resolve(), Path(args.source_dir)
+    if not sources.is_dir():
+        raise ValueError(f"--source_dir {sources} is not a folder.")
+    paired, missing, total = {}, [], 0
+    for split, rows in dataset.items():
+        paired[split] = []
+        for value in rows.cast_column("image", ImageFeature(decode=False))["image"]:
+            relative = Path(value["path"]).resolve().relative_to(root)
+            match = sources / relative
+            if not match.is_file():
+                candidates = sorted(match.parent.glob(match.stem + ".*"))  # same name, another image format
+                match = candidates[0] if candidates else None
+            if match is None:
+                missing.append(str(relative))
+            paired[split].append(str(match) if match else None)
+            total += 1
+    if missing:
+        raise ValueError(f"{len(missing)} of {total} target images have no source image of the same name under "
+                         f"--source_dir {sources}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    args.source_column = "source"
+    return DatasetDict({split: rows.add_column("source", paired[split]) for split, rows in dataset.items()})
 
 
 def resolve_label_column(args, dataset):
@@ -262,13 +339,17 @@ def check_images(dataset, column, processor, resolution, split_name, skip_bad, o
     return dataset.select(good)
 
 
-def make_transform(processor, config, image_column, label_column, class_conditional):
+def make_transform(processor, config, args, label_column):
     def transform(batch):
-        images = [open_image(v, "image") for v in batch[image_column]]
+        images = [open_image(v, "image") for v in batch[args.image_column]]
         input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
-        if class_conditional:
+        if args.class_conditional:
             input_ids[:, 0] = torch.tensor(batch[label_column]) + config.vocab_size + 1  # class start tokens
-        return {"input_ids": input_ids}
+        out = {"input_ids": input_ids}
+        if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
+            sources = images if args.task != "translate" else [open_image(v, "source") for v in batch[args.source_column]]
+            out["condition_ids"] = processor.encode_condition(sources, return_tensors="pt").condition_ids
+        return out
 
     return transform
 
@@ -303,23 +384,31 @@ def save_checkpoint(accelerator, args, step, ema):
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
-def k_ahead_loss(model, accelerator, input_ids, k, reduction="mean"):
-    """Cross-entropy of k-ahead prediction (k = 1: the usual next-token loss), through the prepared model."""
-    inputs = accelerator.unwrap_model(model).k_ahead_inputs(input_ids, k)
+def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean"):
+    """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
+    the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest."""
+    unwrapped = accelerator.unwrap_model(model)
+    input_ids = batch["input_ids"]
+    if unwrapped.config.task == "inpaint":
+        inputs = unwrapped.any_order_inputs(input_ids, box_probability, generator)
+    else:
+        inputs = unwrapped.k_ahead_inputs(input_ids, k)
     labels = inputs.pop("labels")
-    logits = model(**inputs, use_cache=False).logits
+    logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, k=1):
+def evaluate(model, dataloader, accelerator, k=1, seed=0):
     """Mean held-out negative log-likelihood in bits per token (= bits/dim for lossless 8-bit modes), for
-    k-ahead prediction (k = 1: ordinary one-token-per-pass decoding)."""
+    k-ahead prediction (k = 1: ordinary one-token-per-pass decoding). Any-order models are scored on random orders
+    drawn from `seed`, the same ones at every evaluation."""
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
     for batch in dataloader:
         ids = batch["input_ids"]
-        nll = k_ahead_loss(model, accelerator, ids, k, reduction="none")
+        nll = task_loss(model, accelerator, batch, k, generator=generator, reduction="none")
         nll = accelerator.gather_for_metrics(nll.view(ids.shape[0], -1))
         total += nll.sum()
         count += nll.numel()
@@ -327,14 +416,22 @@ def evaluate(model, dataloader, accelerator, k=1):
     return (total / count).item() / math.log(2)
 
 
-def save_samples(model, processor, args, step, num_classes, accelerator):
+def save_samples(model, processor, args, step, num_classes, accelerator, held_out):
+    """A grid of samples; conditional models show (condition, output) pairs for the first held-out images."""
     unwrapped = accelerator.unwrap_model(model)
-    labels = None
-    if num_classes:
-        labels = [i % num_classes for i in range(args.num_samples)]
-    images = unwrapped.generate_images(
-        1 if labels else args.num_samples, class_labels=labels, image_processor=processor,
-        generator=torch.Generator().manual_seed(args.seed), batch_size=args.num_samples, show_progress=False)
+    sampling = dict(image_processor=processor, generator=torch.Generator().manual_seed(args.seed),
+                    batch_size=args.num_samples, show_progress=False)
+    if unwrapped.config.is_conditional:
+        column = args.source_column if args.task == "translate" else args.image_column
+        sources = [open_image(v, "image") for v in held_out[: max(1, args.num_samples // 2)][column]]
+        outputs = unwrapped.translate_images(sources, **sampling)
+        condition = processor.condition_processor
+        shown = condition.decode(torch.as_tensor(processor.encode_condition(sources, return_tensors="np").condition_ids))
+        shown = [c.resize((args.resolution, args.resolution), Image.Resampling.NEAREST) for c in shown]
+        images = [image for pair in zip(shown, outputs) for image in pair]
+    else:
+        labels = [i % num_classes for i in range(args.num_samples)] if num_classes else None
+        images = unwrapped.generate_images(1 if labels else args.num_samples, class_labels=labels, **sampling)
     grid = make_image_grid(images, cols=min(8, len(images)))
     path = Path(args.output_dir, "samples", f"step-{step:06d}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -371,13 +468,23 @@ def main(args):
     # ---- data and processor
     train, held_out, dataset_name = load_splits(args)
     label_column, num_classes, class_names = resolve_label_column(args, train)
+    condition = {}
+    if args.task in CONDITIONAL_TASKS:
+        condition = dict(condition_quantization=args.condition_quantization,
+                         condition_num_levels=args.condition_num_levels, condition_size=args.condition_size)
     processor = PixelGPTImageProcessor(quantization="rgb8" if args.fit_palette else args.quantization,
                                        num_levels=args.num_levels, image_size=args.resolution,
-                                       resize_mode=args.resize_mode, resample=args.resample)
+                                       resize_mode=args.resize_mode, resample=args.resample, **condition)
     train = check_images(train, args.image_column, processor, args.resolution, "train", args.skip_bad_images,
                          args.output_dir)
     held_out = check_images(held_out, args.image_column, processor, args.resolution, "eval", args.skip_bad_images,
                             args.output_dir)
+    if args.task == "translate":
+        for name in ("train", "eval"):
+            split = train if name == "train" else held_out
+            split = check_images(split, args.source_column, processor.condition_processor, args.condition_size,
+                                 f"{name}_source", args.skip_bad_images, args.output_dir)
+            train, held_out = (split, held_out) if name == "train" else (train, split)
     if args.fit_palette:
         sample = train.shuffle(seed=args.seed).select(range(min(args.palette_samples, len(train))))
         processor.fit_palette([open_image(v, "image") for v in sample[args.image_column]], args.palette_size,
@@ -393,11 +500,12 @@ def main(args):
             config_kwargs["id2label"] = dict(enumerate(class_names))
     config = PixelGPTConfig(vocab_size=processor.vocab_size, image_size=args.resolution,
                             tokens_per_pixel=processor.tokens_per_pixel, parallel_tokens=args.parallel_tokens,
-                            **config_kwargs)
+                            task=args.task, condition_size=processor.condition_size,
+                            condition_vocab_size=processor.condition_vocab_size, **config_kwargs)
     model = PixelGPTForImageGeneration(config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    transform = make_transform(processor, config, args.image_column, label_column, args.class_conditional)
+    transform = make_transform(processor, config, args, label_column)
     # Each loader gets its own generator: creating an iterator (every epoch, every evaluation, the skipping
     # loader of a resumed run) then never draws from torch's global RNG, which training randomness relies on.
     train_loader = torch.utils.data.DataLoader(train.with_transform(transform), batch_size=args.train_batch_size,
@@ -460,7 +568,7 @@ def main(args):
     logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
                 f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                 f"{config.num_image_tokens} tokens per image")
-    untrained_bits = evaluate(model, eval_loader, accelerator) if global_step == 0 else None
+    untrained_bits = evaluate(model, eval_loader, accelerator, seed=args.seed) if global_step == 0 else None
     if untrained_bits is not None:
         logger.info(f"untrained held-out {bits_name}: {untrained_bits:.4f}")
     eval_bits = untrained_bits
@@ -483,7 +591,8 @@ def main(args):
                     dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < args.class_dropout_prob
                     input_ids = input_ids.clone()
                     input_ids[dropped, 0] = config.start_token_id
-                loss = k_ahead_loss(model, accelerator, input_ids, k)
+                # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
+                loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -506,11 +615,11 @@ def main(args):
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args, global_step, ema)
             if global_step % args.eval_steps == 0 and global_step < max_steps:
-                eval_bits = evaluate(model, eval_loader, accelerator)
+                eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
                 accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
                 logger.info(f"step {global_step}: held-out {bits_name} {eval_bits:.4f}")
             if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
-                save_samples(model, processor, args, global_step, config.num_classes, accelerator)
+                save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
             if global_step >= max_steps:
                 break
         if global_step >= max_steps:
@@ -523,18 +632,18 @@ def main(args):
     if ema is not None:
         final_model.load_state_dict(ema.module.state_dict())
     state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
-    eval_bits = evaluate(model, eval_loader, accelerator)
+    eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
     accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
     logger.info(f"final held-out {bits_name}: {eval_bits:.4f}")
     parallel_bits = None
     if args.parallel_tokens > 1:
-        parallel_bits = evaluate(model, eval_loader, accelerator, k=args.parallel_tokens)
+        parallel_bits = evaluate(model, eval_loader, accelerator, k=args.parallel_tokens, seed=args.seed)
         logger.info(f"final held-out {bits_name} of {args.parallel_tokens}-ahead prediction: {parallel_bits:.4f}")
     if accelerator.is_main_process:
         out = Path(args.output_dir)
         final_model.save_pretrained(out, state_dict=state_dict)
         processor.save_pretrained(out)
-        grid = save_samples(model, processor, args, global_step, config.num_classes, accelerator)
+        grid = save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
         grid.save(out / "samples.png")
         metrics = {bits_name: eval_bits, "untrained_" + bits_name: untrained_bits, "steps": global_step,
                    "train_seconds": round(time.time() - started, 1)}

@@ -10,13 +10,17 @@ PIXELGPT_PRESETS = {
     "base": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8},
 }
 
+# What a model can be trained for (`train.py --task`); the last three read a condition image first.
+PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
+CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
+
 
 class PixelGPTConfig(PreTrainedConfig):
     r"""
     Configuration of a PixelGPT model: a decoder-only transformer over the raster-order token sequence of a square
     image, with 2-D rotary positions.
 
-    A sequence is `[start] + image tokens`. The start token is `start_token_id` (= `vocab_size`) for unconditional images or
+    A sequence is `[condition tokens] + [start] + image tokens` (condition tokens only for the conditional tasks). The start token is `start_token_id` (= `vocab_size`) for unconditional images or
     `class_token_id(c)` for class `c`. Image tokens take values in `[0, vocab_size)`; each pixel is
     `tokens_per_pixel` tokens (3 for lossless `rgb8`, 1 otherwise), so an image is
     `image_size * image_size * tokens_per_pixel` tokens.
@@ -56,6 +60,17 @@ class PixelGPTConfig(PreTrainedConfig):
         parallel_tokens (`int`, defaults to 1):
             k of k-ahead training (set by `train.py --parallel_tokens`): the model can also draw k tokens per
             forward pass (`generate_images(tokens_per_step=k)`). 1 = one token per pass only. 1 to 64.
+        task (`str`, defaults to `"generate"`):
+            What the model was trained for (`train.py --task`), one of `PIXELGPT_TASKS`:
+            `"generate"`: raster order (generation, completion, parallel decoding);
+            `"inpaint"`: random generation orders (also inpainting, outpainting, variations, completion);
+            `"colorize"`, `"upscale"`, `"translate"`: raster order after a condition image's tokens (grayscale
+            version, low-resolution version, or a paired source image).
+        condition_size (`int`, defaults to 0):
+            Side of the condition image's token grid (conditional tasks only, 1 to 256). Condition pixels are placed
+            on the target grid by scaling, so a low-resolution condition lines up with the pixels it covers.
+        condition_vocab_size (`int`, defaults to 0):
+            Distinct condition tokens (the image processor's `condition_vocab_size`; conditional tasks only).
     """
 
     model_type = "pixelgpt"
@@ -76,6 +91,9 @@ class PixelGPTConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     use_cache: bool = True
     parallel_tokens: int = 1
+    task: str = "generate"
+    condition_size: int = 0
+    condition_vocab_size: int = 0
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -114,6 +132,18 @@ class PixelGPTConfig(PreTrainedConfig):
         check(self.initializer_range > 0, f"`initializer_range` must be > 0, got {self.initializer_range}.")
         check(isinstance(self.parallel_tokens, int) and 1 <= self.parallel_tokens <= 64,
               f"`parallel_tokens` must be an int in [1, 64], got {self.parallel_tokens!r}.")
+        check(self.task in PIXELGPT_TASKS, f"`task` must be one of {PIXELGPT_TASKS}, got {self.task!r}.")
+        if self.is_conditional:
+            check(isinstance(self.condition_size, int) and 1 <= self.condition_size <= 256,
+                  f"task {self.task!r} needs `condition_size` in [1, 256], got {self.condition_size!r}.")
+            check(isinstance(self.condition_vocab_size, int) and self.condition_vocab_size >= 2,
+                  f"task {self.task!r} needs `condition_vocab_size` >= 2, got {self.condition_vocab_size!r}.")
+        else:
+            check(self.condition_size == 0 and self.condition_vocab_size == 0,
+                  f"`condition_size` / `condition_vocab_size` are for the conditional tasks {CONDITIONAL_TASKS}; "
+                  f"task {self.task!r} takes 0 for both.")
+        check(self.parallel_tokens == 1 or self.task == "generate",
+              f"`parallel_tokens` > 1 (k-ahead decoding) needs task 'generate', got task {self.task!r}.")
 
     # Purely derived sizes are properties, so they stay right when a field is changed after construction
     # (`from_pretrained(path, image_size=...)` sets attributes after `__post_init__`).
@@ -128,8 +158,18 @@ class PixelGPTConfig(PreTrainedConfig):
 
     @property
     def max_position_embeddings(self) -> int:
-        """Every position a sequence can have: the start token plus every image token."""
-        return 1 + self.num_image_tokens
+        """Every position a sequence can have: condition tokens, the start token and every image token."""
+        return self.num_condition_tokens + 1 + self.num_image_tokens
+
+    @property
+    def num_condition_tokens(self) -> int:
+        """Tokens of the condition image (one per pixel): `condition_size**2`, 0 for unconditioned tasks."""
+        return self.condition_size * self.condition_size
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether sequences begin with a condition image's tokens."""
+        return self.task in CONDITIONAL_TASKS
 
     @property
     def start_token_id(self) -> int:
@@ -157,4 +197,4 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS"]
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS"]

@@ -35,15 +35,18 @@ class PixelGPTRotaryEmbedding(nn.Module):
         self.image_size = config.image_size
         self.tokens_per_pixel = config.tokens_per_pixel
 
-    def _cos_sin(self, pixel: torch.Tensor, width: int, dtype: torch.dtype):
+    def _cos_sin(self, row: torch.Tensor, col: torch.Tensor, dtype: torch.dtype):
         # Frequencies are recomputed each call (a handful of numbers) rather than kept in a non-persistent buffer,
-        # which `from_pretrained` would leave uninitialised.
-        inv_freq = self.theta ** (-torch.arange(self.quarter, device=pixel.device, dtype=torch.float32) / self.quarter)
-        row = torch.div(pixel, width, rounding_mode="floor")
-        col = pixel - row * width
+        # which `from_pretrained` would leave uninitialised. Rows and columns may be fractional (condition pixels).
+        inv_freq = self.theta ** (-torch.arange(self.quarter, device=row.device, dtype=torch.float32) / self.quarter)
         freqs = torch.cat([row[..., None] * inv_freq, col[..., None] * inv_freq], dim=-1)  # (B, T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _pixel_cos_sin(self, token_index: torch.Tensor, width: int, dtype: torch.dtype):
+        pixel = torch.div(token_index, self.tokens_per_pixel, rounding_mode="floor")
+        row = torch.div(pixel, width, rounding_mode="floor")
+        return self._cos_sin(row.float(), (pixel - row * width).float(), dtype)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, input_positions: torch.LongTensor, target_positions: torch.LongTensor,
@@ -51,9 +54,19 @@ class PixelGPTRotaryEmbedding(nn.Module):
         """Positions are image-token indices (negative for start tokens): a key is rotated by the pixel of the token
         it holds, a query by the pixel of the token it predicts."""
         width = image_width or self.image_size
-        key_pixel = torch.div(input_positions, self.tokens_per_pixel, rounding_mode="floor")
-        query_pixel = torch.div(target_positions, self.tokens_per_pixel, rounding_mode="floor")
-        return self._cos_sin(query_pixel, width, x.dtype), self._cos_sin(key_pixel, width, x.dtype)
+        return (self._pixel_cos_sin(target_positions, width, x.dtype),
+                self._pixel_cos_sin(input_positions, width, x.dtype))
+
+    @torch.no_grad()
+    def condition(self, condition_size: int, device, dtype):
+        """Query and key rotation of a `condition_size`-square condition grid laid over the image grid: condition
+        pixel (i, j) sits at the centre of the image pixels it covers, `(i + 0.5) * image_size / condition_size - 0.5`."""
+        scale = self.image_size / condition_size
+        centre = (torch.arange(condition_size, device=device, dtype=torch.float32) + 0.5) * scale - 0.5
+        row = centre.repeat_interleave(condition_size)[None]  # (1, C)
+        col = centre.repeat(condition_size)[None]  # (1, C)
+        cos_sin = self._cos_sin(row, col, dtype)
+        return cos_sin, cos_sin
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -256,6 +269,9 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         self.embed_start = nn.Embedding(config.num_start_tokens, config.hidden_size)
         # Which sub-pixel (R, G or B) the next token is; only needed when a pixel takes several tokens.
         self.channel_embed = nn.Embedding(config.tokens_per_pixel, config.hidden_size) if config.tokens_per_pixel > 1 else None
+        # Conditional tasks read a condition image first, with its own token table.
+        self.embed_condition = (nn.Embedding(config.condition_vocab_size, config.hidden_size)
+                                if config.is_conditional else None)
         self.layers = nn.ModuleList(PixelGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = PixelGPTRotaryEmbedding(config)
@@ -286,13 +302,18 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         output_hidden_states: bool | None = None,
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
+        condition_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
         input_positions / target_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Image-token index held by each row (start rows: negative) and index of the token each row predicts.
             Default: raster order, `position_ids - 1` and `position_ids`. Other values give k-ahead prediction
-            (row holds token j - k, predicts token j) for parallel decoding.
+            (row holds token j - k, predicts token j) for parallel decoding, or any generation order (row holds
+            token `order[t - 1]`, predicts `order[t]`) for any-order models.
+        condition_ids (`torch.LongTensor` of shape `(batch_size, condition_size**2)`, *optional*):
+            Condition-image tokens (conditional tasks), placed before the rows of `input_ids`; the returned hidden
+            states start with their rows. Pass them once: with a cache, later calls continue after them.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -312,6 +333,22 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         if self.channel_embed is not None:
             # Tell each row which sub-pixel (R, G or B) it predicts.
             inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
+        position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
+        if condition_ids is not None:
+            if self.embed_condition is None:
+                raise ValueError(f"`condition_ids` were given, but this model (task {self.config.task!r}) was not "
+                                 "trained with a condition image.")
+            if condition_ids.shape[1] != self.config.num_condition_tokens:
+                raise ValueError(f"`condition_ids` must have {self.config.num_condition_tokens} tokens per image "
+                                 f"({self.config.condition_size}^2), got shape {tuple(condition_ids.shape)}.")
+            batch = inputs_embeds.shape[0]
+            inputs_embeds = torch.cat([self.embed_condition(condition_ids), inputs_embeds], dim=1)  # (B, C + T, D)
+            condition = self.rotary_emb.condition(self.config.condition_size, inputs_embeds.device, inputs_embeds.dtype)
+            position_embeddings = tuple(
+                tuple(torch.cat([c.expand(batch, -1, -1), x.expand(batch, -1, -1)], dim=1) for c, x in zip(cs, xs))
+                for cs, xs in zip(condition, position_embeddings)
+            )  # each (B, C + T, hd)
+            position_ids = None  # positions of the image rows only; the mask needs no packing hints
 
         if isinstance(past_key_values, PixelGPTStaticCache):
             causal_mask = past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
@@ -323,7 +360,6 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
                 past_key_values=past_key_values,
                 position_ids=position_ids,
             )
-        position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
         hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
@@ -371,6 +407,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
+        condition_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -378,8 +415,11 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             Usually the `input_ids` themselves. The shift happens here: logits at index t are scored against
             `labels[:, t + 1]`, so `labels[:, 0]` (the start token) is never a target. Use -100 to ignore a position.
             `loss` is the mean cross-entropy in nats per scored token.
-        input_positions / target_positions: see `PixelGPTModel.forward` (k-ahead prediction for parallel decoding).
-            With explicit `target_positions` there is no shift: `labels[:, t]` is the token row t predicts.
+        input_positions / target_positions: see `PixelGPTModel.forward` (k-ahead prediction for parallel decoding,
+            any generation order). With explicit `target_positions` there is no shift: `labels[:, t]` is the token
+            row t predicts.
+        condition_ids: condition-image tokens of conditional models (see `PixelGPTModel.forward`). Their rows
+            predict nothing: `logits` and `labels` cover the rows of `input_ids` only.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -391,9 +431,12 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             input_positions=input_positions,
             target_positions=target_positions,
+            condition_ids=condition_ids,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        if condition_ids is not None:
+            hidden_states = hidden_states[:, condition_ids.shape[1] :]  # (B, T, D): drop the condition rows
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])  # (B, T_kept, V)
 
@@ -427,13 +470,12 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
 
             processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
             self.image_processor = processor
-        expected = (self.config.vocab_size, self.config.tokens_per_pixel, self.config.image_size)
-        found = (processor.vocab_size, processor.tokens_per_pixel, processor.image_size)
+        names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
+        expected = tuple(getattr(self.config, name) for name in names)
+        found = tuple(getattr(processor, name) for name in names)
         if found != expected:
-            raise ValueError(
-                f"Image processor does not match the model: (vocab_size, tokens_per_pixel, image_size) is {found} "
-                f"for the processor and {expected} for the model."
-            )
+            raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
+                             f"{expected} for the model.")
         return processor
 
     def k_ahead_inputs(self, input_ids: torch.LongTensor, k: int) -> dict:
@@ -475,51 +517,121 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         progress=None,
         prefix: torch.LongTensor | None = None,
         guidance_scale: float = 1.0,
+        known: torch.LongTensor | None = None,
+        order: torch.LongTensor | None = None,
+        condition_ids: torch.LongTensor | None = None,
     ) -> torch.LongTensor:
         """PixelGPT's own sampling loop: static KV cache, one forward pass per `tokens_per_step` tokens.
 
         Args:
             start_ids: `(B,)` start or class tokens.
             tokens_per_step: k tokens per pass; k > 1 feeds the k tokens drawn last and predicts the next k
-                (k-ahead, for models trained with `parallel_tokens=k`).
+                (k-ahead, for models trained with `parallel_tokens=k`; raster order only).
             prefix: `(B, P)` known first image tokens (raster order) to continue from; they are kept as given.
             guidance_scale: classifier-free guidance for class tokens: the unconditional branch (start token
                 `start_token_id`) runs in the same batch and the next-token log-probabilities become
-                `u + s * (c - u)`, as transformers' `UnbatchedClassifierFreeGuidanceLogitsProcessor` does.
-        Draws from torch's global generator, like `generate()`. Returns `(B, 1 + N)` ids in raster order.
+                `uncond + guidance_scale * (cond - uncond)`, as generate()'s `guidance_scale`.
+            known: `(B, N)` image tokens in raster index, -1 where a token is to be drawn; known tokens are kept.
+            order: `(B, N)` generation order (a permutation of token indices) for any-order models; default
+                raster. Put the known tokens first: the leading known tokens of every row are read in one pass.
+            condition_ids: `(B, condition_size**2)` condition-image tokens for conditional models.
+
+        Returns `(B, 1 + N)`: the start tokens, then the image tokens in raster order.
         """
-        k, n = tokens_per_step, self.config.num_image_tokens
-        batch, device = start_ids.shape[0], start_ids.device
-        tokens = torch.empty(batch, n, dtype=torch.long, device=device)
-        done = 0 if prefix is None else prefix.shape[1]
-        if done:
-            tokens[:, :done] = prefix
+        n, k, device = self.config.num_image_tokens, tokens_per_step, start_ids.device
+        batch = start_ids.shape[0]
+        if order is None:
+            order = torch.arange(n, device=device).expand(batch, n)
+        elif k != 1:
+            raise ValueError("tokens_per_step > 1 (k-ahead decoding) works in raster order only.")
+        if known is None:
+            known = torch.full((batch, n), -1, dtype=torch.long, device=device)
+        if prefix is not None:
+            known = known.clone()
+            known[:, : prefix.shape[1]] = prefix
+        known_seq = known.gather(1, order)  # (B, N): in generation order, -1 = to draw
+        seq = known_seq.clamp(min=0)
+        done = self._leading_known(known_seq)  # all rows read their first `done` tokens in one pass
         guided = guidance_scale != 1.0
         starts = start_ids
         if guided:  # conditional rows first, then the same rows with the unconditional start token
+            if condition_ids is not None:
+                raise ValueError("Classifier-free guidance is for class labels, not condition images.")
             starts = torch.cat([start_ids, torch.full_like(start_ids, self.config.start_token_id)])
-        cache = PixelGPTStaticCache(self.config, starts.shape[0], k + n, device, self.dtype)
-        cached = -k  # the cache holds the rows of token indices [-k, cached); negative indices are start rows
+        num_condition = 0 if condition_ids is None else condition_ids.shape[1]
+        cache = PixelGPTStaticCache(self.config, starts.shape[0], num_condition + k + n, device, self.dtype)
+        cached = -k  # the cache holds the rows of sequence indices [-k, cached); negative indices are start rows
         while done < n:
             m = min(k, n - done)
-            index = torch.arange(cached, done + m - k, device=device)  # rows still missing: token indices held
-            ids = tokens[:, index.clamp(min=0)]
-            ids = torch.where(index < 0, start_ids[:, None], ids)  # (B, rows)
+            index = torch.arange(cached, done + m - k, device=device)  # rows still missing: sequence indices held
+            safe = index.clamp(min=0)
+            ids = torch.where(index < 0, start_ids[:, None], seq[:, safe])  # (B, rows)
+            held = torch.where(index < 0, index, order[:, safe])  # (B, rows): token index held (start: negative)
+            predicted = order[:, index + k]  # (B, rows): token index predicted
             if guided:
-                ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])
-            rows = ids.shape[1]
-            logits = self(input_ids=ids, past_key_values=cache, use_cache=True,
-                          input_positions=index.expand(ids.shape[0], rows),
-                          target_positions=(index + k).expand(ids.shape[0], rows)).logits[:, -m:]  # (B', m, V)
+                ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])  # (2B, rows)
+                held, predicted = held.repeat(2, 1), predicted.repeat(2, 1)
+            logits = self(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
+                          target_positions=predicted,
+                          condition_ids=condition_ids if cached == -k else None).logits[:, -m:]  # (B', m, V)
             if guided:
                 cond, uncond = logits[:batch].float().log_softmax(-1), logits[batch:].float().log_softmax(-1)
                 logits = uncond + guidance_scale * (cond - uncond)
-            tokens[:, done : done + m] = self._draw(logits, temperature, top_k, top_p)
+            given = known_seq[:, done : done + m]
+            seq[:, done : done + m] = torch.where(given >= 0, given, self._draw(logits, temperature, top_k, top_p))
             cached, done = done + m - k, done + m
             if progress is not None:
                 progress.update(m * batch)  # the bar counts image tokens
+        tokens = torch.empty_like(seq).scatter_(1, order, seq)  # back to raster order
         return torch.cat([start_ids[:, None], tokens], dim=1)
 
+    @staticmethod
+    def _leading_known(known_seq: torch.LongTensor) -> int:
+        """How many tokens at the start of the generation order are known in every row."""
+        return int((known_seq >= 0).long().cumprod(dim=1).sum(dim=1).min()) if known_seq.numel() else 0
+
+    # ------------------------------------------------------------------------------------------ any-order models
+    def random_orders(self, last: torch.BoolTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
+        """Random generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False
+        come first, then those where it is True, each group in random order. A pixel's sub-pixel tokens stay
+        together in R, G, B order."""
+        noise = torch.rand(last.shape, generator=generator, device=last.device)
+        pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
+        t = self.config.tokens_per_pixel
+        return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)
+
+    def random_boxes(self, batch: int, probability: float, generator: torch.Generator | None = None,
+                     device=None) -> torch.BoolTensor:
+        """`(batch, pixels)` masks: with `probability` a random rectangle (sides 1..image_size), else empty."""
+        size = self.config.image_size
+
+        def draw(high):  # uniform integers in [0, high) per row
+            return (torch.rand(batch, generator=generator, device=device) * high).long()
+
+        height, width = draw(size) + 1, draw(size) + 1
+        top, left = draw(size - height + 1), draw(size - width + 1)
+        used = torch.rand(batch, generator=generator, device=device) < probability
+        grid = torch.arange(size, device=device)
+        rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])  # (B, S)
+        cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])  # (B, S)
+        return (rows[:, :, None] & cols[:, None, :] & used[:, None, None]).flatten(1)  # (B, S*S)
+
+    def any_order_inputs(self, input_ids: torch.LongTensor, box_probability: float = 0.5,
+                         generator: torch.Generator | None = None) -> dict:
+        """Inputs for any-order training or scoring from `(B, 1 + N)` processor ids. Each image gets a random
+        generation order; with `box_probability` a random rectangle comes last (the shape inpainting masks take).
+        Row 0 holds the start token and predicts token `order[0]`; row t holds `order[t - 1]` and predicts
+        `order[t]`: the query knows which pixel it draws (target-position queries), so any set of known pixels,
+        on any side, can condition any other."""
+        batch = input_ids.shape[0]
+        last = self.random_boxes(batch, box_probability, generator, input_ids.device)
+        order = self.random_orders(last, generator)  # (B, N)
+        tokens = input_ids[:, 1:].gather(1, order)  # (B, N) in generation order
+        start = torch.full((batch, 1), -1, dtype=torch.long, device=input_ids.device)
+        return dict(input_ids=torch.cat([input_ids[:, :1], tokens[:, :-1]], dim=1),
+                    input_positions=torch.cat([start, order[:, :-1]], dim=1), target_positions=order, labels=tokens)
+
+    # ------------------------------------------------------------------------------------------ checks and batching
     def _check_sampling(self, batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
                         output_type, use_generate, generate_kwargs):
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -543,8 +655,17 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                              "class-conditional model (trained with --class_conditional).")
         if use_generate and tokens_per_step != 1:
             raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
+        if use_generate and self.config.task != "generate":
+            raise ValueError(f"`use_generate=True` samples in raster order without a condition image; this model's "
+                             f"task is {self.config.task!r}. Use the default sampling loop.")
         if generate_kwargs and not use_generate:
             raise ValueError(f"{sorted(generate_kwargs)} are generate() arguments; pass use_generate=True.")
+
+    def _require_task(self, method: str, *tasks: str):
+        if self.config.task not in tasks:
+            flags = " or ".join(f"--task {t}" for t in tasks)
+            raise ValueError(f"`{method}` needs a model trained for {' or '.join(map(repr, tasks))}; this one was "
+                             f"trained for task {self.config.task!r}. Train one with `examples/train.py {flags}`.")
 
     def _start_ids(self, class_labels, repeats: int) -> list[int]:
         """One start token per output image: unconditional, or each class label `repeats` times."""
@@ -553,14 +674,28 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
         return [self.config.class_token_id(int(c)) for c in labels for _ in range(repeats)]
 
-    def _run_batches(self, start_ids, prefixes, generator, batch_size, show_progress, use_generate, tokens_per_step,
-                     temperature, top_k, top_p, guidance_scale, generate_kwargs) -> torch.LongTensor:
-        device = self.device
+    def _input_start_ids(self, class_labels, num_inputs: int, repeats: int) -> list[int]:
+        """Start tokens for `num_inputs` input images drawn `repeats` times each: one class label per input."""
+        if class_labels is None:
+            return [self.config.start_token_id] * (num_inputs * repeats)
+        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        if len(labels) != num_inputs:
+            raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
+        return self._start_ids(labels, repeats)
+
+    def _run_batches(self, start_ids, generator, batch_size, show_progress, use_generate, tokens_per_step,
+                     temperature, top_k, top_p, guidance_scale, generate_kwargs, known=None,
+                     condition_ids=None) -> torch.LongTensor:
+        """Sample `len(start_ids)` images in batches. `known` `(B, N)`: tokens to keep (-1: draw). Any-order
+        models draw their order (known pixels first) from the seeded generator."""
+        device, n = self.device, self.config.num_image_tokens
         seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
         start_ids = torch.tensor(start_ids, device=device)
-        known = 0 if prefixes is None else prefixes.shape[1]
-        bar = tqdm(total=len(start_ids) * (self.config.num_image_tokens - known), desc="Sampling", unit="tok",
-                   disable=not show_progress)
+        if known is None:
+            known = torch.full((len(start_ids), n), -1, dtype=torch.long)
+        if use_generate and self._leading_known(known) != int((known >= 0).sum(1).max()):
+            raise ValueError("`use_generate=True` continues a raster prefix only; keep whole top rows.")
+        bar = tqdm(total=int((known < 0).sum()), desc="Sampling", unit="tok", disable=not show_progress)
         outputs = []
         # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
         # without disturbing the caller's global random state.
@@ -569,17 +704,45 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                 torch.manual_seed(seed)
             for i in range(0, len(start_ids), batch_size):
                 start = start_ids[i : i + batch_size]
-                prefix = None if prefixes is None else prefixes[i : i + batch_size].to(device)
+                part = known[i : i + batch_size].to(device)
+                order = None
+                if self.config.task == "inpaint":  # known pixels first, the rest in a random order
+                    pixels = part.view(len(part), -1, self.config.tokens_per_pixel)[..., 0]
+                    order = self.random_orders(pixels < 0)
+                condition = None if condition_ids is None else condition_ids[i : i + batch_size].to(device)
                 if use_generate:
-                    out = self._generate_reference(start, prefix, temperature, top_k, top_p, guidance_scale, bar,
-                                                   **generate_kwargs)
+                    prefix = part[:, : self._leading_known(part)]
+                    out = self._generate_reference(start, prefix if prefix.shape[1] else None, temperature, top_k,
+                                                   top_p, guidance_scale, bar, **generate_kwargs)
                 else:
                     out = self.sample_tokens(start, tokens_per_step, temperature, top_k, top_p, progress=bar,
-                                             prefix=prefix, guidance_scale=guidance_scale)
+                                             guidance_scale=guidance_scale, known=part, order=order,
+                                             condition_ids=condition)
                 outputs.append(out.cpu())  # (b, 1 + N)
         bar.close()
         return torch.cat(outputs)
 
+    def _sample_images(self, start_ids, known=None, condition_ids=None, *, class_labels=None, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+                batch_size: int = 16, tokens_per_step: int = 1, guidance_scale: float = 1.0,
+                show_progress: bool = True, use_generate: bool = False, output_type: str = "pil",
+                **generate_kwargs) -> torch.LongTensor:
+        """Checks the sampling arguments shared by every public method, then samples `(B, 1 + N)` tokens."""
+        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
+                             output_type, use_generate, generate_kwargs)
+        return self._run_batches(start_ids, generator, batch_size, show_progress, use_generate, tokens_per_step,
+                                 temperature, top_k, top_p, guidance_scale, generate_kwargs, known, condition_ids)
+
+    def _encode(self, images, processor, repeats: int = 1) -> torch.LongTensor:
+        """Processor tokens of `images`, each repeated `repeats` times: `(B * repeats, N)`."""
+        return processor(images, return_tensors="pt").input_ids[:, 1:].repeat_interleave(repeats, dim=0)
+
+    @staticmethod
+    def _check_count(name: str, value) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+    # ------------------------------------------------------------------------------------------ public methods
     @torch.no_grad()
     def generate_images(
         self,
@@ -619,65 +782,177 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             use_generate: sample through transformers' `generate()` (the reference path, one token per pass)
                 instead of PixelGPT's static-cache loop; both give the same tokens under the same generator.
             generate_kwargs: passed on to `generate()` (only with `use_generate=True`).
+
+        The other methods (`complete_images`, `inpaint_images`, `outpaint_images`, `vary_images`,
+        `colorize_images`, `upscale_images`, `translate_images`) take the same sampling arguments.
         """
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
-        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
-                             output_type, use_generate, generate_kwargs)
+        self._check_count("num_images", num_images)
+        if self.config.is_conditional:
+            raise ValueError(f"This model draws from a condition image (task {self.config.task!r}); use "
+                             f"`{self.config.task}_images(images)`.")
         processor = self._resolve_image_processor(image_processor) if output_type == "pil" else None
-        tokens = self._run_batches(self._start_ids(class_labels, num_images), None, generator, batch_size,
-                                   show_progress, use_generate, tokens_per_step, temperature, top_k, top_p,
-                                   guidance_scale, generate_kwargs)
+        tokens = self._sample_images(self._start_ids(class_labels, num_images), class_labels=class_labels,
+                              temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                              batch_size=batch_size, tokens_per_step=tokens_per_step, guidance_scale=guidance_scale,
+                              show_progress=show_progress, use_generate=use_generate, output_type=output_type,
+                              **generate_kwargs)
         return tokens if output_type == "tokens" else processor.decode(tokens)
 
     @torch.no_grad()
-    def complete_images(
-        self,
-        images,
-        keep_rows: int,
-        num_completions: int = 1,
-        class_labels: int | list[int] | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        batch_size: int = 16,
-        tokens_per_step: int = 1,
-        guidance_scale: float = 1.0,
-        image_processor=None,
-        output_type: str = "pil",
-        show_progress: bool = True,
-        use_generate: bool = False,
-        **generate_kwargs,
-    ):
+    def complete_images(self, images, keep_rows: int, num_completions: int = 1, class_labels=None,
+                        image_processor=None, **sampling):
         """Keep the top `keep_rows` pixel rows of each image and sample the rest, `num_completions` times each.
 
         `images` are anything the image processor takes (one image or a batch); the output holds
         `len(images) * num_completions` images, the completions of the first input first. The kept rows come back
         exactly as the processor quantized them (pixel for pixel the input in lossless modes). `class_labels` (one
-        per input, for class-conditional models) and the sampling arguments are as in `generate_images`.
+        per input, for class-conditional models) and the sampling arguments (`temperature`, `top_k`, `top_p`,
+        `generator`, `batch_size`, `tokens_per_step`, `guidance_scale`, `output_type`, `show_progress`,
+        `use_generate`) are as in `generate_images`. Raster models see only the rows above what they draw;
+        inpainting models (task "inpaint") draw the rest in a random order.
         """
+        self._require_task("complete_images", "generate", "inpaint")
         processor = self._resolve_image_processor(image_processor)
         if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
             raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
                              f"got {keep_rows!r}.")
-        if not isinstance(num_completions, int) or num_completions < 1:
-            raise ValueError(f"`num_completions` must be a positive int, got {num_completions!r}.")
-        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
-                             output_type, use_generate, generate_kwargs)
-        ids = processor(images, return_tensors="pt").input_ids  # (n_inputs, 1 + N)
-        known = keep_rows * self.config.image_size * self.config.tokens_per_pixel
-        prefixes = ids[:, 1 : 1 + known].repeat_interleave(num_completions, dim=0)
-        if class_labels is None:
-            start_ids = [self.config.start_token_id] * len(prefixes)
-        else:
-            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-            if len(labels) != len(ids):
-                raise ValueError(f"Give one class label per input image: {len(ids)} images, {len(labels)} labels.")
-            start_ids = self._start_ids(labels, num_completions)
-        tokens = self._run_batches(start_ids, prefixes, generator, batch_size, show_progress, use_generate,
-                                   tokens_per_step, temperature, top_k, top_p, guidance_scale, generate_kwargs)
-        return tokens if output_type == "tokens" else processor.decode(tokens)
+        self._check_count("num_completions", num_completions)
+        known = self._encode(images, processor, num_completions)  # (B, N)
+        known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
+        start_ids = self._input_start_ids(class_labels, len(known) // num_completions, num_completions)
+        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
+        return self._output(tokens, processor, sampling)
+
+    @torch.no_grad()
+    def inpaint_images(self, images, mask_image, num_samples: int = 1, class_labels=None, image_processor=None,
+                       **sampling):
+        """Redraw the masked pixels of each image, `num_samples` times each, using the pixels on every side.
+
+        `mask_image`: one mask for all images or one per image: PIL (white = redraw, black = keep, as diffusers),
+        or a boolean/0-1 array, at the model's grid size or at the image's own size (then resized and cropped as
+        the image). Pixels outside the mask come back as the processor quantized them. Needs a model trained with
+        `--task inpaint`: it reads every kept pixel first, then draws the masked ones in a random order. Sampling
+        arguments as in `generate_images`.
+        """
+        self._require_task("inpaint_images", "inpaint")
+        processor = self._resolve_image_processor(image_processor)
+        self._check_count("num_samples", num_samples)
+        known = self._encode(images, processor)  # (B, N)
+        masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
+        known = known.masked_fill(self._token_mask(masks), -1).repeat_interleave(num_samples, dim=0)
+        start_ids = self._input_start_ids(class_labels, len(masks), num_samples)
+        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
+        return self._output(tokens, processor, sampling)
+
+    def _token_mask(self, pixel_mask: torch.BoolTensor) -> torch.BoolTensor:
+        """`(B, S, S)` pixel mask -> `(B, N)` token mask (every sub-pixel token of a masked pixel)."""
+        return pixel_mask.flatten(1).repeat_interleave(self.config.tokens_per_pixel, dim=1)
+
+    @torch.no_grad()
+    def vary_images(self, images, strength: float = 0.5, num_variations: int = 1, class_labels=None,
+                    image_processor=None, **sampling):
+        """Variations: keep a random `1 - strength` share of each image's pixels and redraw the rest with an
+        inpainting model. `strength` 0 returns the image itself, 1 draws a new image; the kept pixels hold the
+        coarse structure. A fresh set of pixels is redrawn for each of the `num_variations`. Sampling arguments as
+        in `generate_images` (the `generator` also picks the redrawn pixels)."""
+        self._require_task("vary_images", "inpaint")
+        processor = self._resolve_image_processor(image_processor)
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
+        self._check_count("num_variations", num_variations)
+        known = self._encode(images, processor, num_variations)  # (B, N)
+        size = self.config.image_size
+        draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
+        redraw = draws.argsort(dim=1).argsort(dim=1) < round(strength * size * size)  # exactly that many pixels
+        known = known.masked_fill(self._token_mask(redraw.view(-1, size, size)), -1)
+        start_ids = self._input_start_ids(class_labels, len(known) // num_variations, num_variations)
+        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
+        return self._output(tokens, processor, sampling)
+
+    @torch.no_grad()
+    def outpaint_images(self, images, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+                        class_labels=None, image_processor=None, **sampling):
+        """Extend each image beyond its borders by the given numbers of pixels (on the model's grid), with an
+        inpainting model.
+
+        The canvas may be larger than the training resolution: it is filled by `image_size`-square windows that
+        step outwards from the image by half a window, each redrawing its empty pixels from everything already
+        there. Every pass thus stays inside the grid the model was trained on (2-D rotary positions would accept a
+        larger grid, but offsets beyond `image_size` were never trained); the price is that a window sees only the
+        last `image_size` pixels, not the whole canvas. Returns PIL images of size
+        `(image_size + left + right) x (image_size + top + bottom)`. Sampling arguments as in `generate_images`;
+        `batch_size` applies per window.
+        """
+        self._require_task("outpaint_images", "inpaint")
+        processor = self._resolve_image_processor(image_processor)
+        size, t = self.config.image_size, self.config.tokens_per_pixel
+        for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4 * size:
+                raise ValueError(f"`{name}` must be an int in [0, {4 * size}] (pixels to add), got {value!r}.")
+        tokens = self._encode(images, processor)  # (B, N)
+        batch, height, width = len(tokens), size + top + bottom, size + left + right
+        canvas = torch.full((batch, height, width, t), -1, dtype=torch.long)
+        canvas[:, top : top + size, left : left + size] = tokens.view(batch, size, size, t)
+        start_ids = self._input_start_ids(class_labels, batch, 1)
+        generator = sampling.pop("generator", None)
+        output_type = sampling.get("output_type", "pil")
+
+        def steps(origin, low_end):  # window corners from the image outwards, half a window at a time
+            corners = {origin}
+            for direction, stop in ((-1, 0), (1, low_end)):
+                corner = origin
+                while corner != stop:
+                    corner = max(0, corner - size // 2) if direction < 0 else min(stop, corner + size // 2)
+                    corners.add(corner)
+            return corners
+
+        windows = sorted(((y, x) for y in steps(top, height - size) for x in steps(left, width - size)),
+                         key=lambda yx: (abs(yx[0] - top) + abs(yx[1] - left), yx))
+        for y, x in windows:
+            window = canvas[:, y : y + size, x : x + size]  # (B, S, S, t) view
+            if (window >= 0).all():
+                continue
+            filled = self._sample_images(start_ids, window.reshape(batch, -1), class_labels=class_labels,
+                                  generator=generator, **dict(sampling, output_type="tokens"))
+            window.copy_(filled[:, 1:].view(batch, size, size, t))
+        if output_type == "tokens":
+            return canvas.flatten(1)
+        pixels = processor.dequantize(canvas.flatten(1).numpy(), height=height, width=width)
+        return processor.to_pil(pixels)
+
+    @torch.no_grad()
+    def translate_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+        """Draw target images from condition images, `num_samples` per input, with a conditional model: a paired
+        translation model (`--task translate`: source -> target), a colorization model (grayscale in) or an
+        upscaling model (low resolution in). `images` are encoded by the processor's condition settings. Sampling
+        arguments as in `generate_images`."""
+        return self._conditional("translate_images", ("translate", "colorize", "upscale"), images, num_samples,
+                                 image_processor, sampling)
+
+    @torch.no_grad()
+    def colorize_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+        """Colour versions of (grayscale) images, `num_samples` per input, from a model trained with
+        `--task colorize`: colour images are read as grayscale first, so any image works as input."""
+        return self._conditional("colorize_images", ("colorize",), images, num_samples, image_processor, sampling)
+
+    @torch.no_grad()
+    def upscale_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+        """Super-resolution: `image_size`-square images from low-resolution inputs (resized to the model's
+        `condition_size` first), `num_samples` per input, with a model trained with `--task upscale`."""
+        return self._conditional("upscale_images", ("upscale",), images, num_samples, image_processor, sampling)
+
+    def _conditional(self, method, tasks, images, num_samples, image_processor, sampling):
+        self._require_task(method, *tasks)
+        processor = self._resolve_image_processor(image_processor)
+        self._check_count("num_samples", num_samples)
+        condition = processor.encode_condition(images, return_tensors="pt").condition_ids
+        condition = condition.repeat_interleave(num_samples, dim=0)  # (B, C)
+        tokens = self._sample_images([self.config.start_token_id] * len(condition), None, condition, **sampling)
+        return self._output(tokens, processor, sampling)
+
+    @staticmethod
+    def _output(tokens, processor, sampling):
+        return tokens if sampling.get("output_type", "pil") == "tokens" else processor.decode(tokens)
 
     def _generate_reference(self, start, prefix, temperature, top_k, top_p, guidance_scale, bar, **generate_kwargs):
         input_ids = start.unsqueeze(1) if prefix is None else torch.cat([start.unsqueeze(1), prefix], 1)  # (b, 1 + P)

@@ -94,6 +94,8 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
     hyperparameters = [
         ("model size", f"{args.model_size} ({config.hidden_size} wide, {config.num_hidden_layers} layers, "
                        f"{config.num_attention_heads} heads)"),
+        ("task", config.task + (f" (condition: {config.condition_size}x{config.condition_size} "
+                                f"{processor.condition_quantization})" if config.is_conditional else "")),
         ("resolution", args.resolution), ("quantization", processor.quantization),
         ("vocabulary", processor.vocab_size),
         ("class conditional", f"yes, class dropout {args.class_dropout_prob}" if config.num_classes else "no"),

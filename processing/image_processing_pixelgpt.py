@@ -21,6 +21,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 QUANTIZATIONS = ("rgb8", "gray8", "rgb", "gray", "palette")
+CONDITION_QUANTIZATIONS = ("gray8", "gray", "rgb")  # one token per pixel, no fitted palette
 RESIZE_MODES = ("crop", "stretch")
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -79,6 +80,10 @@ class PixelGPTImageProcessor(BaseImageProcessor):
         resize_mode (`str`, defaults to `"crop"`): `"crop"` (keep aspect, centre crop) or `"stretch"`.
         resample (`str`, defaults to `"bicubic"`): PIL filter: nearest, box, bilinear, bicubic or lanczos.
         background (`list[int]`, defaults to white): RGB colour that transparent pixels are composited over.
+        condition_quantization (`str`, *optional*): for conditional models (colorize / upscale / translate), how
+            condition images are encoded: `"gray8"`, `"gray"` or `"rgb"` (one token per pixel). None: no condition.
+        condition_num_levels (`int`, defaults to 8): levels per channel of a `"gray"` / `"rgb"` condition.
+        condition_size (`int`, defaults to 0): side of the condition grid (same resize policy as the images).
     """
 
     model_input_names = ["input_ids"]
@@ -92,9 +97,15 @@ class PixelGPTImageProcessor(BaseImageProcessor):
         resize_mode: str = "crop",
         resample: str = "bicubic",
         background=(255, 255, 255),
+        condition_quantization: str | None = None,
+        condition_num_levels: int = 8,
+        condition_size: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.condition_quantization = condition_quantization
+        self.condition_num_levels = condition_num_levels
+        self.condition_size = condition_size
         self.quantization = quantization
         self.num_levels = num_levels
         self.palette = None if palette is None else np.asarray(palette).tolist()
@@ -130,6 +141,28 @@ class PixelGPTImageProcessor(BaseImageProcessor):
             raise ValueError(f"`resample` must be one of {tuple(RESAMPLE)}, got {self.resample!r}.")
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
             raise ValueError(f"`background` must be three ints in 0..255, got {self.background!r}.")
+        if self.condition_quantization is None:
+            if self.condition_size:
+                raise ValueError("`condition_size` needs a `condition_quantization` (gray8, gray or rgb).")
+        elif self.condition_quantization not in CONDITION_QUANTIZATIONS:
+            raise ValueError(f"`condition_quantization` must be one of {CONDITION_QUANTIZATIONS} or None, got "
+                             f"{self.condition_quantization!r}.")
+        else:
+            self.condition_processor  # validates the condition settings
+
+    @property
+    def condition_processor(self) -> "PixelGPTImageProcessor | None":
+        """The processor that encodes condition images (same resize policy and background), or None."""
+        if self.condition_quantization is None:
+            return None
+        return PixelGPTImageProcessor(quantization=self.condition_quantization, num_levels=self.condition_num_levels,
+                                      image_size=self.condition_size, resize_mode=self.resize_mode,
+                                      resample=self.resample, background=self.background)
+
+    @property
+    def condition_vocab_size(self) -> int:
+        """Distinct condition tokens (0 without a condition)."""
+        return 0 if self.condition_quantization is None else self.condition_processor.vocab_size
 
     # ------------------------------------------------------------------ properties the model checks against
     @property
@@ -242,9 +275,10 @@ class PixelGPTImageProcessor(BaseImageProcessor):
         flat = torch.from_numpy(pixels.reshape(-1, 3).astype(np.float32))
         return _nearest(flat, torch.from_numpy(self._palette_array())).numpy().reshape(batch, -1)
 
-    def dequantize(self, tokens: np.ndarray) -> np.ndarray:
-        """`(B, num_image_tokens)` token ids -> `(B, H, W, C)` uint8 pixels."""
-        batch, size = tokens.shape[0], self.image_size
+    def dequantize(self, tokens: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """`(B, num_image_tokens)` token ids -> `(B, H, W, C)` uint8 pixels (`height` x `width` for a canvas of
+        another size, e.g. from outpainting; default `image_size` square)."""
+        batch = tokens.shape[0]
         q = self.quantization
         if q in ("rgb8", "gray8"):
             pixels = tokens.astype(np.uint8)
@@ -255,7 +289,7 @@ class PixelGPTImageProcessor(BaseImageProcessor):
             pixels = np.round(tokens * 255.0 / (n - 1)).astype(np.uint8)
         else:
             pixels = np.asarray(self.palette, dtype=np.uint8)[tokens]
-        return pixels.reshape(batch, size, size, self.num_channels)
+        return pixels.reshape(batch, height or self.image_size, width or self.image_size, self.num_channels)
 
     # ------------------------------------------------------------------ public API
     def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
@@ -292,10 +326,62 @@ class PixelGPTImageProcessor(BaseImageProcessor):
             raise ValueError(f"Image token ids must be in [0, {self.vocab_size}) for this processor, got values in "
                              f"[{ids.min()}, {ids.max()}].")
         pixels = self.dequantize(ids)
-        if output_type == "np":
-            return pixels
+        return pixels if output_type == "np" else self.to_pil(pixels)
+
+    @staticmethod
+    def to_pil(pixels: np.ndarray) -> list:
+        """`(B, H, W, C)` uint8 -> list of PIL images ("L" for one channel, else "RGB")."""
         return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p, mode="L" if p.shape[-1] == 1 else "RGB")
                 for p in pixels]
+
+    def encode_condition(self, images, return_tensors: str | None = "pt") -> BatchFeature:
+        """Condition images -> `condition_ids` `(B, condition_size**2)` with the condition settings (read as
+        grayscale for gray conditions, resized to `condition_size` as `resize_mode` says)."""
+        if self.condition_quantization is None:
+            raise ValueError("This processor has no condition settings (`condition_quantization` is None); it "
+                             "belongs to a model that takes no condition image.")
+        sub = self.condition_processor
+        return BatchFeature(data={"condition_ids": sub.quantize(sub.to_array(images))}, tensor_type=return_tensors)
+
+    def prepare_mask(self, mask, images) -> np.ndarray:
+        """Inpainting masks -> `(B, image_size, image_size)` bool, True where pixels are redrawn.
+
+        `mask`: one mask for every image or a list with one per image; PIL ("1", "L", ... : white = redraw),
+        or a bool / 0-1 (or 0-255) array. Each must be `image_size` square, or the size of its image, which is then
+        resized (nearest) and cropped as the image is."""
+        images = self._as_list(images)
+        stacked = isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 3 and mask.shape[-1] != 1
+        masks = list(mask) if stacked else self._as_list(mask)
+        if len(masks) == 1:
+            masks = masks * len(images)
+        if len(masks) != len(images):
+            raise ValueError(f"Give one mask for all images or one per image: {len(images)} images, "
+                             f"{len(masks)} masks.")
+        out = []
+        for i, (m, image) in enumerate(zip(masks, images)):
+            what = f"mask {i}"
+            array = np.asarray(m.convert("L") if isinstance(m, Image.Image) else
+                               (m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m))
+            if array.ndim == 3 and array.shape[-1] == 1:
+                array = array[..., 0]
+            if array.ndim != 2:
+                raise ValueError(f"{what}: expected a 2-D mask (H, W), got shape {array.shape}.")
+            values = np.unique(array)
+            if array.dtype != bool and not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
+                raise ValueError(f"{what}: masks must be binary (bool, 0/1 or 0/255; white/1 = redraw), got values "
+                                 f"{values[:8].tolist()}{'...' if len(values) > 8 else ''}.")
+            binary = array.astype(bool)
+            grid = (self.image_size, self.image_size)
+            if binary.shape != grid:
+                size = self._to_pil(image, f"image {i}").size[::-1]  # (H, W)
+                if binary.shape != size:
+                    raise ValueError(f"{what}: size {binary.shape[1]}x{binary.shape[0]} matches neither the model "
+                                     f"grid {grid[1]}x{grid[0]} nor its image ({size[1]}x{size[0]}).")
+                nearest = PixelGPTImageProcessor(quantization="gray8", image_size=self.image_size,
+                                                 resize_mode=self.resize_mode, resample="nearest")
+                binary = nearest.to_array(Image.fromarray(binary.astype(np.uint8) * 255))[0, ..., 0] > 127
+            out.append(binary)
+        return np.stack(out)
 
     def fit_palette(self, images, num_colors: int = 256, max_pixels: int = 200_000, num_iters: int = 30,
                     seed: int = 0):

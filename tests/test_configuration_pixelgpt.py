@@ -52,6 +52,7 @@ def test_derived_fields_are_not_taken_from_a_saved_file(tmp_path):
         ("rope_theta", 1.0, r"> 1"),
         ("intermediate_size", 0, r">= 1 or None"),
         ("parallel_tokens", 0, r"\[1, 64\]"),
+        ("task", "segment", r"`task` must be one of \('generate', 'inpaint'"),
     ],
 )
 def test_impossible_values_raise(field, value, message):
@@ -63,3 +64,23 @@ def test_impossible_values_raise(field, value, message):
 def test_presets_are_valid(name):
     config = PixelGPTConfig(**PIXELGPT_PRESETS[name])
     assert config.hidden_size % (4 * config.num_attention_heads) == 0
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(task="colorize"), r"task 'colorize' needs `condition_size` in \[1, 256\], got 0"),
+        (dict(task="upscale", condition_size=8), r"needs `condition_vocab_size` >= 2"),
+        (dict(task="inpaint", condition_size=8), r"take[s]? 0 for both"),
+        (dict(task="inpaint", parallel_tokens=4), r"needs task 'generate'"),
+    ],
+)
+def test_task_fields_are_checked_together(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PixelGPTConfig(**fields)
+
+
+def test_conditional_sequences_are_longer_by_the_condition_grid():
+    config = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256)
+    assert config.is_conditional and config.num_condition_tokens == 4
+    assert config.max_position_embeddings == 4 + 1 + 64

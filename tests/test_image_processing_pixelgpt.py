@@ -176,6 +176,9 @@ def test_save_load_round_trip(tmp_path, quantization):
         (dict(resize_mode="pad"), "resize_mode"),
         (dict(resample="cubic"), "resample"),
         (dict(background=(1, 2)), "background"),
+        (dict(condition_size=4), "`condition_size` needs a `condition_quantization`"),
+        (dict(condition_quantization="palette", condition_size=4), "condition_quantization"),
+        (dict(condition_quantization="gray8", condition_size=0), "image_size"),
     ],
 )
 def test_bad_settings_raise(kwargs, message):
@@ -208,3 +211,39 @@ def test_decode_rejects_bad_token_ids():
     with pytest.raises(ValueError, match="must be integers"):
         processor.decode(np.zeros((1, 36), dtype=float))
     assert processor.decode(np.zeros(36, dtype=int))[0].size == (6, 6)  # one unbatched image is fine
+
+
+# ----------------------------------------------------------------------------------------- conditions and masks
+def test_condition_encoding_is_the_condition_processors_tokens(tmp_path):
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=8, condition_quantization="gray",
+                                       condition_num_levels=16, condition_size=4, resize_mode="stretch")
+    assert processor.condition_vocab_size == 16
+    image = Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    ids = processor.encode_condition([image, image]).condition_ids
+    low = image.convert("L").resize((4, 4), Image.Resampling.BICUBIC)
+    expected = np.round(np.asarray(low, dtype=np.float32) * 15 / 255).astype(np.int64).reshape(1, 16)
+    assert ids.shape == (2, 16) and torch.equal(ids, torch.from_numpy(np.repeat(expected, 2, axis=0)))
+    processor.save_pretrained(tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert torch.equal(loaded.encode_condition(image).condition_ids, ids[:1])
+    with pytest.raises(ValueError, match="no condition settings"):
+        PixelGPTImageProcessor().encode_condition(image)
+
+
+def test_masks_from_pil_arrays_and_tensors_agree():
+    processor = PixelGPTImageProcessor(quantization="gray8", image_size=4)
+    grid = np.zeros((4, 4), dtype=bool)
+    grid[1:3, 2] = True
+    image = np.zeros((4, 4), dtype=np.uint8)
+    for mask in (grid, grid.astype(np.uint8), grid.astype(np.uint8) * 255, torch.from_numpy(grid),
+                 Image.fromarray(grid.astype(np.uint8) * 255), Image.fromarray(grid.astype(np.uint8) * 255).convert("1")):
+        assert np.array_equal(processor.prepare_mask(mask, image)[0], grid)
+    stacked = processor.prepare_mask(np.stack([grid, ~grid]), [image, image])
+    assert np.array_equal(stacked[1], ~grid)
+
+
+def test_dequantize_takes_a_canvas_size():
+    processor = PixelGPTImageProcessor(quantization="gray8", image_size=4)
+    tokens = RNG.integers(0, 256, (2, 3 * 7))
+    pixels = processor.dequantize(tokens, height=3, width=7)
+    assert pixels.shape == (2, 3, 7, 1) and np.array_equal(pixels[..., 0].reshape(2, -1), tokens)

@@ -459,3 +459,263 @@ def test_completion_rejects_bad_arguments(gray8_model, kwargs, message):
     images = [np.zeros((5, 5), dtype=np.uint8)] * 2
     with pytest.raises(ValueError, match=message):
         model.complete_images(images, image_processor=processor, show_progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- any-order models
+def test_any_order_inputs_are_a_shifted_permutation_with_boxes_last():
+    model = make_model(task="inpaint", vocab_size=11, image_size=4, tokens_per_pixel=3)
+    ids = random_ids(model.config, batch=3)
+    inputs = model.any_order_inputs(ids, box_probability=1.0, generator=torch.Generator().manual_seed(0))
+    order = inputs["target_positions"]  # (B, N)
+    n = model.config.num_image_tokens
+    assert order.shape == (3, n) and all(sorted(row.tolist()) == list(range(n)) for row in order)
+    assert torch.equal(inputs["labels"], ids[:, 1:].gather(1, order))
+    assert torch.equal(inputs["input_ids"][:, 1:], inputs["labels"][:, :-1])
+    assert torch.equal(inputs["input_ids"][:, 0], ids[:, 0]) and (inputs["input_positions"][:, 0] == -1).all()
+    assert torch.equal(inputs["input_positions"][:, 1:], order[:, :-1])
+    assert torch.equal(order % 3, torch.arange(3).repeat(n // 3).expand(3, -1))  # a pixel's R, G, B stay in order
+    # The rectangle (drawn with the same generator) is a contiguous block at the end of every order.
+    boxes = model.random_boxes(3, 1.0, torch.Generator().manual_seed(0))  # (B, pixels)
+    for row, box in zip(order, boxes):
+        pixels = row[::3] // 3
+        in_box = box[pixels]
+        assert in_box.any() and not in_box[: len(pixels) - int(in_box.sum())].any()
+
+
+def test_any_order_loss_scores_every_token_once():
+    model = make_model(task="inpaint")
+    ids = random_ids(model.config)
+    inputs = model.any_order_inputs(ids, generator=torch.Generator().manual_seed(1))
+    out = model(**inputs)
+    expected = F.cross_entropy(out.logits.flatten(0, 1), inputs["labels"].flatten())
+    torch.testing.assert_close(out.loss, expected)
+    assert out.logits.shape == (2, model.config.num_image_tokens, model.config.vocab_size)
+
+
+def reference_fill(model, start_ids, known, order, condition_ids=None):
+    """No cache: recompute the whole sequence for every drawn token, in `order`, keeping the known tokens."""
+    n = model.config.num_image_tokens
+    seq = known.gather(1, order)
+    for t in range(n):
+        ids = torch.cat([start_ids[:, None], seq[:, :t].clamp(min=0)], 1)
+        held = torch.cat([torch.full_like(start_ids[:, None], -1), order[:, :t]], 1)
+        logits = model(input_ids=ids, input_positions=held, target_positions=order[:, : t + 1],
+                       condition_ids=condition_ids, use_cache=False).logits[:, -1:]
+        if (seq[:, t] < 0).any() or t >= model._leading_known(seq):
+            drawn = model._draw(logits, 1.0, None, None)[:, 0]
+            seq[:, t] = torch.where(seq[:, t] >= 0, seq[:, t], drawn)
+    return torch.empty_like(seq).scatter_(1, order, seq)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(vocab_size=11, image_size=3, tokens_per_pixel=3)],
+                         ids=["one_token", "rgb8_subpixels"])
+def test_any_order_cached_loop_matches_recomputing_everything(overrides):
+    model = make_model(task="inpaint", **overrides)
+    n, pixels = model.config.num_image_tokens, model.config.image_size ** 2
+    known = random_ids(model.config, batch=3)[:, 1:]
+    masks = torch.rand(3, pixels, generator=torch.Generator().manual_seed(2)) < 0.6  # a different mask per row
+    known = known.masked_fill(model._token_mask(masks.view(3, *(model.config.image_size,) * 2)), -1)
+    order = model.random_orders(masks, torch.Generator().manual_seed(3))
+    start = torch.full((3,), model.config.start_token_id)
+    torch.manual_seed(7)
+    fast = model.sample_tokens(start, known=known, order=order)
+    torch.manual_seed(7)
+    assert torch.equal(fast[:, 1:], reference_fill(model, start, known, order))
+    assert torch.equal(fast[:, 1:][known >= 0], known[known >= 0])
+    assert fast.shape == (3, 1 + n)
+
+
+def test_any_order_queries_see_context_on_every_side():
+    """The first redrawn pixel's prediction depends on a kept pixel that comes after it in raster order."""
+    model = make_model(task="inpaint", vocab_size=256)
+    known = random_ids(model.config)[:, 1:]
+    below = known.clone()
+    below[:, -1] = (below[:, -1] + 17) % 256  # change the bottom-right pixel only
+    mask = torch.zeros(2, 25, dtype=torch.bool)
+    mask[:, 0] = True  # redraw the top-left pixel
+    order = model.random_orders(mask, torch.Generator().manual_seed(0))
+    assert (order[:, -1] == 0).all()
+
+    def last_logits(tokens):
+        seq = tokens.gather(1, order)
+        ids = torch.cat([torch.full((2, 1), model.config.start_token_id), seq[:, :-1]], 1)
+        held = torch.cat([torch.full((2, 1), -1), order[:, :-1]], 1)
+        return model(input_ids=ids, input_positions=held, target_positions=order).logits[:, -1]
+
+    assert not torch.allclose(last_logits(known), last_logits(below))
+
+
+@pytest.fixture
+def inpaint_model():
+    model = make_model(task="inpaint", vocab_size=256, image_size=6)
+    return model, PixelGPTImageProcessor(quantization="gray8", image_size=6)
+
+
+def test_inpainting_keeps_unmasked_pixels_and_reproduces(inpaint_model):
+    model, processor = inpaint_model
+    images = [np.random.default_rng(i).integers(0, 256, (6, 6), dtype=np.uint8) for i in range(2)]
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:4, 2:5] = True
+    kwargs = dict(num_samples=2, image_processor=processor, batch_size=3, show_progress=False)
+    out = model.inpaint_images(images, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(out) == 4 and all(o.size == (6, 6) and o.mode == "L" for o in out)
+    for i, image in enumerate(out):
+        assert np.array_equal(np.asarray(image)[~mask], images[i // 2][~mask])  # pixel for pixel
+    assert not np.array_equal(np.asarray(out[0])[mask], np.asarray(out[1])[mask])
+    again = model.inpaint_images(images, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+
+
+def test_inpainting_masks_at_image_size_follow_the_crop(inpaint_model):
+    model, processor = inpaint_model
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 18), dtype=np.uint8))  # 18 wide, 12 high
+    mask = Image.new("L", (18, 12), 0)
+    mask.paste(255, (3, 0, 9, 12))  # columns 3..8 -> after the crop (columns 3..14 kept, halved): grid columns 0..2
+    grid = processor.prepare_mask(mask, image)[0]
+    assert grid[:, :3].all() and not grid[:, 3:].any()
+    out = model.inpaint_images(image, mask, image_processor=processor, output_type="tokens", show_progress=False,
+                               generator=torch.Generator().manual_seed(0))
+    kept = processor(image).input_ids[0, 1:].view(6, 6)
+    assert torch.equal(out[0, 1:].view(6, 6)[:, 3:], kept[:, 3:])
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.zeros((4, 4), dtype=bool), "matches neither the model grid 6x6 nor its image"),
+        (np.full((6, 6), 0.5), "masks must be binary"),
+        (np.zeros((2, 6, 6, 2)), "expected a 2-D mask"),
+        ([np.zeros((6, 6), dtype=bool)] * 3, "one mask for all images or one per image: 2 images, 3 masks"),
+    ],
+)
+def test_inpainting_rejects_bad_masks(inpaint_model, mask, message):
+    model, processor = inpaint_model
+    images = [np.zeros((6, 6), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=message):
+        model.inpaint_images(images, mask, image_processor=processor, show_progress=False)
+
+
+def test_transformations_need_a_model_trained_for_them(gray8_model):
+    model, processor = gray8_model  # task "generate"
+    image = np.zeros((5, 5), dtype=np.uint8)
+    for call in (lambda: model.inpaint_images(image, np.ones((5, 5), bool), image_processor=processor),
+                 lambda: model.vary_images(image, image_processor=processor),
+                 lambda: model.outpaint_images(image, right=2, image_processor=processor)):
+        with pytest.raises(ValueError, match=r"needs a model trained for 'inpaint'.*--task inpaint"):
+            call()
+    for call in (model.colorize_images, model.upscale_images, model.translate_images):
+        with pytest.raises(ValueError, match="--task"):
+            call(image, image_processor=processor)
+
+
+def test_variations_keep_exactly_the_unredrawn_share(inpaint_model):
+    model, processor = inpaint_model
+    image = np.random.default_rng(3).integers(0, 256, (6, 6), dtype=np.uint8)
+    same = model.vary_images(image, strength=0.0, image_processor=processor, show_progress=False)[0]
+    assert np.array_equal(np.asarray(same), image)
+    kwargs = dict(num_variations=3, image_processor=processor, show_progress=False)
+    out = model.vary_images(image, strength=0.5, generator=torch.Generator().manual_seed(1), **kwargs)
+    # 18 of 36 pixels are redrawn per variation: at least the other 18 are equal, and the kept sets differ.
+    kept = [np.asarray(o) == image for o in out]
+    assert all(k.sum() >= 18 for k in kept) and not np.array_equal(kept[0], kept[1])
+    again = model.vary_images(image, strength=0.5, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    with pytest.raises(ValueError, match=r"`strength` must be a number in \[0, 1\]"):
+        model.vary_images(image, strength=1.5, image_processor=processor)
+
+
+def test_outpainting_extends_beyond_the_training_grid(inpaint_model):
+    model, processor = inpaint_model
+    images = np.random.default_rng(4).integers(0, 256, (2, 6, 6, 1), dtype=np.uint8)
+    kwargs = dict(left=2, right=9, top=1, image_processor=processor, show_progress=False, batch_size=2)
+    out = model.outpaint_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert [o.size for o in out] == [(17, 7), (17, 7)]
+    for o, image in zip(out, images):
+        assert np.array_equal(np.asarray(o)[1:7, 2:8], image[..., 0])  # the original, pixel for pixel
+    again = model.outpaint_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    tokens = model.outpaint_images(images, output_type="tokens", **dict(kwargs, left=0, right=0, top=0))
+    assert torch.equal(tokens, torch.from_numpy(images.reshape(2, -1).astype(np.int64)))  # nothing to add
+    with pytest.raises(ValueError, match=r"`right` must be an int in \[0, 24\]"):
+        model.outpaint_images(images, right=-1, image_processor=processor)
+
+
+# ---------------------------------------------------------------------------------------------- conditional models
+def make_conditional(task="colorize", condition_size=3, **overrides):
+    model = make_model(task=task, vocab_size=64, image_size=6, condition_size=condition_size,
+                       condition_vocab_size=256, **overrides)
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=6,
+                                       condition_quantization="gray8", condition_size=condition_size)
+    return model, processor
+
+
+def test_condition_rows_come_first_and_predict_nothing():
+    model, _ = make_conditional()
+    ids = random_ids(model.config)
+    condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    out = model(ids, condition_ids=condition, labels=ids)
+    assert out.logits.shape == (2, 1 + 36, 64)
+    expected = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(out.loss, expected)
+    hidden = model.model(ids, condition_ids=condition).last_hidden_state
+    assert hidden.shape == (2, 9 + 37, model.config.hidden_size)
+    other = condition.clone()
+    other[:, 4] = (other[:, 4] + 50) % 256  # the centre condition pixel changes every image logit
+    assert not torch.allclose(model(ids, condition_ids=other).logits, out.logits)
+    with pytest.raises(ValueError, match=r"`condition_ids` must have 9 tokens"):
+        model(ids, condition_ids=condition[:, :4])
+
+
+def test_condition_pixels_sit_on_the_image_pixels_they_cover():
+    model, _ = make_conditional(condition_size=3)  # 3x3 over 6x6: condition pixel (i, j) at (2i + 0.5, 2j + 0.5)
+    (cos, sin), _ = model.model.rotary_emb.condition(3, "cpu", torch.float32)
+    row, col = torch.tensor([[2 * 1 + 0.5]]), torch.tensor([[2 * 2 + 0.5]])
+    expected_cos, expected_sin = model.model.rotary_emb._cos_sin(row, col, torch.float32)
+    torch.testing.assert_close(cos[:, 5], expected_cos[:, 0])  # condition pixel (1, 2) = index 5
+    torch.testing.assert_close(sin[:, 5], expected_sin[:, 0])
+
+
+@pytest.mark.parametrize("task", ["colorize", "upscale"])
+def test_conditional_cached_loop_matches_recomputing_everything(task):
+    model, _ = make_conditional(task)
+    start = torch.full((2,), model.config.start_token_id)
+    condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    known = torch.full((2, 36), -1)
+    order = torch.arange(36).expand(2, 36)
+    torch.manual_seed(3)
+    fast = model.sample_tokens(start, condition_ids=condition)
+    torch.manual_seed(3)
+    assert torch.equal(fast[:, 1:], reference_fill(model, start, known, order, condition))
+
+
+def test_colorize_upscale_translate_return_images_and_reproduce():
+    model, processor = make_conditional("colorize", condition_size=6)
+    images = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
+    kwargs = dict(num_samples=2, image_processor=processor, show_progress=False)
+    out = model.colorize_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(out) == 4 and all(o.size == (6, 6) and o.mode == "RGB" for o in out)
+    again = model.translate_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    # A colour image and its grayscale version are the same condition.
+    gray = [Image.fromarray(i).convert("L") for i in images]
+    assert torch.equal(processor.encode_condition(gray).condition_ids, processor.encode_condition(images).condition_ids)
+    with pytest.raises(ValueError, match="needs a model trained for 'upscale'"):
+        model.upscale_images(images, image_processor=processor)
+    with pytest.raises(ValueError, match=r"use `colorize_images\(images\)`"):
+        model.generate_images(image_processor=processor)
+    with pytest.raises(ValueError, match="condition_vocab_size"):
+        model.colorize_images(images, image_processor=PixelGPTImageProcessor(quantization="rgb", num_levels=4,
+                                                                             image_size=6))
+
+
+def test_conditional_model_and_processor_round_trip(tmp_path):
+    model, processor = make_conditional("upscale")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = PixelGPTForImageGeneration.from_pretrained(tmp_path)
+    assert (loaded.config.task, loaded.config.condition_size, loaded.config.condition_vocab_size) == ("upscale", 3, 256)
+    low = np.random.default_rng(2).integers(0, 256, (3, 3), dtype=np.uint8)
+    kwargs = dict(output_type="tokens", show_progress=False)
+    a = model.upscale_images(low, image_processor=processor, generator=torch.Generator().manual_seed(5), **kwargs)
+    b = loaded.upscale_images(low, generator=torch.Generator().manual_seed(5), **kwargs)  # processor from the folder
+    assert torch.equal(a, b)

@@ -319,7 +319,12 @@ def test_empty_folder_missing_column_and_bad_label_column(tmp_path):
 def test_bad_arguments_are_rejected():
     for argv, message in ((["--quantization", "palette"], "needs --fit_palette"),
                           (["--train_data_dir", "a", "--dataset_name", "b"], "not both"),
-                          (["--train_batch_size", "0"], "--train_batch_size must be >= 1")):
+                          (["--train_batch_size", "0"], "--train_batch_size must be >= 1"),
+                          (["--task", "translate"], "--task translate needs paired source images"),
+                          (["--task", "translate", "--source_dir", "s"], "--source_dir pairs with --train_data_dir"),
+                          (["--source_column", "s"], "are for --task translate"),
+                          (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
+                          (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize")):
         with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
             train.parse_args(argv)
         assert message in "".join(c.args[0] for c in err.write.call_args_list)
@@ -328,15 +333,97 @@ def test_bad_arguments_are_rejected():
 @pytest.mark.parametrize("probability, expected_null_share", [(0.0, 0.0), (1.0, 1.0)])
 def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability, expected_null_share):
     seen = []
-    original = train.k_ahead_loss
+    original = train.task_loss
 
-    def spy(model, accelerator, input_ids, k, reduction="mean"):
+    def spy(model, accelerator, batch, *args, reduction="mean", **kwargs):
         if reduction == "mean":  # training steps (evaluation uses reduction="none")
-            seen.append(input_ids[:, 0].clone())
-        return original(model, accelerator, input_ids, k, reduction)
+            seen.append(batch["input_ids"][:, 0].clone())
+        return original(model, accelerator, batch, *args, reduction=reduction, **kwargs)
 
-    with mock.patch.object(train, "k_ahead_loss", spy):
+    with mock.patch.object(train, "task_loss", spy):
         out = run(tmp_path, "--max_train_steps", "3", "--class_conditional", "--class_dropout_prob", str(probability))
     starts = torch.cat(seen)
     null = AutoModel.from_pretrained(out).config.start_token_id
     assert len(starts) == 3 * 8 and float((starts == null).float().mean()) == expected_null_share
+
+
+# ---------------------------------------------------------------------------------------------- transformation tasks
+def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
+    out = run(tmp_path, "--task", "inpaint", "--max_train_steps", "40", "--learning_rate", "3e-3")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["bits_per_token"] < 0.8 * results["untrained_bits_per_token"], results
+    model = AutoModel.from_pretrained(out)
+    assert model.config.task == "inpaint"
+    image = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:6, 2:6] = True
+    filled = np.asarray(model.inpaint_images(image, mask, show_progress=False)[0])
+    quantized = np.asarray(model.image_processor.decode(model.image_processor(image).input_ids)[0])
+    assert np.array_equal(filled[~mask], quantized[~mask])
+
+
+def test_colorize_task_on_a_colour_folder(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    train.main(folder_args(tmp_path, root, "--task", "colorize", "--quantization", "rgb", "--num_levels", "4",
+                           "--eval_fraction", "0.3"))
+    out = tmp_path / "out"
+    model = AutoModel.from_pretrained(out)
+    processor = PixelGPTImageProcessor.from_pretrained(out)
+    assert (model.config.task, processor.condition_quantization, model.config.condition_size) == ("colorize", "gray8", 8)
+    assert model.config.condition_vocab_size == processor.condition_vocab_size == 256
+    colour = model.colorize_images(Image.new("L", (8, 8), 128), num_samples=2, show_progress=False)
+    assert [c.mode for c in colour] == ["RGB", "RGB"] and colour[0].size == (8, 8)
+    assert Image.open(out / "samples.png").size == (4 * 9 + 1, 9 + 1)  # 2 (gray input, colour output) pairs
+
+
+def test_upscale_task_reads_a_quarter_resolution_condition(tmp_path):
+    out = run(tmp_path, "--task", "upscale", "--quantization", "gray8", "--max_train_steps", "2")
+    model = AutoModel.from_pretrained(out)
+    assert (model.config.task, model.config.condition_size) == ("upscale", 2)
+    big = model.upscale_images(np.zeros((2, 2), dtype=np.uint8), show_progress=False)[0]
+    assert big.size == (8, 8)
+
+
+def test_translate_task_pairs_folders_by_file_name(tmp_path):
+    targets = make_folder(tmp_path / "targets")
+    sources = tmp_path / "sources"
+    for path in targets.rglob("*.png"):
+        relative = path.relative_to(targets)
+        (sources / relative.parent).mkdir(parents=True, exist_ok=True)
+        Image.open(path).convert("L").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(sources / relative.with_suffix(".bmp"))
+    args = ["--task", "translate", "--source_dir", str(sources), "--quantization", "rgb", "--num_levels", "4"]
+    train.main(folder_args(tmp_path, targets, *args))
+    model = AutoModel.from_pretrained(tmp_path / "out")
+    assert model.config.task == "translate" and model.image_processor is None
+    out = model.translate_images(Image.new("L", (8, 8)), show_progress=False, generator=torch.Generator().manual_seed(0))
+    assert out[0].mode == "RGB"
+    (sources / "dogs" / "3.bmp").unlink()
+    (sources / "cats" / "0.bmp").unlink()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match=r"2 of \d+ target images have no source image of the same name"):
+        train.main(folder_args(tmp_path, targets, *args, "--eval_fraction", "0.01"))
+
+
+def test_translate_task_reads_a_source_column(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature
+
+    rng = np.random.default_rng(1)
+    targets = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(12)]
+    data = {"image": targets, "sketch": [255 - t for t in targets]}
+    features = Features({"image": ImageFeature(), "sketch": ImageFeature()})
+    DatasetDict(train=Dataset.from_dict(data, features=features),
+                test=Dataset.from_dict(data, features=features)).save_to_disk(str(tmp_path / "ds"))
+    seen = []
+    original = train.task_loss
+
+    def spy(model, accelerator, batch, *args, **kwargs):
+        seen.append((batch["input_ids"][:, 1:].clone(), batch["condition_ids"].clone()))
+        return original(model, accelerator, batch, *args, **kwargs)
+
+    with mock.patch.object(train, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
+            str(tmp_path / "ds"))), mock.patch.object(train, "task_loss", spy):
+        train.main(train.parse_args(["--output_dir", str(tmp_path / "o"), *TINY, "--dataset_name", "x/y",
+                                     "--task", "translate", "--source_column", "sketch", "--quantization", "gray8",
+                                     "--max_train_steps", "1", "--train_batch_size", "4"]))
+    targets_seen, conditions = seen[0]
+    assert torch.equal(conditions, 255 - targets_seen)  # each target met its own (inverted) source

@@ -6,6 +6,7 @@ from .modeling_pixelgpt import (
     PixelGPTPreTrainedModel,
     PixelGPTStaticCache,
 )
+from .pipeline_pixelgpt import PixelGPTPipeline
 
 __all__ = [
     "PIXELGPT_PRESETS",
@@ -13,6 +14,7 @@ __all__ = [
     "PixelGPTForImageClassification",
     "PixelGPTForImageGeneration",
     "PixelGPTModel",
+    "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
 ]

@@ -9,7 +9,10 @@ drawn" and "a pixel already drawn" (the start token sits at pixel -1, just befor
 same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
 """
 
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_pixelgpt import PixelGPTConfig
+from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
+
+# The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
+PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
 
 
 class PixelGPTRotaryEmbedding(nn.Module):
@@ -255,7 +262,14 @@ class PixelGPTPreTrainedModel(PreTrainedModel):
         auto_map.setdefault("AutoModelForCausalLM", f"{module}.PixelGPTForImageGeneration")
         auto_map.setdefault("AutoModelForImageClassification", f"{module}.PixelGPTForImageClassification")
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # `pipeline(task, model=folder, trust_remote_code=True)` finds its class through `custom_pipelines`.
+        pipeline_file = Path(sys.modules[PixelGPTPipeline.__module__].__file__)
+        entry = {"impl": f"{pipeline_file.stem}.PixelGPTPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
+        self.config.custom_pipelines = {task: dict(entry) for task in PIPELINE_TASKS}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if Path(save_directory, pipeline_file.name).resolve() != pipeline_file.resolve():
+            shutil.copy(pipeline_file, save_directory)
+        return result
 
 
 class PixelGPTModel(PixelGPTPreTrainedModel):

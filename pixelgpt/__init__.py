@@ -19,6 +19,7 @@ from .modeling import (
     PixelGPTForImageClassification,
     PixelGPTForImageGeneration,
     PixelGPTModel,
+    PixelGPTPipeline,
     PixelGPTPreTrainedModel,
     PixelGPTStaticCache,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "PixelGPTForImageGeneration",
     "PixelGPTImageProcessor",
     "PixelGPTModel",
+    "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
 ]

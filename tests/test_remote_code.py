@@ -13,7 +13,7 @@ from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
 
 from conftest import random_ids, run_without_pixelgpt, tiny_config
 
-CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "image_processing_pixelgpt.py"}
+CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "image_processing_pixelgpt.py", "pipeline_pixelgpt.py"}
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -56,6 +56,10 @@ LOAD_AND_DUMP = """
     tokens = model.generate_images(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
     np.save(data + "/out_tokens.npy", tokens.numpy())
     images = model.generate_images(2, generator=torch.Generator().manual_seed(0), show_progress=False)
+    from transformers import pipeline
+    draw = pipeline("unconditional-image-generation", model=source, trust_remote_code=True)
+    piped = draw(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
+    assert torch.equal(piped, tokens) and type(draw).__name__ == "PixelGPTPipeline"
     print(json.dumps({{"config": type(config).__name__, "processor": type(processor).__name__, "size": images[0].size}}))
 """
 
@@ -119,3 +123,36 @@ def test_push_to_hub_uploads_weights_config_processor_and_code(saved, tmp_path):
         processor.push_to_hub("someone/tiny", token="hf_fake")
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} | CODE_FILES <= set(uploaded)
     assert not [name for name in uploaded if name.endswith((".bin", ".pt", ".pkl"))]
+
+
+def test_image_to_image_pipeline_from_a_folder_matches_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = PixelGPTForImageGeneration(tiny_config(vocab_size=256, task="inpaint")).eval()
+    processor = PixelGPTImageProcessor(quantization="gray8", image_size=5)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    image = np.random.default_rng(0).integers(0, 256, (5, 5), dtype=np.uint8)
+    mask = np.zeros((5, 5), dtype=bool)
+    mask[1:4, 1:3] = True
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "mask.npy", mask)
+    expected = model.inpaint_images(image, mask, num_samples=2, image_processor=processor, output_type="tokens",
+                                    generator=torch.Generator().manual_seed(1), show_progress=False)
+    run_without_pixelgpt(f"""
+        import numpy as np, torch
+        from transformers import pipeline
+        edit = pipeline("image-to-image", model={str(tmp_path / "model")!r}, trust_remote_code=True)
+        image, mask = np.load({str(tmp_path / "image.npy")!r}), np.load({str(tmp_path / "mask.npy")!r})
+        tokens = edit(image, mask_image=mask, num_samples=2, output_type="tokens",
+                      generator=torch.Generator().manual_seed(1), show_progress=False)
+        np.save({str(tmp_path / "piped.npy")!r}, tokens.numpy())
+        varied = edit([image, image], strength=0.4, show_progress=False)  # no mask: variations
+        assert len(varied) == 2 and varied[0].size == (5, 5)
+        try:
+            edit(image, operation="upscale")
+        except ValueError as err:
+            assert "--task upscale" in str(err), err
+        else:
+            raise AssertionError("an inpainting model must refuse to upscale")
+    """, env={"HF_HOME": str(tmp_path / "hf_home")})
+    np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), expected.numpy())

@@ -9,6 +9,7 @@ drawn" and "a pixel already drawn" (the start token sits at pixel -1, just befor
 same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
 """
 
+import math
 import shutil
 import sys
 from collections.abc import Callable
@@ -631,19 +632,64 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         return (rows[:, :, None] & cols[:, None, :] & used[:, None, None]).flatten(1)  # (B, S*S)
 
     def any_order_inputs(self, input_ids: torch.LongTensor, box_probability: float = 0.5,
-                         generator: torch.Generator | None = None) -> dict:
+                         generator: torch.Generator | None = None, order: torch.LongTensor | None = None) -> dict:
         """Inputs for any-order training or scoring from `(B, 1 + N)` processor ids. Each image gets a random
-        generation order; with `box_probability` a random rectangle comes last (the shape inpainting masks take).
-        Row 0 holds the start token and predicts token `order[0]`; row t holds `order[t - 1]` and predicts
-        `order[t]`: the query knows which pixel it draws (target-position queries), so any set of known pixels,
-        on any side, can condition any other."""
+        generation order (or the given `(B, N)` `order`); with `box_probability` a random rectangle comes last (the
+        shape inpainting masks take). Row 0 holds the start token and predicts token `order[0]`; row t holds
+        `order[t - 1]` and predicts `order[t]`: the query knows which pixel it draws (target-position queries), so
+        any set of known pixels, on any side, can condition any other."""
         batch = input_ids.shape[0]
-        last = self.random_boxes(batch, box_probability, generator, input_ids.device)
-        order = self.random_orders(last, generator)  # (B, N)
+        if order is None:
+            order = self.random_orders(self.random_boxes(batch, box_probability, generator, input_ids.device),
+                                       generator)  # (B, N)
         tokens = input_ids[:, 1:].gather(1, order)  # (B, N) in generation order
         start = torch.full((batch, 1), -1, dtype=torch.long, device=input_ids.device)
         return dict(input_ids=torch.cat([input_ids[:, :1], tokens[:, :-1]], dim=1),
                     input_positions=torch.cat([start, order[:, :-1]], dim=1), target_positions=order, labels=tokens)
+
+    @torch.no_grad()
+    def score_images(self, images, mask_image=None, condition_images=None, class_labels=None,
+                     generator: torch.Generator | None = None, batch_size: int = 16,
+                     image_processor=None) -> torch.Tensor:
+        """Negative log-likelihood of each image under the model, in bits per token: `(B,)` float tensor.
+
+        With `mask_image` (as in `inpaint_images`) only the masked pixels are scored: an inpainting model reads
+        every other pixel first (in an order drawn from `generator`), a raster model only the pixels before each
+        one in raster order. Conditional models score images given `condition_images` (for colorize / upscale
+        models, the images themselves by default: their grayscale / low-resolution version)."""
+        processor = self._resolve_image_processor(image_processor)
+        self._check_count("batch_size", batch_size)
+        ids = processor(images, return_tensors="pt").input_ids  # (B, 1 + N)
+        if class_labels is not None:
+            ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
+        scored = torch.ones(len(ids), self.config.image_size, self.config.image_size, dtype=torch.bool)
+        if mask_image is not None:
+            scored = torch.from_numpy(processor.prepare_mask(mask_image, images))
+        scored = self._token_mask(scored)  # (B, N)
+        condition = None
+        if self.config.is_conditional:
+            if condition_images is None and self.config.task == "translate":
+                raise ValueError("A translation model scores targets given their sources: pass `condition_images`.")
+            source = images if condition_images is None else condition_images
+            condition = processor.encode_condition(source, return_tensors="pt").condition_ids
+        elif condition_images is not None:
+            raise ValueError(f"`condition_images` are for conditional models; this one's task is {self.config.task!r}.")
+        bits = []
+        for i in range(0, len(ids), batch_size):
+            part, mask = ids[i : i + batch_size].to(self.device), scored[i : i + batch_size].to(self.device)
+            cond = None if condition is None else condition[i : i + batch_size].to(self.device)
+            if self.config.task == "inpaint":  # the scored pixels last, so that they see every other pixel
+                pixels = mask.view(len(mask), -1, self.config.tokens_per_pixel)[..., 0]
+                order = self.random_orders(pixels, generator)
+                inputs = self.any_order_inputs(part, order=order)
+                mask = mask.gather(1, order)
+            else:
+                inputs = self.k_ahead_inputs(part, 1)
+            labels = inputs.pop("labels")
+            logits = self(**inputs, condition_ids=cond, use_cache=False).logits  # (b, N, V)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(labels)
+            bits.append(((nll * mask).sum(1) / mask.sum(1).clamp(min=1) / math.log(2)).cpu())
+        return torch.cat(bits)
 
     # ------------------------------------------------------------------------------------------ checks and batching
     def _check_sampling(self, batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,

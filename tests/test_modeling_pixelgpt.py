@@ -719,3 +719,23 @@ def test_conditional_model_and_processor_round_trip(tmp_path):
     a = model.upscale_images(low, image_processor=processor, generator=torch.Generator().manual_seed(5), **kwargs)
     b = loaded.upscale_images(low, generator=torch.Generator().manual_seed(5), **kwargs)  # processor from the folder
     assert torch.equal(a, b)
+
+
+def test_score_images_is_the_loss_in_bits_and_masked_scores_see_the_right_context(gray8_model, inpaint_model):
+    model, processor = gray8_model
+    images = np.random.default_rng(5).integers(0, 256, (3, 5, 5, 1), dtype=np.uint8)
+    bits = model.score_images(images, image_processor=processor, batch_size=2)
+    ids = processor(images).input_ids
+    expected = torch.stack([model(i[None], labels=i[None]).loss for i in ids]) / np.log(2)
+    torch.testing.assert_close(bits, expected)
+    # Masked scores: a raster model ignores pixels after the masked rows; an inpainting model reads them.
+    for (m, p), size in (((model, processor), 5), (inpaint_model, 6)):
+        image = np.random.default_rng(6).integers(0, 256, (size, size), dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=bool)
+        mask[1:3] = True
+        changed = image.copy()
+        changed[-1] = 255 - changed[-1]
+        seed = dict(image_processor=p)
+        a = m.score_images(image, mask, generator=torch.Generator().manual_seed(0), **seed)
+        b = m.score_images(changed, mask, generator=torch.Generator().manual_seed(0), **seed)
+        assert torch.equal(a, b) == (m.config.task == "generate")

@@ -1,0 +1,1 @@
+"""The example scripts, also installed as `pixelgpt.examples` (`pixelgpt train` runs `train.py`)."""

@@ -1,0 +1,118 @@
+"""The `pixelgpt` command (pixelgpt/cli.py): every sub-command on tiny saved models."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+
+from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
+from pixelgpt.cli import build_parser, main
+
+from conftest import tiny_config
+
+TINY_TRAIN = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
+              "--max_train_samples", "32", "--max_eval_samples", "16", "--train_batch_size", "8", "--num_samples", "2",
+              "--max_train_steps", "1"]
+
+
+def save_model(folder, **overrides):
+    torch.manual_seed(0)
+    PixelGPTForImageGeneration(tiny_config(vocab_size=256, image_size=6, **overrides)).save_pretrained(folder)
+    condition = {}
+    if overrides.get("condition_size"):
+        condition = dict(condition_quantization="gray8", condition_size=overrides["condition_size"])
+    PixelGPTImageProcessor(quantization="gray8", image_size=6, **condition).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images = root / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (6, 6), dtype=np.uint8)).save(images / f"im{i}.png")
+    mask = np.zeros((6, 6), dtype=np.uint8)
+    mask[2:4] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    return dict(root=root, images=images, generate=save_model(root / "generate", num_classes=2),
+                inpaint=save_model(root / "inpaint", task="inpaint"),
+                upscale=save_model(root / "upscale", task="upscale", condition_size=3, condition_vocab_size=256))
+
+
+def read(folder):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def test_every_sub_command_documents_every_flag():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"train", "generate", "complete", "inpaint", "outpaint", "colorize", "upscale",
+                             "translate", "vary", "eval"}
+    for name, sub in commands.items():
+        undocumented = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
+        assert undocumented == [], name
+
+
+def test_generate_writes_reproducible_pngs(models, tmp_path, capsys):
+    args = ["generate", "--model", models["generate"], "--num_images", "2", "--class_label", "1", "--seed", "3"]
+    assert main(args + ["--output_dir", str(tmp_path / "a")]) == 0
+    main(args + ["--output_dir", str(tmp_path / "b")])
+    a, b = read(tmp_path / "a"), read(tmp_path / "b")
+    assert list(a) == ["sample-0000.png", "sample-0001.png"] and a["sample-0000.png"].shape == (6, 6)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert "wrote 2 image(s)" in capsys.readouterr().out
+
+
+def test_inpaint_keeps_the_unmasked_rows_and_vary_outpaint_complete_write_files(models, tmp_path):
+    out = tmp_path / "inpaint"
+    main(["inpaint", "--model", models["inpaint"], "--mask", str(models["root"] / "mask.png"), "--num_samples", "2",
+          "--output_dir", str(out), str(models["images"])])
+    results = read(out)
+    assert list(results) == ["im0-0.png", "im0-1.png", "im1-0.png", "im1-1.png"]
+    original = np.asarray(Image.open(models["images"] / "im1.png"))
+    assert np.array_equal(results["im1-1.png"][[0, 1, 4, 5]], original[[0, 1, 4, 5]])
+    main(["vary", "--model", models["inpaint"], "--strength", "0", "--output_dir", str(tmp_path / "vary"),
+          str(models["images"] / "im1.png")])
+    assert np.array_equal(read(tmp_path / "vary")["im1-0.png"], original)
+    main(["outpaint", "--model", models["inpaint"], "--right", "4", "--output_dir", str(tmp_path / "out"),
+          str(models["images"] / "im1.png")])
+    assert read(tmp_path / "out")["im1-0.png"].shape == (6, 10)
+    main(["complete", "--model", models["generate"], "--keep_rows", "3", "--output_dir", str(tmp_path / "c"),
+          str(models["images"] / "im0.png")])
+    assert np.array_equal(read(tmp_path / "c")["im0-0.png"][:3], np.asarray(Image.open(models["images"] / "im0.png"))[:3])
+
+
+def test_upscale_and_eval(models, tmp_path, capsys):
+    Image.new("L", (3, 3), 90).save(tmp_path / "small.png")
+    main(["upscale", "--model", models["upscale"], "--output_dir", str(tmp_path / "up"), str(tmp_path / "small.png")])
+    assert read(tmp_path / "up")["small-0.png"].shape == (6, 6)
+    capsys.readouterr()
+    main(["eval", "--model", models["generate"], str(models["images"])])
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 2 and 7.0 < report["bits_per_token"] < 9.0  # ~log2(256) untrained
+
+
+def test_errors_are_messages_not_tracebacks(models, tmp_path):
+    for argv, message in (
+        (["inpaint", "--model", models["generate"], "--mask", str(models["root"] / "mask.png"),
+          str(models["images"])], "--task inpaint"),
+        (["colorize", "--model", models["inpaint"], str(tmp_path / "missing.png")], "neither an image file nor a folder"),
+    ):
+        result = subprocess.run([sys.executable, "-c", "from pixelgpt.cli import run; run()", *argv],
+                                capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_train_sub_command_runs_the_training_script(tmp_path):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        assert main(["train", "--output_dir", str(tmp_path / "run"), *TINY_TRAIN]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -1,0 +1,184 @@
+"""How well do trained models transform held-out images, against naive baselines? One sub-command per task.
+
+    python examples/transform_quality.py inpaint --model inpaint-model --raster_model pixelgpt-fashion
+    python examples/transform_quality.py upscale --model upscale-model
+    python examples/transform_quality.py colorize --model colorize-model --train_data_dir emoji --resolution 16
+
+inpaint: held-out images with a centre square (half the side) or a random rectangle masked. Reported: the masked
+pixels' negative log-likelihood (bits/token) under the inpainting model, which reads every other pixel, and under a
+raster model, which sees only the rows above; the masked pixels' mean absolute and squared error (0-255) of
+inpainted samples, of raster-prefix-only filling (the raster model completes from the first masked row; the rest
+is pasted back) and of mean-fill (the mean of the image's kept pixels), plus the mean of 4 samples (the
+squared-error-optimal estimate a sampler can give).
+upscale / colorize: PSNR (dB) against the original of a sample, of greedy decoding and of the mean of 4 samples,
+against the naive baseline (bicubic upsampling of the low-resolution input / the grayscale input itself) and the
+ceiling that the model's own quantization allows (the original, quantized).
+
+Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train  # noqa: E402  (held-out split and image decoding exactly as in training)
+
+from pixelgpt.utils import make_image_grid  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=["inpaint", "upscale", "colorize"], help="What to measure.")
+    p.add_argument("--model", required=True, help="Model folder trained for the task.")
+    p.add_argument("--raster_model", help="inpaint: a raster (--task generate) model of the same data, the baseline.")
+    p.add_argument("--train_data_dir", help="Image folder the model was trained on (default: the built-in data).")
+    p.add_argument("--resolution", type=int, default=None, help="As given to train.py (default: the model's).")
+    p.add_argument("--num_images", type=int, default=200, help="Held-out images to measure on.")
+    p.add_argument("--batch_size", type=int, default=64, help="Images sampled together.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of masks and samples.")
+    p.add_argument("--output", help="Write the report as JSON here.")
+    p.add_argument("--grid", help="Write a PNG grid of examples here.")
+    return p
+
+
+def held_out_images(args, model) -> list[Image.Image]:
+    argv = ["--resolution", str(args.resolution or model.config.image_size), "--max_eval_samples", str(args.num_images)]
+    if args.train_data_dir:
+        argv += ["--train_data_dir", args.train_data_dir]
+    _, held_out, _ = train.load_splits(train.parse_args(argv))
+    return [train.open_image(v, f"held-out {i}") for i, v in enumerate(held_out["image"])]
+
+
+def pixels(images) -> np.ndarray:
+    """PIL images -> (B, H, W, C) float arrays in 0..255."""
+    return np.stack([np.asarray(i, dtype=np.float64).reshape(i.height, i.width, -1) for i in images])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the PSNR in dB (peak 255)."""
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def sampling(args, seed_offset: int = 0, **extra) -> dict:
+    return dict(generator=torch.Generator().manual_seed(args.seed + seed_offset), batch_size=args.batch_size,
+                show_progress=False, **extra)
+
+
+def masks_for(size: int, count: int, kind: str, seed: int) -> np.ndarray:
+    """(count, size, size) bool: a centre square of half the side, or random rectangles of 1/4 to 3/4 the side."""
+    masks = np.zeros((count, size, size), dtype=bool)
+    rng = np.random.default_rng(seed)
+    for m in masks:
+        if kind == "centre":
+            a, b = size // 4, size // 4 + size // 2
+            m[a:b, a:b] = True
+        else:
+            h, w = rng.integers(size // 4, 3 * size // 4 + 1, 2)
+            top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+            m[top : top + h, left : left + w] = True
+    return masks
+
+
+def measure_inpaint(args, model):
+    raster = AutoModel.from_pretrained(args.raster_model, trust_remote_code=True).eval()
+    processor = model.image_processor
+    images = held_out_images(args, model)
+    size = model.config.image_size
+    truth = pixels(processor.decode(processor(images).input_ids))[..., 0]  # quantized originals
+    report, examples = {}, []
+    for kind in ("centre", "random"):
+        masks = masks_for(size, len(images), kind, args.seed)
+        entry = {"masked_bits_per_token": {
+            "inpainting_model_all_sides": float(model.score_images(images, masks, generator=torch.Generator().manual_seed(args.seed)).mean()),
+            "raster_model_prefix_only": float(raster.score_images(images, masks).mean()),
+        }}
+        samples = np.stack([pixels(model.inpaint_images(images, masks, **sampling(args)))[..., 0]])
+        extra = model.inpaint_images(images, masks, num_samples=3, **sampling(args, seed_offset=1))
+        extra = pixels(extra)[..., 0].reshape(len(images), 3, size, size).transpose(1, 0, 2, 3)
+        mean_of_4 = np.concatenate([samples, extra]).mean(0)
+        raster_fill = np.empty_like(truth)
+        first_rows = masks.any(2).argmax(1)  # first masked row of each image
+        for keep in np.unique(first_rows):
+            chosen = np.flatnonzero(first_rows == keep)
+            done = raster.complete_images([images[i] for i in chosen], int(keep), **sampling(args))
+            raster_fill[chosen] = pixels(done)[..., 0]
+        raster_fill = np.where(masks, raster_fill, truth)
+        mean_fill = np.where(masks, np.array([t[~m].mean() for t, m in zip(truth, masks)])[:, None, None], truth)
+        errors = {}
+        for name, filled in (("inpainting_model_sample", samples[0]), ("inpainting_model_mean_of_4", mean_of_4),
+                             ("raster_prefix_only_sample", raster_fill), ("mean_fill", mean_fill)):
+            diff = (filled - truth)[masks]
+            errors[name] = {"mae": float(np.abs(diff).mean()), "mse": float((diff**2).mean())}
+        entry["masked_pixel_error"] = errors
+        report[kind] = entry
+        if kind == "centre":
+            masked = np.where(masks, 128, truth)
+            for row in (truth, masked, raster_fill, samples[0]):
+                examples += [Image.fromarray(r.astype(np.uint8)) for r in row[:8]]
+    return report, examples, min(8, len(images))
+
+
+def measure_conditional(args, model):
+    processor = model.image_processor
+    images = held_out_images(args, model)
+    target = type(processor)(quantization="gray8" if processor.num_channels == 1 else "rgb8",
+                             image_size=processor.image_size, resize_mode=processor.resize_mode,
+                             resample=processor.resample, background=processor.background)
+    truth = target.to_array(images).astype(np.float64)  # (B, H, W, C) originals at the model's resolution
+    ceiling = pixels(processor.decode(processor(images).input_ids))
+    if args.task == "upscale":
+        low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
+        inputs = [Image.fromarray(l[..., 0] if l.shape[-1] == 1 else l) for l in low]
+        mode = "L" if truth.shape[-1] == 1 else "RGB"
+        baseline = np.stack([np.asarray(i.convert(mode).resize(truth.shape[1:3][::-1], Image.Resampling.BICUBIC),
+                                        dtype=np.float64).reshape(truth.shape[1:]) for i in inputs])
+        baseline_name = "bicubic_upsampling"
+        method = model.upscale_images
+    else:
+        gray = np.stack([np.asarray(Image.fromarray(t.astype(np.uint8)).convert("L"), dtype=np.float64) for t in truth])
+        baseline = np.repeat(gray[..., None], truth.shape[-1], axis=-1)
+        inputs = [Image.fromarray(g.astype(np.uint8)) for g in gray]
+        baseline_name = "grayscale_input"
+        method = model.colorize_images
+    sample = pixels(method(inputs, **sampling(args)))
+    greedy = pixels(method(inputs, **sampling(args, temperature=0.0)))
+    more = pixels(method(inputs, num_samples=3, **sampling(args, seed_offset=1)))
+    mean_of_4 = (sample + more.reshape(len(images), 3, *sample.shape[1:]).sum(1)) / 4
+    report = {"psnr_db": {"model_sample": psnr(sample, truth), "model_greedy": psnr(greedy, truth),
+                          "model_mean_of_4_samples": psnr(mean_of_4, truth), baseline_name: psnr(baseline, truth),
+                          "quantized_original_ceiling": psnr(ceiling, truth)}}
+    shown = [np.asarray(i.resize(truth.shape[1:3][::-1], Image.Resampling.NEAREST)) for i in inputs[:8]]
+    rows = [shown, baseline[:8], sample[:8], greedy[:8], truth[:8]]
+    examples = [Image.fromarray(np.asarray(r).astype(np.uint8).squeeze()).convert("RGB") for row in rows for r in row]
+    return report, examples, min(8, len(images))
+
+
+def main(args):
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
+    if model.config.task != args.task:
+        raise ValueError(f"{args.model} was trained for task {model.config.task!r}, not {args.task!r}.")
+    if args.task == "inpaint" and not args.raster_model:
+        raise ValueError("inpaint needs --raster_model (a --task generate model of the same data) as the baseline.")
+    model._resolve_image_processor(None)  # loads the processor saved beside the model
+    measure = measure_inpaint if args.task == "inpaint" else measure_conditional
+    report, examples, cols = measure(args, model)
+    report = {"task": args.task, "num_images": args.num_images, **report}
+    print(json.dumps(report, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    if args.grid:
+        grid = make_image_grid(examples, cols=cols)
+        grid.resize((grid.width * 3, grid.height * 3), Image.Resampling.NEAREST).save(args.grid)
+    return report
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

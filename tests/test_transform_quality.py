@@ -1,0 +1,65 @@
+"""examples/transform_quality.py: one tiny pass per task (the real figures come from trained models, see docs/)."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
+
+from conftest import REPO_ROOT, tiny_config
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+import transform_quality  # noqa: E402
+
+
+def save(folder, processor, **overrides):
+    torch.manual_seed(0)
+    PixelGPTForImageGeneration(tiny_config(vocab_size=processor.vocab_size, image_size=8, **overrides)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def run(*argv):
+    return transform_quality.main(transform_quality.build_parser().parse_args([*argv, "--num_images", "6"]))
+
+
+def test_inpaint_reports_likelihood_and_pixel_errors_against_both_baselines(tmp_path):
+    processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
+    report = run("inpaint", "--model", save(tmp_path / "inpaint", processor, task="inpaint"),
+                 "--raster_model", save(tmp_path / "raster", processor), "--grid", str(tmp_path / "grid.png"))
+    for kind in ("centre", "random"):
+        bits = report[kind]["masked_bits_per_token"]
+        assert 2.5 < bits["inpainting_model_all_sides"] < 3.5 and 2.5 < bits["raster_model_prefix_only"] < 3.5  # ~log2(8)
+        errors = report[kind]["masked_pixel_error"]
+        assert set(errors) == {"inpainting_model_sample", "inpainting_model_mean_of_4", "raster_prefix_only_sample",
+                               "mean_fill"}
+        assert all(0 <= e["mae"] <= 255 and e["mae"] ** 2 <= e["mse"] + 1e-6 for e in errors.values())
+    assert Image.open(tmp_path / "grid.png").size == (3 * (6 * 9 + 1), 3 * (4 * 9 + 1))  # 4 rows of 6, scaled x3
+
+
+@pytest.mark.parametrize("task", ["upscale", "colorize"])
+def test_conditional_tasks_report_psnr_against_the_naive_baseline(tmp_path, task):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    condition = dict(condition_quantization="gray8", condition_size=4 if task == "upscale" else 8)
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=8, **condition)
+    model = save(tmp_path / task, processor, task=task, condition_size=condition["condition_size"],
+                 condition_vocab_size=256)
+    report = run(task, "--model", model, "--train_data_dir", str(folder))
+    psnr = report["psnr_db"]
+    baseline = "bicubic_upsampling" if task == "upscale" else "grayscale_input"
+    assert set(psnr) == {"model_sample", "model_greedy", "model_mean_of_4_samples", baseline,
+                         "quantized_original_ceiling"}
+    assert all(0 < v < 100 for v in psnr.values())
+    assert psnr["quantized_original_ceiling"] > psnr["model_sample"]  # an untrained model is far from the ceiling
+
+
+def test_the_model_must_match_the_task(tmp_path):
+    processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
+    with pytest.raises(ValueError, match="trained for task 'generate', not 'inpaint'"):
+        run("inpaint", "--model", save(tmp_path / "raster", processor), "--raster_model", "x")

@@ -12,7 +12,8 @@ is pasted back) and of mean-fill (the mean of the image's kept pixels), plus the
 squared-error-optimal estimate a sampler can give).
 upscale / colorize: PSNR (dB) against the original of a sample, of greedy decoding and of the mean of 4 samples,
 against the naive baseline (bicubic upsampling of the low-resolution input / the grayscale input itself) and the
-ceiling that the model's own quantization allows (the original, quantized).
+ceiling that the model's own quantization allows (the original, quantized). Colorization keeps the input's
+luminance (`keep_luminance=True`); a sample without it is reported too.
 
 Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it.
 """
@@ -155,6 +156,9 @@ def measure_conditional(args, model):
     report = {"psnr_db": {"model_sample": psnr(sample, truth), "model_greedy": psnr(greedy, truth),
                           "model_mean_of_4_samples": psnr(mean_of_4, truth), baseline_name: psnr(baseline, truth),
                           "quantized_original_ceiling": psnr(ceiling, truth)}}
+    if args.task == "colorize":  # the samples above keep the input's luminance; this one uses the model's colours only
+        own = pixels(method(inputs, keep_luminance=False, **sampling(args)))
+        report["psnr_db"]["model_sample_without_keep_luminance"] = psnr(own, truth)
     shown = [np.asarray(i.resize(truth.shape[1:3][::-1], Image.Resampling.NEAREST)) for i in inputs[:8]]
     rows = [shown, baseline[:8], sample[:8], greedy[:8], truth[:8]]
     examples = [Image.fromarray(np.asarray(r).astype(np.uint8).squeeze()).convert("RGB") for row in rows for r in row]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
@@ -990,10 +991,27 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                                  image_processor, sampling)
 
     @torch.no_grad()
-    def colorize_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+    def colorize_images(self, images, num_samples: int = 1, keep_luminance: bool = True, image_processor=None,
+                        **sampling):
         """Colour versions of (grayscale) images, `num_samples` per input, from a model trained with
-        `--task colorize`: colour images are read as grayscale first, so any image works as input."""
-        return self._conditional("colorize_images", ("colorize",), images, num_samples, image_processor, sampling)
+        `--task colorize`: colour images are read as grayscale first, so any image works as input.
+
+        `keep_luminance=True` keeps the input's own gray values as the luminance (Y of YCbCr) and takes only the
+        colour (Cb, Cr) from the model, so no detail of the input is lost to the model's colour quantization (as
+        colorization methods that predict chroma only; where a colour at that luminance is outside the RGB gamut,
+        it is clipped). Sampling arguments as in `generate_images`."""
+        colour = self._conditional("colorize_images", ("colorize",), images, num_samples, image_processor, sampling)
+        if not keep_luminance or sampling.get("output_type", "pil") != "pil":
+            return colour
+        processor = self._resolve_image_processor(image_processor)
+        gray = type(processor)(quantization="gray8", image_size=self.config.image_size,
+                               resize_mode=processor.resize_mode, resample=processor.resample,
+                               background=processor.background).to_array(images)[..., 0]  # (B, S, S)
+        out = []
+        for i, image in enumerate(colour):
+            _, cb, cr = image.convert("YCbCr").split()
+            out.append(Image.merge("YCbCr", (Image.fromarray(gray[i // num_samples]), cb, cr)).convert("RGB"))
+        return out
 
     @torch.no_grad()
     def upscale_images(self, images, num_samples: int = 1, image_processor=None, **sampling):

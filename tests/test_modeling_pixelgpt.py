@@ -692,10 +692,18 @@ def test_colorize_upscale_translate_return_images_and_reproduce():
     model, processor = make_conditional("colorize", condition_size=6)
     images = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
     kwargs = dict(num_samples=2, image_processor=processor, show_progress=False)
-    out = model.colorize_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    out = model.colorize_images(images, keep_luminance=False, generator=torch.Generator().manual_seed(0), **kwargs)
     assert len(out) == 4 and all(o.size == (6, 6) and o.mode == "RGB" for o in out)
     again = model.translate_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    # keep_luminance (default): the model's colours, the input's own gray values.
+    kept = model.colorize_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    for i, image in enumerate(kept):
+        gray = np.asarray(Image.fromarray(images[i // 2]).convert("L"), dtype=int)
+        error = np.abs(np.asarray(image.convert("L"), dtype=int) - gray)
+        # Exact up to YCbCr rounding, except where a (here random, untrained) colour leaves the RGB gamut and clips.
+        inside = ((np.asarray(image) > 0) & (np.asarray(image) < 255)).all(-1)
+        assert inside.sum() >= 6 and error[inside].max() <= 2
     # A colour image and its grayscale version are the same condition.
     gray = [Image.fromarray(i).convert("L") for i in images]
     assert torch.equal(processor.encode_condition(gray).condition_ids, processor.encode_condition(images).condition_ids)

@@ -12,7 +12,6 @@ Plain `python examples/train.py` runs one process; `accelerate launch` adds mult
 """
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -37,10 +36,9 @@ from transformers import get_cosine_schedule_with_warmup
 from pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration, PixelGPTImageProcessor
 from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, PIXELGPT_TASKS
 from pixelgpt.default_data import DEFAULT_DATASET_NAME, load_default_dataset
-from pixelgpt.utils import make_image_grid, write_model_card
+from pixelgpt.utils import IMAGE_EXTENSIONS, make_image_grid, open_image, write_model_card
 
 logger = get_logger(__name__)
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -258,7 +256,7 @@ def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
     paired, missing, total = {}, [], 0
     for split, rows in dataset.items():
         paired[split] = []
-        for value in rows.cast_column("image", ImageFeature(decode=False))["image"]:
+        for value in rows.cast_column(args.image_column, ImageFeature(decode=False))[args.image_column]:
             relative = Path(value["path"]).resolve().relative_to(root)
             match = sources / relative
             if not match.is_file():
@@ -293,21 +291,6 @@ def resolve_label_column(args, dataset):
         return column, max(labels) + 1, None
     raise ValueError(f"Label column {column!r} has type {feature!r}; expected a ClassLabel or integer column "
                      "(encode string labels with `dataset.class_encode_column`).")
-
-
-def open_image(value, where: str) -> Image.Image:
-    """Decode one undecoded image value (dict with bytes/path, a path, or an already decoded image)."""
-    if isinstance(value, Image.Image):
-        return value
-    source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
-    name = value.get("path") if isinstance(value, dict) and value.get("path") else where
-    try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()  # force a full decode: truncated files fail here, not later in a worker
-    except Exception as err:  # PIL raises many types for broken files
-        raise ValueError(f"{name}: cannot read image ({type(err).__name__}: {err})") from err
-    image.info["pixelgpt_name"] = name
-    return image
 
 
 def check_images(dataset, column, processor, resolution, split_name, skip_bad, output_dir):
@@ -480,11 +463,9 @@ def main(args):
     held_out = check_images(held_out, args.image_column, processor, args.resolution, "eval", args.skip_bad_images,
                             args.output_dir)
     if args.task == "translate":
-        for name in ("train", "eval"):
-            split = train if name == "train" else held_out
-            split = check_images(split, args.source_column, processor.condition_processor, args.condition_size,
-                                 f"{name}_source", args.skip_bad_images, args.output_dir)
-            train, held_out = (split, held_out) if name == "train" else (train, split)
+        sources = (args.source_column, processor.condition_processor, args.condition_size)
+        train = check_images(train, *sources, "train_source", args.skip_bad_images, args.output_dir)
+        held_out = check_images(held_out, *sources, "eval_source", args.skip_bad_images, args.output_dir)
     if args.fit_palette:
         sample = train.shuffle(seed=args.seed).select(range(min(args.palette_samples, len(train))))
         processor.fit_palette([open_image(v, "image") for v in sample[args.image_column]], args.palette_size,

@@ -29,9 +29,10 @@ from PIL import Image
 from transformers import AutoModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train  # noqa: E402  (held-out split and image decoding exactly as in training)
+import train  # noqa: E402  (held-out split exactly as in training)
+from sample_quality import quantized  # noqa: E402
 
-from pixelgpt.utils import make_image_grid  # noqa: E402
+from pixelgpt.utils import make_image_grid, open_image  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def held_out_images(args, model) -> list[Image.Image]:
     if args.train_data_dir:
         argv += ["--train_data_dir", args.train_data_dir]
     _, held_out, _ = train.load_splits(train.parse_args(argv))
-    return [train.open_image(v, f"held-out {i}") for i, v in enumerate(held_out["image"])]
+    return [open_image(v, f"held-out {i}") for i, v in enumerate(held_out["image"])]
 
 
 def pixels(images) -> np.ndarray:
@@ -93,7 +94,7 @@ def measure_inpaint(args, model):
     processor = model.image_processor
     images = held_out_images(args, model)
     size = model.config.image_size
-    truth = pixels(processor.decode(processor(images).input_ids))[..., 0]  # quantized originals
+    truth = pixels(quantized(processor, images))[..., 0]  # quantized originals
     report, examples = {}, []
     for kind in ("centre", "random"):
         masks = masks_for(size, len(images), kind, args.seed)
@@ -134,7 +135,7 @@ def measure_conditional(args, model):
                              image_size=processor.image_size, resize_mode=processor.resize_mode,
                              resample=processor.resample, background=processor.background)
     truth = target.to_array(images).astype(np.float64)  # (B, H, W, C) originals at the model's resolution
-    ceiling = pixels(processor.decode(processor(images).input_ids))
+    ceiling = pixels(quantized(processor, images))
     if args.task == "upscale":
         low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
         inputs = [Image.fromarray(l[..., 0] if l.shape[-1] == 1 else l) for l in low]

@@ -673,6 +673,9 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                 raise ValueError("A translation model scores targets given their sources: pass `condition_images`.")
             source = images if condition_images is None else condition_images
             condition = processor.encode_condition(source, return_tensors="pt").condition_ids
+            if len(condition) != len(ids):
+                raise ValueError(f"Give one condition image per image: {len(ids)} images, {len(condition)} "
+                                 "condition images.")
         elif condition_images is not None:
             raise ValueError(f"`condition_images` are for conditional models; this one's task is {self.config.task!r}.")
         bits = []

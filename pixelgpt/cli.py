@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from pixelgpt.utils import IMAGE_EXTENSIONS, open_image
+
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -96,9 +96,9 @@ def _image_files(inputs: list[str]) -> list[Path]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise SystemExit(f"pixelgpt: {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+                raise SystemExit(f"pixelgpt: {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -107,13 +107,8 @@ def _image_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as err:  # PIL raises many types for broken files
-        raise SystemExit(f"pixelgpt: cannot read {path} ({type(err).__name__}: {err})") from err
-    return image
+def _open(path: Path):
+    return open_image(str(path), str(path))  # a ValueError naming the file, which `run` prints as one line
 
 
 def _load_model(args):

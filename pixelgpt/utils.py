@@ -1,5 +1,6 @@
-"""Small helpers shared by the training script and the CLI: image grids and the generated model card."""
+"""Small helpers shared by the training script and the CLI: image files, image grids and the model card."""
 
+import io
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -42,6 +43,26 @@ images[0].save("sample.png")
 {% for key, value in hyperparameters %}| {{ key }} | {{ value }} |
 {% endfor %}
 """
+
+# Files taken as images in folders (train.py --train_data_dir, the pixelgpt command).
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def open_image(value, where: str) -> Image.Image:
+    """Decode one image: a PIL image, a path, or a datasets value (dict with bytes/path). A file that cannot be
+    read raises a ValueError naming it (or `where`)."""
+    if isinstance(value, Image.Image):
+        return value
+    source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
+    name = value.get("path") if isinstance(value, dict) and value.get("path") else where
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()  # force a full decode: truncated files fail here, not later in a worker
+    except Exception as err:  # PIL raises many types for broken files
+        raise ValueError(f"{name}: cannot read image ({type(err).__name__}: {err})") from err
+    image.info["pixelgpt_name"] = name
+    return image
+
 
 # Hub id of the full dataset the built-in default is a subset of.
 DEFAULT_DATASET_HUB_ID = "zalando-datasets/fashion_mnist"

@@ -357,6 +357,9 @@ class PixelGPTImageProcessor(BaseImageProcessor):
         if len(masks) != len(images):
             raise ValueError(f"Give one mask for all images or one per image: {len(images)} images, "
                              f"{len(masks)} masks.")
+        # Masks at an image's own size are resized (nearest, so they stay binary) and cropped as the image is.
+        nearest = PixelGPTImageProcessor(quantization="gray8", image_size=self.image_size,
+                                         resize_mode=self.resize_mode, resample="nearest")
         out = []
         for i, (m, image) in enumerate(zip(masks, images)):
             what = f"mask {i}"
@@ -377,8 +380,6 @@ class PixelGPTImageProcessor(BaseImageProcessor):
                 if binary.shape != size:
                     raise ValueError(f"{what}: size {binary.shape[1]}x{binary.shape[0]} matches neither the model "
                                      f"grid {grid[1]}x{grid[0]} nor its image ({size[1]}x{size[0]}).")
-                nearest = PixelGPTImageProcessor(quantization="gray8", image_size=self.image_size,
-                                                 resize_mode=self.resize_mode, resample="nearest")
                 binary = nearest.to_array(Image.fromarray(binary.astype(np.uint8) * 255))[0, ..., 0] > 127
             out.append(binary)
         return np.stack(out)

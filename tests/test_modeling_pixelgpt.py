@@ -727,6 +727,11 @@ def test_conditional_model_and_processor_round_trip(tmp_path):
     a = model.upscale_images(low, image_processor=processor, generator=torch.Generator().manual_seed(5), **kwargs)
     b = loaded.upscale_images(low, generator=torch.Generator().manual_seed(5), **kwargs)  # processor from the folder
     assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="one condition image per image: 1 images, 2 condition images"):
+        model.score_images(np.zeros((6, 6), np.uint8), condition_images=[low, low], image_processor=processor)
+    with pytest.raises(ValueError, match="for conditional models"):
+        make_model().score_images(np.zeros((5, 5), np.uint8), condition_images=low,
+                                  image_processor=PixelGPTImageProcessor(quantization="gray", num_levels=13, image_size=5))
 
 
 def test_score_images_is_the_loss_in_bits_and_masked_scores_see_the_right_context(gray8_model, inpaint_model):

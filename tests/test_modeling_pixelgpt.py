@@ -752,3 +752,24 @@ def test_score_images_is_the_loss_in_bits_and_masked_scores_see_the_right_contex
         a = m.score_images(image, mask, generator=torch.Generator().manual_seed(0), **seed)
         b = m.score_images(changed, mask, generator=torch.Generator().manual_seed(0), **seed)
         assert torch.equal(a, b) == (m.config.task == "generate")
+
+
+def test_inpainting_models_read_every_kept_pixel_before_drawing(inpaint_model):
+    model, processor = inpaint_model
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[2:5, 1:4] = True
+    calls = []
+    original = model.sample_tokens
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    with mock.patch.object(model, "sample_tokens", spy):
+        model.inpaint_images(np.zeros((6, 6), np.uint8), mask, num_samples=3, image_processor=processor,
+                             show_progress=False, generator=torch.Generator().manual_seed(0))
+    order, known = calls[0]["order"], calls[0]["known"]
+    kept = int((~mask).sum())
+    assert order.shape == (3, 36) and (known.gather(1, order)[:, :kept] >= 0).all()  # kept pixels come first
+    assert (known.gather(1, order)[:, kept:] < 0).all()
+    assert not torch.equal(order[0], order[1])  # each sample draws the hole in its own random order

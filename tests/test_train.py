@@ -349,7 +349,18 @@ def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability,
 
 # ---------------------------------------------------------------------------------------------- transformation tasks
 def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
-    out = run(tmp_path, "--task", "inpaint", "--max_train_steps", "40", "--learning_rate", "3e-3")
+    from pixelgpt import PixelGPTForImageGeneration
+
+    original, probabilities = PixelGPTForImageGeneration.any_order_inputs, []
+
+    def spy(self, input_ids, box_probability=0.5, *args, **kwargs):
+        probabilities.append(box_probability)
+        return original(self, input_ids, box_probability, *args, **kwargs)
+
+    with mock.patch.object(PixelGPTForImageGeneration, "any_order_inputs", spy):
+        out = run(tmp_path, "--task", "inpaint", "--max_train_steps", "40", "--learning_rate", "3e-3",
+                  "--inpaint_box_probability", "0.25")
+    assert probabilities.count(0.25) >= 40  # every training step (and evaluation) used random orders
     results = json.loads((out / "eval_results.json").read_text())
     assert results["bits_per_token"] < 0.8 * results["untrained_bits_per_token"], results
     model = AutoModel.from_pretrained(out)

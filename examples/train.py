@@ -182,6 +182,10 @@ def parse_args(argv=None):
                     "--source_dir (a folder mirroring --train_data_dir)")
         if args.source_dir and not args.train_data_dir:
             p.error("--source_dir pairs with --train_data_dir (the folder of target images)")
+        if args.source_dir and args.source_column:
+            p.error("give --source_column or --source_dir, not both")
+        if args.source_dir:
+            args.source_column = "source"  # the column that pairing with --source_dir adds
     elif args.source_column or args.source_dir:
         p.error("--source_column / --source_dir are for --task translate")
     if args.task in CONDITIONAL_TASKS:
@@ -248,7 +252,7 @@ def load_splits(args):
 
 
 def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
-    """Add a "source" column: for each target image, the file of the same relative path (any image extension)
+    """Add the source column: for each target image, the file of the same relative path (any image extension)
     under --source_dir."""
     root, sources = Path(args.train_data_dir).resolve(), Path(args.source_dir)
     if not sources.is_dir():
@@ -269,8 +273,7 @@ def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
     if missing:
         raise ValueError(f"{len(missing)} of {total} target images have no source image of the same name under "
                          f"--source_dir {sources}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-    args.source_column = "source"
-    return DatasetDict({split: rows.add_column("source", paired[split]) for split, rows in dataset.items()})
+    return DatasetDict({split: rows.add_column(args.source_column, paired[split]) for split, rows in dataset.items()})
 
 
 def resolve_label_column(args, dataset):
@@ -409,7 +412,7 @@ def save_samples(model, processor, args, step, num_classes, accelerator, held_ou
         sources = [open_image(v, "image") for v in held_out[: max(1, args.num_samples // 2)][column]]
         outputs = unwrapped.translate_images(sources, **sampling)
         condition = processor.condition_processor
-        shown = condition.decode(torch.as_tensor(processor.encode_condition(sources, return_tensors="np").condition_ids))
+        shown = condition.decode(condition(sources).input_ids)  # what the model reads, as an image
         shown = [c.resize((args.resolution, args.resolution), Image.Resampling.NEAREST) for c in shown]
         images = [image for pair in zip(shown, outputs) for image in pair]
     else:

@@ -323,6 +323,8 @@ def test_bad_arguments_are_rejected():
                           (["--task", "translate"], "--task translate needs paired source images"),
                           (["--task", "translate", "--source_dir", "s"], "--source_dir pairs with --train_data_dir"),
                           (["--source_column", "s"], "are for --task translate"),
+                          (["--task", "translate", "--train_data_dir", "t", "--source_dir", "s", "--source_column", "c"],
+                           "--source_column or --source_dir, not both"),
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize")):
         with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:

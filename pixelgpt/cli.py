@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         train.main(train.parse_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
+    files = _image_files(args.inputs) if args.command != "generate" else []  # bad paths fail before the model loads
     model = _load_model(args)
     if args.command == "eval":
-        files = _image_files(args.inputs)
         mask = None if args.mask is None else _open(Path(args.mask))
         bits = model.score_images([_open(f) for f in files], mask_image=mask, batch_size=args.batch_size,
                                   generator=torch.Generator().manual_seed(args.seed))
@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
                                        **sampling)
         paths = _save(images, [f"sample-{i:04d}" for i in range(len(images))], args.output_dir)
     else:
-        files = _image_files(args.inputs)
         inputs = [_open(f) for f in files]
         repeats = getattr(args, "num_samples", 1)
         if args.command == "complete":

@@ -13,7 +13,8 @@ bits/dim (so > 1 always means PixelGPT is better).
 
 B1 training throughput (tokens/s) and achieved GFLOP/s against this machine's measured matmul peak.
 B2 generation images/s and ms per token, KV cache, batches 1/8/64 at 16x16 and 32x32; PixelGPT also with parallel
-   decoding (8 tokens per forward pass, 8x fewer passes).
+   decoding (8 tokens per forward pass, 8x fewer passes), and the kernel floor of one-token sampling (the step's
+   matmuls and attention alone), which bounds what any one-token loop at this size could gain over ImageGPT.
 B3 peak memory (RSS; CUDA max allocated on GPU) in training and generation.
 B4 scaling: training time and memory per image at 8x8 .. 64x64.
 B5 quality per compute: both trained by the same loop for the same wall-clock on Fashion-MNIST (../shared/data),
@@ -136,6 +137,38 @@ def work_generate(p):
             "forward_passes": math.ceil(n / k), "peak_mb": peak_memory_mb(device)}
 
 
+@torch.no_grad()
+def work_floor(p):
+    """Lower bound for one-token-per-step sampling with this machine's kernels: a PixelGPT-sized step reduced to its
+    unavoidable work (the four projections of each layer, attention over the filled cache, the output head), with
+    no norms, rotary, residuals, sampling or Python beyond one loop. Any implementation at this size and precision
+    streams these weights and this cache once per token, so ImageGPT's ms/token divided by this is the largest
+    speed-up that a better one-token loop could reach."""
+    device = p["device"]
+    model = build("pixelgpt", p["size"], p["image_size"], p["vocab"], device).eval()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = model.to(dtype)
+    config, batch, n = model.config, p["batch"], p["image_size"] ** 2
+    heads, head_dim, width = config.num_attention_heads, config.head_dim, config.hidden_size
+    layers = [(layer.self_attn.qkv_proj.weight, layer.self_attn.o_proj.weight, layer.mlp.gate_up_proj.weight,
+               layer.mlp.down_proj.weight) for layer in model.model.layers]
+    cache = [torch.zeros(2, batch, heads, n, head_dim, device=device, dtype=dtype) for _ in layers]
+    x = torch.randn(batch, width, device=device, dtype=dtype)
+    sync(device)
+    begin = time.perf_counter()
+    for t in range(n):
+        for (qkv, out, gate_up, down), kv in zip(layers, cache):
+            q, k, v = torch.nn.functional.linear(x, qkv).view(batch, 3, heads, 1, head_dim).unbind(1)
+            kv[0, :, :, t : t + 1], kv[1, :, :, t : t + 1] = k, v
+            attended = torch.nn.functional.scaled_dot_product_attention(q, kv[0, :, :, : t + 1], kv[1, :, :, : t + 1])
+            x = torch.nn.functional.linear(attended.view(batch, width), out)  # (B, D)
+            x = torch.nn.functional.linear(torch.nn.functional.linear(x, gate_up)[:, : config.intermediate_size], down)
+        torch.nn.functional.linear(x, model.lm_head.weight)
+    sync(device)
+    seconds = time.perf_counter() - begin
+    return {"seconds": seconds, "images_per_s": batch / seconds, "ms_per_token": 1000 * seconds / n}
+
+
 def work_peak(p):
     """Matmul peak of this machine: fp32 sgemm on CPU, bf16 on CUDA (GFLOP/s)."""
     device = p["device"]
@@ -192,7 +225,8 @@ def work_quality(p):
             "images_seen": steps * p["batch"], "seconds": p["seconds"]}
 
 
-WORKERS = {"train": work_train, "generate": work_generate, "peak": work_peak, "quality": work_quality}
+WORKERS = {"train": work_train, "generate": work_generate, "floor": work_floor, "peak": work_peak,
+           "quality": work_quality}
 
 
 def run_worker(task, **params):
@@ -272,6 +306,10 @@ def suite(args):
                     ref["ms_per_token"] / ours["ms_per_token"])
                 add(name + " parallel k=8", "images/s", par["images_per_s"], ref["images_per_s"],
                     par["images_per_s"] / ref["images_per_s"], f"({par['forward_passes']} passes)")
+                floor = min((run_worker("floor", **params) for _ in range(2)), key=lambda r: r["seconds"])
+                best["floor"] = floor
+                add(name + " kernel floor", "ms/token", floor["ms_per_token"], ref["ms_per_token"],
+                    ref["ms_per_token"] / floor["ms_per_token"], "(best possible one-token advantage)")
                 if batch == 8:
                     add(f"B3 generate peak memory {image_size}x{image_size} b8", "MB", ours["peak_mb"],
                         ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"])

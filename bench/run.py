@@ -1,6 +1,6 @@
 """PixelGPT vs transformers' ImageGPT, same machine, same run: one command, a table, a JSON and a Markdown report.
 
-    python bench/run.py                 # full suite (~20 min on a 2-core CPU)
+    python bench/run.py                 # full suite (~26 min on a 2-core CPU)
     python bench/run.py --quick         # smaller sizes and budgets, for a smoke check
     python bench/run.py --only B1,B2    # some rows only
     python bench/run.py --device cuda   # on a GPU: bf16 training, CUDA memory
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "fashion-mnist"
@@ -158,12 +159,12 @@ def work_floor(p):
     begin = time.perf_counter()
     for t in range(n):
         for (qkv, out, gate_up, down), kv in zip(layers, cache):
-            q, k, v = torch.nn.functional.linear(x, qkv).view(batch, 3, heads, 1, head_dim).unbind(1)
+            q, k, v = F.linear(x, qkv).view(batch, 3, heads, 1, head_dim).unbind(1)
             kv[0, :, :, t : t + 1], kv[1, :, :, t : t + 1] = k, v
-            attended = torch.nn.functional.scaled_dot_product_attention(q, kv[0, :, :, : t + 1], kv[1, :, :, : t + 1])
-            x = torch.nn.functional.linear(attended.view(batch, width), out)  # (B, D)
-            x = torch.nn.functional.linear(torch.nn.functional.linear(x, gate_up)[:, : config.intermediate_size], down)
-        torch.nn.functional.linear(x, model.lm_head.weight)
+            attended = F.scaled_dot_product_attention(q, kv[0, :, :, : t + 1], kv[1, :, :, : t + 1])
+            x = F.linear(attended.view(batch, width), out)  # (B, D)
+            x = F.linear(F.linear(x, gate_up)[:, : config.intermediate_size], down)
+        F.linear(x, model.lm_head.weight)
     sync(device)
     seconds = time.perf_counter() - begin
     return {"seconds": seconds, "images_per_s": batch / seconds, "ms_per_token": 1000 * seconds / n}

@@ -28,7 +28,7 @@ def test_parallel_decoding_needs_k_times_fewer_passes():
     assert result["forward_passes"] == 2
 
 
-def test_floor_worker_times_one_pass_per_token():
+def test_floor_worker_runs_at_odd_model_shapes_and_reports_per_token_time():
     result = bench.work_floor(dict(device="cpu", size=SIZE, vocab=7, image_size=5, batch=3))
     assert result["ms_per_token"] == pytest.approx(1000 * result["seconds"] / 25)
     assert result["images_per_s"] == pytest.approx(3 / result["seconds"])

@@ -305,7 +305,7 @@ def reference_k_ahead(model, start_ids, k):
         inputs = model.k_ahead_inputs(torch.cat([ids, torch.zeros_like(ids[:, :1]).expand(-1, n - done)], 1), k)
         inputs.pop("labels")
         logits = model(**inputs, use_cache=False).logits[:, done : done + m]
-        tokens = torch.cat([tokens, model._draw(logits, 1.0, None, None)], 1)
+        tokens = torch.cat([tokens, model._draw(logits, 1.0, None, None, as_generate=k == 1)], 1)
     return torch.cat([start_ids[:, None], tokens], 1)
 
 
@@ -318,6 +318,29 @@ def test_k_ahead_cached_loop_matches_recomputing_everything(k):
     torch.manual_seed(5)
     assert torch.equal(fast, reference_k_ahead(model, start, k))
     assert fast.shape == (3, 26)
+    assert not fast.is_inference()  # the loop runs in inference mode; what it returns is an ordinary tensor
+    fast[:, 0] = model.config.start_token_id  # so callers may edit it in place
+
+
+@pytest.mark.parametrize("warp", [dict(top_k=None, top_p=None), dict(top_k=4, top_p=None), dict(top_k=None, top_p=0.7)])
+def test_k_ahead_draw_follows_the_warped_distribution(warp):
+    """k > 1 draws by inverting the cdf (one uniform per token) instead of generate()'s multinomial: the same
+    distribution, and never a token that the warpers removed."""
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.0, 1.2, -0.4, 0.8]) * 1.5
+    scores = logits.clone()
+    if warp["top_k"]:
+        scores[scores < scores.topk(warp["top_k"]).values[-1]] = -float("inf")
+    if warp["top_p"]:
+        probs, order = scores.softmax(-1).sort(descending=True)
+        keep = probs.cumsum(-1) - probs < warp["top_p"]  # the smallest head of the ranking that reaches top_p
+        scores[order[~keep]] = -float("inf")
+    expected = scores.softmax(-1)
+    torch.manual_seed(0)
+    drawn = PixelGPTForImageGeneration._draw(logits.expand(4000, 5, 7), 1.0, as_generate=False, **warp)  # (4000, 5)
+    assert drawn.shape == (4000, 5)
+    frequency = torch.bincount(drawn.flatten(), minlength=7) / drawn.numel()
+    assert (frequency[expected == 0] == 0).all()
+    torch.testing.assert_close(frequency, expected, atol=0.012, rtol=0)  # 20,000 draws: ~4 standard errors
 
 
 def test_k_ahead_layout_with_k_1_is_the_raster_model():
@@ -441,7 +464,8 @@ def test_k_ahead_completion_matches_recomputing_everything():
         ids = torch.cat([start[:, None], tokens, torch.zeros(2, 25 - done, dtype=torch.long)], 1)
         inputs = model.k_ahead_inputs(ids, 4)
         inputs.pop("labels")
-        tokens = torch.cat([tokens, model._draw(model(**inputs).logits[:, done : done + m], 1.0, None, None)], 1)
+        logits = model(**inputs).logits[:, done : done + m]
+        tokens = torch.cat([tokens, model._draw(logits, 1.0, None, None, as_generate=False)], 1)
     assert torch.equal(fast[:, 1:], tokens)
 
 
@@ -668,11 +692,12 @@ def test_condition_rows_come_first_and_predict_nothing():
 
 def test_condition_pixels_sit_on_the_image_pixels_they_cover():
     model, _ = make_conditional(condition_size=3)  # 3x3 over 6x6: condition pixel (i, j) at (2i + 0.5, 2j + 0.5)
-    (cos, sin), _ = model.model.rotary_emb.condition(3, "cpu", torch.float32)
+    cos, sin = model.model.rotary_emb.condition(3, "cpu", torch.float32)
+    assert cos.shape == sin.shape == (1, 1, 9, model.config.head_dim)
     row, col = torch.tensor([[2 * 1 + 0.5]]), torch.tensor([[2 * 2 + 0.5]])
     expected_cos, expected_sin = model.model.rotary_emb._cos_sin(row, col, torch.float32)
-    torch.testing.assert_close(cos[:, 5], expected_cos[:, 0])  # condition pixel (1, 2) = index 5
-    torch.testing.assert_close(sin[:, 5], expected_sin[:, 0])
+    torch.testing.assert_close(cos[0, :, 5], expected_cos[:, 0])  # condition pixel (1, 2) = index 5
+    torch.testing.assert_close(sin[0, :, 5], expected_sin[:, 0])
 
 
 @pytest.mark.parametrize("task", ["colorize", "upscale"])

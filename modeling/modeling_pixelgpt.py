@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +33,64 @@ from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code 
 
 # The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
 PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
+
+# oneDNN ships inside PyTorch's CPU builds (x86 and ARM); its compiled graphs call this matmul op.
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b.T` for 2-D float32 CPU tensors through oneDNN; `b` may be a weight packed by `_pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+def _pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in oneDNN's blocked layout: no re-arrangement per call (1.2-1.6x faster sampling matmuls)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+class PixelGPTLinearFunction(torch.autograd.Function):
+    """`x @ W.T` with autograd for `(M, in)` rows: the output and the input gradient through oneDNN, the weight
+    gradient (a sum over all M rows) through `torch.mm`, which was as fast or faster for that shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _onednn_matmul(x, weight)  # (M, out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = _onednn_matmul(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (M, in)
+        grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None  # (out, in)
+        return grad_x, grad_weight
+
+
+class PixelGPTLinear(nn.Linear):
+    """Bias-free `nn.Linear` (same weight, same state dict) whose float32 CPU matmuls run through oneDNN.
+
+    PyTorch's float32 CPU matmul is MKL's sgemm, which can run far below the chip's peak on AMD CPUs: on our
+    benchmark machine (AVX-512 EPYC) 210 GFLOP/s against oneDNN's 487 at 2048^2, and half oneDNN's speed at the
+    8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing and `torch.compile` use
+    `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling loop runs, `packed` holds
+    the weight in oneDNN's layout (see `PixelGPTForImageGeneration._packed_weights`).
+    """
+
+    packed: torch.Tensor | None = None
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (ONEDNN and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.numel()
+                and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+            return F.linear(x, self.weight)
+        rows = x.reshape(-1, self.in_features)  # (M, in)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            out = PixelGPTLinearFunction.apply(rows, self.weight)
+        else:
+            out = _onednn_matmul(rows, self.weight if self.packed is None else self.packed)
+        return out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
 class PixelGPTRotaryEmbedding(nn.Module):
@@ -126,8 +185,8 @@ class PixelGPTAttention(nn.Module):
         self.num_key_value_groups = 1
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.qkv_proj = PixelGPTLinear(config.hidden_size, 3 * config.hidden_size)
+        self.o_proj = PixelGPTLinear(config.hidden_size, config.hidden_size)
 
     def forward(
         self,
@@ -168,8 +227,8 @@ class PixelGPTMLP(nn.Module):
 
     def __init__(self, config: PixelGPTConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = PixelGPTLinear(config.hidden_size, 2 * config.intermediate_size)
+        self.down_proj = PixelGPTLinear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each (B, T, I)
@@ -408,7 +467,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: PixelGPTConfig):
         super().__init__(config)
         self.model = PixelGPTModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = PixelGPTLinear(config.hidden_size, config.vocab_size)
         self.image_processor = None  # set by the user, or loaded on first `generate_images` from `name_or_path`
         self.post_init()
 
@@ -589,7 +648,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         num_condition = 0 if condition_ids is None else condition_ids.shape[1]
         # Inference mode skips autograd's per-op bookkeeping (~5% of a pass on CPU); the tensors returned are
         # made after it, so callers get ordinary tensors.
-        with torch.inference_mode():
+        with torch.inference_mode(), self._packed_weights():
             cache = PixelGPTStaticCache(self.config, starts.shape[0], num_condition + k + n, device, self.dtype)
             cached = -k  # the cache holds the rows of sequence indices [-k, cached); negative indices are start rows
             while done < n:
@@ -616,6 +675,21 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
                     progress.update(m * batch)  # the bar counts image tokens
         tokens = torch.empty_like(seq).scatter_(1, order, seq)  # back to raster order
         return torch.cat([start_ids[:, None], tokens], dim=1)
+
+    @contextmanager
+    def _packed_weights(self):
+        """For one sampling loop on CPU in float32, every PixelGPTLinear reads its weight pre-arranged in oneDNN's
+        layout (packing all weights of a 256-wide, 8-layer model takes ~15 ms); released afterwards."""
+        linears = []
+        if ONEDNN and torch.backends.mkldnn.enabled and self.device.type == "cpu" and self.dtype == torch.float32:
+            linears = [module for module in self.modules() if isinstance(module, PixelGPTLinear)]
+        try:
+            for module in linears:
+                module.packed = _pack_weight(module.weight)
+            yield
+        finally:
+            for module in linears:
+                module.packed = None
 
     @staticmethod
     def _leading_known(known_seq: torch.LongTensor) -> int:
@@ -1115,6 +1189,7 @@ class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
 PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "PixelGPTLinear",
     "PixelGPTStaticCache",
     "PixelGPTPreTrainedModel",
     "PixelGPTModel",

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from pixelgpt.modeling.modeling_pixelgpt import ONEDNN
+
 from conftest import REPO_ROOT, SHARED_DATA
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
@@ -32,6 +34,13 @@ def test_floor_worker_runs_at_odd_model_shapes_and_reports_per_token_time():
     result = bench.work_floor(dict(device="cpu", size=SIZE, vocab=7, image_size=5, batch=3))
     assert result["ms_per_token"] == pytest.approx(1000 * result["seconds"] / 25)
     assert result["images_per_s"] == pytest.approx(3 / result["seconds"])
+
+
+def test_peak_worker_reports_each_kernel_and_the_faster_as_peak():
+    result = bench.work_peak(dict(device="cpu", n=64))
+    kernels = {name: value for name, value in result.items() if name != "gflops"}
+    assert "torch.mm gflops" in kernels and ("oneDNN gflops" in kernels) == ONEDNN
+    assert result["gflops"] == max(kernels.values()) > 0
 
 
 def test_same_sizes_for_both_models():

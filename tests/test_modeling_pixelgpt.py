@@ -14,6 +14,8 @@ from pixelgpt import (
     PixelGPTImageProcessor,
     PixelGPTModel,
 )
+from pixelgpt.modeling import modeling_pixelgpt
+from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, PixelGPTLinear
 
 from conftest import random_ids, tiny_config
 
@@ -276,6 +278,69 @@ def test_tiny_model_memorises_eight_real_images(default_dataset):
     redrawn = model.generate_images(1, class_labels=list(range(8)), temperature=0, output_type="tokens",
                                     show_progress=False)
     assert torch.equal(redrawn, ids)
+
+
+# ------------------------------------------------------------------------------------------------ oneDNN matmuls
+needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this PyTorch build has no oneDNN")
+# `torch.backends.mkldnn.flags` also resets oneDNN's TF32 switch, which warns on builds without Intel GPU support.
+quiet_flags = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+
+
+def spy_onednn():
+    return mock.patch.object(modeling_pixelgpt, "_onednn_matmul", wraps=modeling_pixelgpt._onednn_matmul)
+
+
+@needs_onednn
+@quiet_flags
+def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients():
+    torch.manual_seed(0)
+    linear = PixelGPTLinear(12, 7)
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    grad = torch.randn(2, 5, 7)
+    with spy_onednn() as spy:
+        out = linear(x)
+        out.backward(grad)
+    assert spy.call_count == 2  # the output and the input gradient
+    assert out.shape == (2, 5, 7)
+    x_ref, w_ref = x.detach().clone().requires_grad_(), linear.weight.detach().clone().requires_grad_()
+    expected = F.linear(x_ref, w_ref)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(linear.weight.grad, w_ref.grad)
+    with torch.no_grad():  # sampling: the weight packed in oneDNN's layout
+        linear.packed = modeling_pixelgpt._pack_weight(linear.weight)
+        torch.testing.assert_close(linear(x), expected)
+    linear.packed = None
+    with spy_onednn() as spy, torch.backends.mkldnn.flags(enabled=False):  # the switch PyTorch offers
+        torch.testing.assert_close(linear(x), expected)
+        linear.double()(x.double())  # other dtypes: F.linear
+    assert spy.call_count == 0
+
+
+@needs_onednn
+@quiet_flags
+def test_onednn_and_mkl_paths_train_and_sample_alike():
+    model = make_model(num_classes=2).train()
+    ids = random_ids(model.config, batch=3)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.backends.mkldnn.flags(enabled=False):
+        reference = model(ids, labels=ids).loss
+        reference.backward()
+    torch.testing.assert_close(loss, reference)
+    for grad, param in zip(grads, model.parameters()):
+        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-5)
+
+    model.eval()
+    kwargs = dict(num_images=3, batch_size=3, output_type="tokens", show_progress=False, class_labels=[0, 1, 1])
+    with spy_onednn() as spy:
+        fast = model.generate_images(generator=torch.Generator().manual_seed(1), **kwargs)
+    assert spy.call_count > 0 and all(m.packed is None for m in model.modules() if isinstance(m, PixelGPTLinear))
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(fast, model.generate_images(generator=torch.Generator().manual_seed(1), **kwargs))
 
 
 # ----------------------------------------------------------------------------------------------- fast sampling paths

@@ -81,7 +81,7 @@ class PixelGPTLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (ONEDNN and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.numel()
+        if not (x.device.type == "cpu" and ONEDNN and torch.backends.mkldnn.enabled and x.numel()
                 and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
             return F.linear(x, self.weight)

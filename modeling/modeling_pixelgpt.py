@@ -111,20 +111,18 @@ class PixelGPTRotaryEmbedding(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # (..., T, hd)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def _pixel_cos_sin(self, token_index: torch.Tensor, width: int, dtype: torch.dtype):
+    def _pixel_cos_sin(self, token_index: torch.Tensor, dtype: torch.dtype):
         pixel = torch.div(token_index, self.tokens_per_pixel, rounding_mode="floor")
-        row = torch.div(pixel, width, rounding_mode="floor")
-        return self._cos_sin(row.float(), (pixel - row * width).float(), dtype)
+        row = torch.div(pixel, self.image_size, rounding_mode="floor")
+        return self._cos_sin(row.float(), (pixel - row * self.image_size).float(), dtype)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, input_positions: torch.LongTensor, target_positions: torch.LongTensor,
-                image_width: int | None = None):
+    def forward(self, x: torch.Tensor, input_positions: torch.LongTensor, target_positions: torch.LongTensor):
         """Positions are image-token indices (negative for start tokens): a query is rotated by the pixel of the
         token it predicts, a key by the pixel of the token it holds. Returns `(cos, sin)`, each `(2, B, T, hd)`:
         the query rotation first, then the key rotation, so that attention rotates both in one go."""
-        width = image_width or self.image_size
         positions = torch.stack(torch.broadcast_tensors(target_positions, input_positions))  # (2, B, T)
-        return self._pixel_cos_sin(positions, width, x.dtype)
+        return self._pixel_cos_sin(positions, x.dtype)
 
     @torch.no_grad()
     def condition(self, condition_size: int, device, dtype):

@@ -81,7 +81,12 @@ class PixelGPTLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and ONEDNN and torch.backends.mkldnn.enabled and x.numel()
+        num_rows = x.numel() // self.in_features
+        # One row against a small weight (one image from a small model) is a matrix-vector product that stays in
+        # cache: MKL's gemv beats oneDNN's ~10 us fixed cost per call there. Bigger products are faster in oneDNN
+        # (measured at batch 1 with 128- and 256-wide models: 0.62 vs 0.92 and 3.2 vs 2.3 ms per token).
+        small_gemv = num_rows == 1 and self.weight.numel() < 2**17
+        if not (x.device.type == "cpu" and ONEDNN and torch.backends.mkldnn.enabled and num_rows and not small_gemv
                 and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
             return F.linear(x, self.weight)

@@ -70,8 +70,8 @@ class PixelGPTLinear(nn.Linear):
 
     PyTorch's float32 CPU matmul is MKL's sgemm, which can run far below the chip's peak on AMD CPUs: on our
     benchmark machine (AVX-512 EPYC) 210 GFLOP/s against oneDNN's 487 at 2048^2, and half oneDNN's speed at the
-    8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing and `torch.compile` use
-    `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling loop runs, `packed` holds
+    8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing, `torch.compile` and one row
+    against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling loop runs, `packed` holds
     the weight in oneDNN's layout (see `PixelGPTForImageGeneration._packed_weights`).
     """
 

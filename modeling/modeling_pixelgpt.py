@@ -44,7 +44,7 @@ def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The weight in oneDNN's blocked layout: no re-arrangement per call (1.2-1.6x faster sampling matmuls)."""
+    """The weight in oneDNN's blocked layout: no re-arrangement per call (1.3-1.6x faster sampling matmuls)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
 
@@ -69,10 +69,10 @@ class PixelGPTLinear(nn.Linear):
     """Bias-free `nn.Linear` (same weight, same state dict) whose float32 CPU matmuls run through oneDNN.
 
     PyTorch's float32 CPU matmul is MKL's sgemm, which can run far below the chip's peak on AMD CPUs: on our
-    benchmark machine (AVX-512 EPYC) 210 GFLOP/s against oneDNN's 487 at 2048^2, and half oneDNN's speed at the
+    benchmark machine (AVX-512 EPYC) 216 GFLOP/s against oneDNN's 478 at 2048^2, and half oneDNN's speed at the
     8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing, `torch.compile` and one row
-    against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling loop runs, `packed` holds
-    the weight in oneDNN's layout (see `PixelGPTForImageGeneration._packed_weights`).
+    against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling
+    loop runs, `packed` holds the weight in oneDNN's layout (see `PixelGPTForImageGeneration._packed_weights`).
     """
 
     packed: torch.Tensor | None = None

@@ -314,6 +314,7 @@ def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients():
     linear.packed = None
     with spy_onednn() as spy, torch.backends.mkldnn.flags(enabled=False):  # the switch PyTorch offers
         torch.testing.assert_close(linear(x), expected)
+    assert spy.call_count == 0
     with spy_onednn() as spy:
         torch.testing.assert_close(linear(x[:1, :1]), expected[:1, :1])  # one row, small weight: MKL's gemv
         big = PixelGPTLinear(512, 256)  # 2**17 weights: oneDNN even for one row

@@ -38,6 +38,14 @@ PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether float32 CPU matmuls go through oneDNN here: not under autocast, tracing or `torch.compile`, nor with
+    `torch.backends.mkldnn.flags(enabled=False)`."""
+    return (device.type == "cpu" and dtype == torch.float32 and ONEDNN and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
+
+
 def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a @ b.T` for 2-D float32 CPU tensors through oneDNN; `b` may be a weight packed by `_pack_weight`."""
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
@@ -81,14 +89,15 @@ class PixelGPTLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A wrong input width goes to F.linear too, for PyTorch's own error message.
+        if (x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != self.weight.dtype
+                or not _use_onednn(x.device, x.dtype)):
+            return F.linear(x, self.weight)
         num_rows = x.numel() // self.in_features
         # One row against a small weight (one image from a small model) is a matrix-vector product that stays in
         # cache: MKL's gemv beats oneDNN's ~10 us fixed cost per call there. Bigger products are faster in oneDNN
         # (measured at batch 1 with 128- and 256-wide models: 0.62 vs 0.92 and 3.2 vs 2.3 ms per token).
-        small_gemv = num_rows == 1 and self.weight.numel() < 2**17
-        if not (x.device.type == "cpu" and ONEDNN and torch.backends.mkldnn.enabled and num_rows and not small_gemv
-                and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+        if num_rows == 0 or (num_rows == 1 and self.weight.numel() < 2**17):
             return F.linear(x, self.weight)
         rows = x.reshape(-1, self.in_features)  # (M, in)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
@@ -684,7 +693,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         """For one sampling loop on CPU in float32, every PixelGPTLinear reads its weight pre-arranged in oneDNN's
         layout (packing all weights of a 256-wide, 8-layer model takes ~15 ms); released afterwards."""
         linears = []
-        if ONEDNN and torch.backends.mkldnn.enabled and self.device.type == "cpu" and self.dtype == torch.float32:
+        if _use_onednn(self.device, self.dtype):
             linears = [module for module in self.modules() if isinstance(module, PixelGPTLinear)]
         try:
             for module in linears:

@@ -321,6 +321,8 @@ def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients():
         torch.testing.assert_close(big(x.new_ones(1, 512)), F.linear(x.new_ones(1, 512), big.weight))
         assert spy.call_count == 1
         linear.double()(x.double())  # other dtypes: F.linear
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):  # a wrong width: PyTorch's own error
+            big(x.new_ones(2, 256))
     assert spy.call_count == 1
 
 

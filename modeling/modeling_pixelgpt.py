@@ -34,6 +34,10 @@ from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code 
 # The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
 PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
 
+# transformers 5.24 renamed `past_key_values` to `cache` in model inputs, outputs and generate(); the forwards
+# below take either name and return the cache under the installed version's name.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 # oneDNN ships inside PyTorch's CPU builds (x86 and ARM); its compiled graphs call this matmul op.
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -324,7 +328,7 @@ class PixelGPTPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["PixelGPTDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
@@ -389,6 +393,7 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
@@ -403,7 +408,10 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         condition_ids (`torch.LongTensor` of shape `(batch_size, condition_size**2)`, *optional*):
             Condition-image tokens (conditional tasks), placed before the rows of `input_ids`; the returned hidden
             states start with their rows. Pass them once: with a cache, later calls continue after them.
+        cache (`Cache`, *optional*):
+            The name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
+        past_key_values = past_key_values if past_key_values is not None else cache
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         use_cache = use_cache if use_cache is not None else self.config.use_cache
@@ -442,13 +450,9 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         if isinstance(past_key_values, PixelGPTStaticCache):
             causal_mask = past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
         else:
-            causal_mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values,
-                position_ids=position_ids,
-            )
+            # The cache goes fourth, by position: its keyword is `past_key_values` before transformers 5.24, then `cache`.
+            causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values,
+                                             position_ids=position_ids)
         hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
@@ -466,8 +470,8 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
+            **{CACHE_NAME: past_key_values if use_cache else None},
         )
 
 
@@ -494,6 +498,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
@@ -509,7 +514,9 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             row t predicts.
         condition_ids: condition-image tokens of conditional models (see `PixelGPTModel.forward`). Their rows
             predict nothing: `logits` and `labels` cover the rows of `input_ids` only.
+        cache: the name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
+        past_key_values = past_key_values if past_key_values is not None else cache
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -541,8 +548,8 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     def _resolve_image_processor(self, image_processor):

@@ -84,6 +84,23 @@ def test_incremental_cache_matches_full_forward(overrides):
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
 
 
+def test_the_cache_may_be_passed_under_either_transformers_name():
+    """transformers 5.24 renamed `past_key_values` to `cache`; generate() passes whichever the installed version
+    uses, and the output carries the cache under that name."""
+    model = make_model()
+    ids = random_ids(model.config)
+    full = model(ids).logits
+    first = model(ids[:, :4], use_cache=True)
+    cache = getattr(first, modeling_pixelgpt.CACHE_NAME)
+    assert cache.get_seq_length() == 4
+    rest = model(ids[:, 4:], cache=cache, use_cache=True)
+    assert getattr(rest, modeling_pixelgpt.CACHE_NAME) is cache and cache.get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, rtol=1e-4, atol=1e-5)
+    bare_cache = getattr(model.model(ids[:, :4], use_cache=True), modeling_pixelgpt.CACHE_NAME)
+    model.model(ids[:, 4:], cache=bare_cache, use_cache=True)  # the bare model takes it too
+    assert bare_cache.get_seq_length() == ids.shape[1]
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_cached_generation_matches_uncached_under_a_fixed_seed(cache):
     model = make_model(num_classes=2)

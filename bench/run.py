@@ -145,6 +145,8 @@ def work_floor(p):
     no norms, rotary, residuals, sampling or Python beyond one loop. Any implementation at this size and precision
     streams these weights and this cache once per token, so ImageGPT's ms/token divided by this is the largest
     speed-up that a better one-token loop could reach."""
+    from pixelgpt.modeling.sampling_pixelgpt import packed_weights
+
     device = p["device"]
     model = build("pixelgpt", p["size"], p["image_size"], p["vocab"], device).eval()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -156,7 +158,7 @@ def work_floor(p):
               for layer in model.model.layers]
     cache = [torch.zeros(2, batch, heads, n, head_dim, device=device, dtype=dtype) for _ in layers]
     x = torch.randn(batch, width, device=device, dtype=dtype)
-    with model._packed_weights():
+    with packed_weights(model):
         sync(device)
         begin = time.perf_counter()
         for t in range(n):
@@ -181,10 +183,10 @@ def work_peak(p):
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     kernels = {"torch.mm": lambda: a @ b}
     if device == "cpu":
-        from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, _onednn_matmul
+        from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, onednn_matmul
 
         if ONEDNN:
-            kernels["oneDNN"] = lambda: _onednn_matmul(a, b)
+            kernels["oneDNN"] = lambda: onednn_matmul(a, b)
     by_kernel = {}
     for name, matmul in kernels.items():
         best = float("inf")

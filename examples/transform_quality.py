@@ -29,9 +29,9 @@ from PIL import Image
 from transformers import AutoModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train  # noqa: E402  (held-out split exactly as in training)
 from sample_quality import quantized  # noqa: E402
 
+from pixelgpt import training  # noqa: E402  (held-out split exactly as in training)
 from pixelgpt.utils import make_image_grid, open_image  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def held_out_images(args, model) -> list[Image.Image]:
     argv = ["--resolution", str(args.resolution or model.config.image_size), "--max_eval_samples", str(args.num_images)]
     if args.train_data_dir:
         argv += ["--train_data_dir", args.train_data_dir]
-    _, held_out, _ = train.load_splits(train.parse_args(argv))
+    _, held_out, _ = training.load_splits(training.parse_args(argv))
     return [open_image(v, f"held-out {i}") for i, v in enumerate(held_out["image"])]
 
 
@@ -172,7 +172,7 @@ def main(args):
         raise ValueError(f"{args.model} was trained for task {model.config.task!r}, not {args.task!r}.")
     if args.task == "inpaint" and not args.raster_model:
         raise ValueError("inpaint needs --raster_model (a --task generate model of the same data) as the baseline.")
-    model._resolve_image_processor(None)  # loads the processor saved beside the model
+    model.get_image_processor()  # loads the processor saved beside the model
     measure = measure_inpaint if args.task == "inpaint" else measure_conditional
     report, examples, cols = measure(args, model)
     report = {"task": args.task, "num_images": args.num_images, **report}

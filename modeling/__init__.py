@@ -4,9 +4,9 @@ from .modeling_pixelgpt import (
     PixelGPTForImageGeneration,
     PixelGPTModel,
     PixelGPTPreTrainedModel,
-    PixelGPTStaticCache,
 )
 from .pipeline_pixelgpt import PixelGPTPipeline
+from .sampling_pixelgpt import PixelGPTStaticCache, SamplingOptions
 
 __all__ = [
     "PIXELGPT_PRESETS",
@@ -17,4 +17,5 @@ __all__ = [
     "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
+    "SamplingOptions",
 ]

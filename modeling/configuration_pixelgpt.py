@@ -14,6 +14,22 @@ PIXELGPT_PRESETS = {
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
 
+# The one table of which image operation a model of each task can do: the model's `<operation>_images` methods,
+# `pipeline()` and the `pixelgpt` command all ask `config.check_operation`.
+OPERATIONS = {
+    "generate": ("generate", "inpaint"),
+    "complete": ("generate", "inpaint"),
+    "inpaint": ("inpaint",),
+    "outpaint": ("inpaint",),
+    "vary": ("inpaint",),
+    "colorize": ("colorize",),
+    "upscale": ("upscale",),
+    "translate": ("translate", "colorize", "upscale"),
+}
+# What `pipeline("image-to-image")` does with a model of each task when no operation is named (and no mask given).
+DEFAULT_OPERATION = {"generate": "complete", "inpaint": "vary", "colorize": "colorize", "upscale": "upscale",
+                     "translate": "translate"}
+
 
 class PixelGPTConfig(PreTrainedConfig):
     r"""
@@ -84,10 +100,10 @@ class PixelGPTConfig(PreTrainedConfig):
     intermediate_size: int | None = None
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
-    rope_theta: float = 100.0
-    rms_norm_eps: float = 1e-5
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
+    rope_theta: int | float = 100.0
+    rms_norm_eps: int | float = 1e-5
+    attention_dropout: int | float = 0.0
+    initializer_range: int | float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
     parallel_tokens: int = 1
@@ -96,7 +112,7 @@ class PixelGPTConfig(PreTrainedConfig):
     condition_vocab_size: int = 0
 
     def __post_init__(self, **kwargs):
-        self._validate()
+        self.validate_architecture()  # before the derived defaults are computed from possibly bad values
         # Derived defaults, all in one place.
         if self.intermediate_size is None:
             self.intermediate_size = 32 * -(-8 * self.hidden_size // (3 * 32))
@@ -104,7 +120,24 @@ class PixelGPTConfig(PreTrainedConfig):
             kwargs.pop(derived, None)  # properties below, never taken from a saved file
         super().__post_init__(**kwargs)
 
-    def _validate(self):
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # `from_pretrained(path, hidden_size=...)` sets overrides as attributes after construction, where
+        # `__post_init__` checks nothing: check the result as a whole here (it also runs at `save_pretrained`).
+        config = super().from_dict(config_dict, **kwargs)
+        (config[0] if isinstance(config, tuple) else config).validate_architecture()
+        return config
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self.validate_architecture()  # a field set by hand since construction must not reach a saved file
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def validate_architecture(self):
+        """Every rule a working PixelGPT needs, raising ValueError with the accepted range. It runs at
+        construction, after `from_pretrained(..., field=value)` overrides and at `save_pretrained` (transformers
+        names its own architecture checks the same; its `@strict` type errors are not ValueErrors, so PixelGPT
+        checks types here too)."""
+
         def check(ok, message):
             if not ok:
                 raise ValueError(message)
@@ -186,6 +219,21 @@ class PixelGPTConfig(PreTrainedConfig):
         """Start-token ids after the image tokens: one unconditional (`start_token_id`) plus one per class."""
         return 1 + self.num_classes
 
+    def check_operation(self, operation: str) -> None:
+        """Raise a ValueError unless a model of this task can do `operation` (a key of `OPERATIONS`)."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"Unknown operation {operation!r}; PixelGPT models do {tuple(OPERATIONS)}.")
+        tasks = OPERATIONS[operation]
+        if self.task not in tasks:
+            flags = " or ".join(f"--task {t}" for t in tasks)
+            raise ValueError(f"`{operation}` needs a model trained for {' or '.join(map(repr, tasks))}; this one was "
+                             f"trained for task {self.task!r}. Train one with `pixelgpt train {flags}`.")
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The operations a model of this task can do, in `OPERATIONS` order."""
+        return tuple(op for op, tasks in OPERATIONS.items() if self.task in tasks)
+
     def class_token_id(self, label: int) -> int:
         """The start-token id that conditions on class `label`."""
         if not 0 <= label < self.num_classes:
@@ -197,4 +245,5 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS"]
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "OPERATIONS",
+           "DEFAULT_OPERATION"]

@@ -9,19 +9,15 @@ drawn" and "a pixel already drawn" (the start token sits at pixel -1, just befor
 same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
 """
 
-import math
 import shutil
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -30,6 +26,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_pixelgpt import PixelGPTConfig
 from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
+from .sampling_pixelgpt import PixelGPTStaticCache
+from .tasks_pixelgpt import PixelGPTImageTasksMixin
 
 # The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
 PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
@@ -42,7 +40,7 @@ CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
+def use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether float32 CPU matmuls go through oneDNN here: not under autocast, tracing or `torch.compile`, nor with
     `torch.backends.mkldnn.flags(enabled=False)`."""
     return (device.type == "cpu" and dtype == torch.float32 and ONEDNN and torch.backends.mkldnn.enabled
@@ -50,12 +48,12 @@ def _use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
             and not torch.jit.is_tracing())
 
 
-def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`a @ b.T` for 2-D float32 CPU tensors through oneDNN; `b` may be a weight packed by `_pack_weight`."""
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b.T` for 2-D float32 CPU tensors through oneDNN; `b` may be a weight packed by `pack_weight`."""
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
-def _pack_weight(weight: torch.Tensor) -> torch.Tensor:
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """The weight in oneDNN's blocked layout: no re-arrangement per call (1.3-1.6x faster sampling matmuls)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
@@ -67,12 +65,12 @@ class PixelGPTLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return _onednn_matmul(x, weight)  # (M, out)
+        return onednn_matmul(x, weight)  # (M, out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = _onednn_matmul(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (M, in)
+        grad_x = onednn_matmul(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (M, in)
         grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None  # (out, in)
         return grad_x, grad_weight
 
@@ -84,7 +82,7 @@ class PixelGPTLinear(nn.Linear):
     benchmark machine (AVX-512 EPYC) 216 GFLOP/s against oneDNN's 478 at 2048^2, and half oneDNN's speed at the
     8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing, `torch.compile` and one row
     against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling
-    loop runs, `packed` holds the weight in oneDNN's layout (see `PixelGPTForImageGeneration._packed_weights`).
+    loop runs, `packed` holds the weight in oneDNN's layout (`pack`, called by `sampling_pixelgpt.packed_weights`).
     """
 
     packed: torch.Tensor | None = None
@@ -95,7 +93,7 @@ class PixelGPTLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A wrong input width goes to F.linear too, for PyTorch's own error message.
         if (x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != self.weight.dtype
-                or not _use_onednn(x.device, x.dtype)):
+                or not use_onednn(x.device, x.dtype)):
             return F.linear(x, self.weight)
         num_rows = x.numel() // self.in_features
         # One row against a small weight (one image from a small model) is a matrix-vector product that stays in
@@ -107,8 +105,17 @@ class PixelGPTLinear(nn.Linear):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             out = PixelGPTLinearFunction.apply(rows, self.weight)
         else:
-            out = _onednn_matmul(rows, self.weight if self.packed is None else self.packed)
+            out = onednn_matmul(rows, self.weight if self.packed is None else self.packed)
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def pack(self) -> None:
+        """Keep the weight in oneDNN's blocked layout for repeated inference calls (no re-arrangement per call:
+        1.3-1.6x faster sampling matmuls); nothing where oneDNN is not used. Call `unpack` after."""
+        if use_onednn(self.weight.device, self.weight.dtype):
+            self.packed = pack_weight(self.weight)
+
+    def unpack(self) -> None:
+        self.packed = None
 
 
 class PixelGPTRotaryEmbedding(nn.Module):
@@ -280,47 +287,6 @@ class PixelGPTDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class PixelGPTStaticCache:
-    """Preallocated key/value buffers for PixelGPT's own sampling loop.
-
-    `update` writes the new keys/values in place and returns views of the filled part, so attention only reads what
-    exists (no padding mask, no re-allocation, no concatenation per step). The length advances once the last layer
-    has written. Rows added together are causal among themselves, aligned to the end of the cache.
-    """
-
-    def __init__(self, config: PixelGPTConfig, batch_size: int, max_length: int, device, dtype):
-        shape = (batch_size, config.num_attention_heads, max_length, config.head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.length = 0
-        self.max_length = max_length
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-        end = self.length + key.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"PixelGPTStaticCache holds {self.max_length} positions; {end} were asked for.")
-        self.keys[layer_idx][:, :, self.length : end] = key
-        self.values[layer_idx][:, :, self.length : end] = value
-        keys, values = self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]  # (B, heads, end, hd)
-        if layer_idx == len(self.keys) - 1:
-            self.length = end
-        return keys, values
-
-    def causal_mask(self, num_new: int, attn_implementation: str):
-        """None for one new row (it sees the whole cache); else an end-aligned causal mask for the new rows."""
-        if num_new == 1:
-            return None
-        total = self.length + num_new
-        allowed = torch.ones(num_new, total, dtype=torch.bool, device=self.keys[0].device).tril(self.length)
-        if attn_implementation == "eager":
-            return torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(self.keys[0].dtype).min)[None, None]
-        return allowed[None, None]  # (1, 1, new, total)
-
-
 class PixelGPTPreTrainedModel(PreTrainedModel):
     config_class = PixelGPTConfig
     config: PixelGPTConfig
@@ -475,8 +441,9 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         )
 
 
-class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
-    """PixelGPT with a next-token head over image tokens: training loss, `generate()` and `generate_images()`."""
+class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixin, GenerationMixin):
+    """PixelGPT with a next-token head over image tokens: the training loss, transformers' `generate()`, and the
+    image methods of `PixelGPTImageTasksMixin` (`generate_images`, `inpaint_images`, ...; tasks_pixelgpt.py)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -484,7 +451,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = PixelGPTModel(config)
         self.lm_head = PixelGPTLinear(config.hidden_size, config.vocab_size)
-        self.image_processor = None  # set by the user, or loaded on first `generate_images` from `name_or_path`
+        self.image_processor = None  # set by the user, or loaded on first use from `name_or_path`
         self.post_init()
 
     def forward(
@@ -552,626 +519,6 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, GenerationMixin):
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
-    def _resolve_image_processor(self, image_processor):
-        processor = image_processor or self.image_processor
-        if processor is None:
-            source = self.config._name_or_path
-            if not source:
-                raise ValueError(
-                    "No image processor to turn tokens into images: pass `image_processor=` (a "
-                    "PixelGPTImageProcessor) or set `model.image_processor`, or load the model with from_pretrained "
-                    "from a folder/repo that holds a preprocessor_config.json."
-                )
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
-            self.image_processor = processor
-        names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
-        expected = tuple(getattr(self.config, name) for name in names)
-        found = tuple(getattr(processor, name) for name in names)
-        if found != expected:
-            raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
-                             f"{expected} for the model.")
-        return processor
-
-    def k_ahead_inputs(self, input_ids: torch.LongTensor, k: int) -> dict:
-        """Inputs for k-ahead training or scoring from `(B, 1 + N)` processor ids: row t holds token t - k (the first
-        k rows are start tokens at positions -k..-1) and predicts token t. k = 1 is the usual raster model."""
-        batch, n = input_ids.shape[0], input_ids.shape[1] - 1
-        rows = torch.cat([input_ids[:, :1].expand(batch, k), input_ids[:, 1 : 1 + n - k]], dim=1)  # (B, N)
-        targets = torch.arange(n, device=input_ids.device).expand(batch, n)
-        return dict(input_ids=rows, input_positions=targets - k, target_positions=targets, labels=input_ids[:, 1:])
-
-    @staticmethod
-    def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-              as_generate: bool = True) -> torch.LongTensor:
-        """Sample one token per row of `(B, m, V)` logits. Mirrors generate()'s temperature -> top-k -> top-p
-        warpers and, with `as_generate`, its `torch.multinomial` draw, so both paths give the same tokens under the
-        same seed. Without it (k-ahead decoding, which generate() cannot do) the draw inverts the cumulative
-        distribution with one uniform number per token: the same distribution, for a fraction of the cost of
-        multinomial, which draws an exponential number per vocabulary entry (~5% of a k = 8 pass on CPU)."""
-        scores = logits.float()
-        if temperature == 0:
-            return scores.argmax(-1)
-        if temperature != 1.0:
-            scores = scores / temperature
-        if top_k:
-            kth = torch.topk(scores, min(top_k, scores.shape[-1])).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
-        if top_p is not None and top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=False)
-            remove = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
-            remove[..., -1:] = False  # always keep the most likely token
-            scores = scores.masked_fill(remove.scatter(-1, order, remove), -float("inf"))
-        probs = scores.softmax(-1)
-        if as_generate:
-            return torch.multinomial(probs.flatten(0, -2), 1).view(probs.shape[:-1])
-        cdf = probs.cumsum(-1)  # (B, m, V), non-decreasing
-        total = cdf[..., -1:]
-        # u in [0, total): the first entry of the cdf above u is a token of non-zero probability.
-        u = torch.minimum(torch.rand(total.shape, device=cdf.device) * total, total.nextafter(torch.zeros_like(total)))
-        return torch.searchsorted(cdf, u, right=True).squeeze(-1)
-
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        start_ids: torch.LongTensor,
-        tokens_per_step: int = 1,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        progress=None,
-        prefix: torch.LongTensor | None = None,
-        guidance_scale: float = 1.0,
-        known: torch.LongTensor | None = None,
-        order: torch.LongTensor | None = None,
-        condition_ids: torch.LongTensor | None = None,
-    ) -> torch.LongTensor:
-        """PixelGPT's own sampling loop: static KV cache, one forward pass per `tokens_per_step` tokens.
-
-        Args:
-            start_ids: `(B,)` start or class tokens.
-            tokens_per_step: k tokens per pass; k > 1 feeds the k tokens drawn last and predicts the next k
-                (k-ahead, for models trained with `parallel_tokens=k`; raster order only).
-            prefix: `(B, P)` known first image tokens (raster order) to continue from; they are kept as given.
-            guidance_scale: classifier-free guidance for class tokens: the unconditional branch (start token
-                `start_token_id`) runs in the same batch and the next-token log-probabilities become
-                `uncond + guidance_scale * (cond - uncond)`, as generate()'s `guidance_scale`.
-            known: `(B, N)` image tokens in raster index, -1 where a token is to be drawn; known tokens are kept.
-            order: `(B, N)` generation order (a permutation of token indices) for any-order models; default
-                raster. Put the known tokens first: the leading known tokens of every row are read in one pass.
-            condition_ids: `(B, condition_size**2)` condition-image tokens for conditional models.
-
-        Returns `(B, 1 + N)`: the start tokens, then the image tokens in raster order.
-        """
-        n, k, device = self.config.num_image_tokens, tokens_per_step, start_ids.device
-        batch = start_ids.shape[0]
-        if order is None:
-            order = torch.arange(n, device=device).expand(batch, n)
-        elif k != 1:
-            raise ValueError("tokens_per_step > 1 (k-ahead decoding) works in raster order only.")
-        if known is None:
-            known = torch.full((batch, n), -1, dtype=torch.long, device=device)
-        if prefix is not None:
-            known = known.clone()
-            known[:, : prefix.shape[1]] = prefix
-        known_seq = known.gather(1, order)  # (B, N): in generation order, -1 = to draw
-        seq = known_seq.clamp(min=0)
-        done = self._leading_known(known_seq)  # all rows read their first `done` tokens in one pass
-        guided = guidance_scale != 1.0
-        starts = start_ids
-        if guided:  # conditional rows first, then the same rows with the unconditional start token
-            if condition_ids is not None:
-                raise ValueError("Classifier-free guidance is for class labels, not condition images.")
-            starts = torch.cat([start_ids, torch.full_like(start_ids, self.config.start_token_id)])
-        num_condition = 0 if condition_ids is None else condition_ids.shape[1]
-        # Inference mode skips autograd's per-op bookkeeping (~5% of a pass on CPU); the tensors returned are
-        # made after it, so callers get ordinary tensors.
-        with torch.inference_mode(), self._packed_weights():
-            cache = PixelGPTStaticCache(self.config, starts.shape[0], num_condition + k + n, device, self.dtype)
-            cached = -k  # the cache holds the rows of sequence indices [-k, cached); negative indices are start rows
-            while done < n:
-                m = min(k, n - done)
-                index = torch.arange(cached, done + m - k, device=device)  # rows still missing: sequence indices held
-                safe = index.clamp(min=0)
-                ids = torch.where(index < 0, start_ids[:, None], seq[:, safe])  # (B, rows)
-                held = torch.where(index < 0, index, order[:, safe])  # (B, rows): token index held (start: negative)
-                predicted = order[:, index + k]  # (B, rows): token index predicted
-                if guided:
-                    ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])  # (2B, rows)
-                    held, predicted = held.repeat(2, 1), predicted.repeat(2, 1)
-                logits = self(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
-                              target_positions=predicted,
-                              condition_ids=condition_ids if cached == -k else None).logits[:, -m:]  # (B', m, V)
-                if guided:
-                    cond, uncond = logits[:batch].float().log_softmax(-1), logits[batch:].float().log_softmax(-1)
-                    logits = uncond + guidance_scale * (cond - uncond)
-                drawn = self._draw(logits, temperature, top_k, top_p, as_generate=k == 1)  # (B, m)
-                given = known_seq[:, done : done + m]
-                seq[:, done : done + m] = torch.where(given >= 0, given, drawn)
-                cached, done = done + m - k, done + m
-                if progress is not None:
-                    progress.update(m * batch)  # the bar counts image tokens
-        tokens = torch.empty_like(seq).scatter_(1, order, seq)  # back to raster order
-        return torch.cat([start_ids[:, None], tokens], dim=1)
-
-    @contextmanager
-    def _packed_weights(self):
-        """For one sampling loop on CPU in float32, every PixelGPTLinear reads its weight pre-arranged in oneDNN's
-        layout (packing all weights of a 256-wide, 8-layer model takes ~15 ms); released afterwards."""
-        linears = []
-        if _use_onednn(self.device, self.dtype):
-            linears = [module for module in self.modules() if isinstance(module, PixelGPTLinear)]
-        try:
-            for module in linears:
-                module.packed = _pack_weight(module.weight)
-            yield
-        finally:
-            for module in linears:
-                module.packed = None
-
-    @staticmethod
-    def _leading_known(known_seq: torch.LongTensor) -> int:
-        """How many tokens at the start of the generation order are known in every row."""
-        return int((known_seq >= 0).long().cumprod(dim=1).sum(dim=1).min()) if known_seq.numel() else 0
-
-    # ------------------------------------------------------------------------------------------ any-order models
-    def random_orders(self, last: torch.BoolTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
-        """Random generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False
-        come first, then those where it is True, each group in random order. A pixel's sub-pixel tokens stay
-        together in R, G, B order."""
-        noise = torch.rand(last.shape, generator=generator, device=last.device)
-        pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
-        t = self.config.tokens_per_pixel
-        return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)
-
-    def random_boxes(self, batch: int, probability: float, generator: torch.Generator | None = None,
-                     device=None) -> torch.BoolTensor:
-        """`(batch, pixels)` masks: with `probability` a random rectangle (sides 1..image_size), else empty."""
-        size = self.config.image_size
-
-        def draw(high):  # uniform integers in [0, high) per row
-            return (torch.rand(batch, generator=generator, device=device) * high).long()
-
-        height, width = draw(size) + 1, draw(size) + 1
-        top, left = draw(size - height + 1), draw(size - width + 1)
-        used = torch.rand(batch, generator=generator, device=device) < probability
-        grid = torch.arange(size, device=device)
-        rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])  # (B, S)
-        cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])  # (B, S)
-        return (rows[:, :, None] & cols[:, None, :] & used[:, None, None]).flatten(1)  # (B, S*S)
-
-    def any_order_inputs(self, input_ids: torch.LongTensor, box_probability: float = 0.5,
-                         generator: torch.Generator | None = None, order: torch.LongTensor | None = None) -> dict:
-        """Inputs for any-order training or scoring from `(B, 1 + N)` processor ids. Each image gets a random
-        generation order (or the given `(B, N)` `order`); with `box_probability` a random rectangle comes last (the
-        shape inpainting masks take). Row 0 holds the start token and predicts token `order[0]`; row t holds
-        `order[t - 1]` and predicts `order[t]`: the query knows which pixel it draws (target-position queries), so
-        any set of known pixels, on any side, can condition any other."""
-        batch = input_ids.shape[0]
-        if order is None:
-            order = self.random_orders(self.random_boxes(batch, box_probability, generator, input_ids.device),
-                                       generator)  # (B, N)
-        tokens = input_ids[:, 1:].gather(1, order)  # (B, N) in generation order
-        start = torch.full((batch, 1), -1, dtype=torch.long, device=input_ids.device)
-        return dict(input_ids=torch.cat([input_ids[:, :1], tokens[:, :-1]], dim=1),
-                    input_positions=torch.cat([start, order[:, :-1]], dim=1), target_positions=order, labels=tokens)
-
-    @torch.no_grad()
-    def score_images(self, images, mask_image=None, condition_images=None, class_labels=None,
-                     generator: torch.Generator | None = None, batch_size: int = 16,
-                     image_processor=None) -> torch.Tensor:
-        """Negative log-likelihood of each image under the model, in bits per token: `(B,)` float tensor.
-
-        With `mask_image` (as in `inpaint_images`) only the masked pixels are scored: an inpainting model reads
-        every other pixel first (in an order drawn from `generator`), a raster model only the pixels before each
-        one in raster order. Conditional models score images given `condition_images` (for colorize / upscale
-        models, the images themselves by default: their grayscale / low-resolution version)."""
-        processor = self._resolve_image_processor(image_processor)
-        self._check_count("batch_size", batch_size)
-        ids = processor(images, return_tensors="pt").input_ids  # (B, 1 + N)
-        if class_labels is not None:
-            ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
-        scored = torch.ones(len(ids), self.config.image_size, self.config.image_size, dtype=torch.bool)
-        if mask_image is not None:
-            scored = torch.from_numpy(processor.prepare_mask(mask_image, images))
-        scored = self._token_mask(scored)  # (B, N)
-        condition = None
-        if self.config.is_conditional:
-            if condition_images is None and self.config.task == "translate":
-                raise ValueError("A translation model scores targets given their sources: pass `condition_images`.")
-            source = images if condition_images is None else condition_images
-            condition = processor.encode_condition(source, return_tensors="pt").condition_ids
-            if len(condition) != len(ids):
-                raise ValueError(f"Give one condition image per image: {len(ids)} images, {len(condition)} "
-                                 "condition images.")
-        elif condition_images is not None:
-            raise ValueError(f"`condition_images` are for conditional models; this one's task is {self.config.task!r}.")
-        bits = []
-        for i in range(0, len(ids), batch_size):
-            part, mask = ids[i : i + batch_size].to(self.device), scored[i : i + batch_size].to(self.device)
-            cond = None if condition is None else condition[i : i + batch_size].to(self.device)
-            if self.config.task == "inpaint":  # the scored pixels last, so that they see every other pixel
-                pixels = mask.view(len(mask), -1, self.config.tokens_per_pixel)[..., 0]
-                order = self.random_orders(pixels, generator)
-                inputs = self.any_order_inputs(part, order=order)
-                mask = mask.gather(1, order)
-            else:
-                inputs = self.k_ahead_inputs(part, 1)
-            labels = inputs.pop("labels")
-            logits = self(**inputs, condition_ids=cond, use_cache=False).logits  # (b, N, V)
-            nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(labels)
-            bits.append(((nll * mask).sum(1) / mask.sum(1).clamp(min=1) / math.log(2)).cpu())
-        return torch.cat(bits)
-
-    # ------------------------------------------------------------------------------------------ checks and batching
-    def _check_sampling(self, batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
-                        output_type, use_generate, generate_kwargs):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {temperature}.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-            raise ValueError(f"`top_k` must be a non-negative int or None, got {top_k!r}.")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-        if output_type not in ("pil", "tokens"):
-            raise ValueError(f"`output_type` must be 'pil' or 'tokens', got {output_type!r}.")
-        allowed_steps = sorted({1, self.config.parallel_tokens})
-        if tokens_per_step not in allowed_steps:
-            raise ValueError(f"`tokens_per_step` must be one of {allowed_steps} for this model (it was trained with "
-                             f"parallel_tokens={self.config.parallel_tokens}), got {tokens_per_step!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0 (1 = no guidance), got {guidance_scale}.")
-        if guidance_scale != 1.0 and (class_labels is None or not self.config.num_classes):
-            raise ValueError("`guidance_scale` guides towards class labels: it needs `class_labels` and a "
-                             "class-conditional model (trained with --class_conditional).")
-        if use_generate and tokens_per_step != 1:
-            raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
-        if use_generate and self.config.task != "generate":
-            raise ValueError(f"`use_generate=True` samples in raster order without a condition image; this model's "
-                             f"task is {self.config.task!r}. Use the default sampling loop.")
-        if generate_kwargs and not use_generate:
-            raise ValueError(f"{sorted(generate_kwargs)} are generate() arguments; pass use_generate=True.")
-
-    def _require_task(self, method: str, *tasks: str):
-        if self.config.task not in tasks:
-            flags = " or ".join(f"--task {t}" for t in tasks)
-            raise ValueError(f"`{method}` needs a model trained for {' or '.join(map(repr, tasks))}; this one was "
-                             f"trained for task {self.config.task!r}. Train one with `examples/train.py {flags}`.")
-
-    def _start_ids(self, class_labels, repeats: int) -> list[int]:
-        """One start token per output image: unconditional, or each class label `repeats` times."""
-        if class_labels is None:
-            return [self.config.start_token_id] * repeats
-        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-        return [self.config.class_token_id(int(c)) for c in labels for _ in range(repeats)]
-
-    def _input_start_ids(self, class_labels, num_inputs: int, repeats: int) -> list[int]:
-        """Start tokens for `num_inputs` input images drawn `repeats` times each: one class label per input."""
-        if class_labels is None:
-            return [self.config.start_token_id] * (num_inputs * repeats)
-        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-        if len(labels) != num_inputs:
-            raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
-        return self._start_ids(labels, repeats)
-
-    def _run_batches(self, start_ids, generator, batch_size, show_progress, use_generate, tokens_per_step,
-                     temperature, top_k, top_p, guidance_scale, generate_kwargs, known=None,
-                     condition_ids=None) -> torch.LongTensor:
-        """Sample `len(start_ids)` images in batches. `known` `(B, N)`: tokens to keep (-1: draw). Any-order
-        models draw their order (known pixels first) from the seeded generator."""
-        device, n = self.device, self.config.num_image_tokens
-        seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
-        start_ids = torch.tensor(start_ids, device=device)
-        if known is None:
-            known = torch.full((len(start_ids), n), -1, dtype=torch.long)
-        if use_generate and self._leading_known(known) != int((known >= 0).sum(1).max()):
-            raise ValueError("`use_generate=True` continues a raster prefix only; keep whole top rows.")
-        bar = tqdm(total=int((known < 0).sum()), desc="Sampling", unit="tok", disable=not show_progress)
-        outputs = []
-        # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
-        # without disturbing the caller's global random state.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for i in range(0, len(start_ids), batch_size):
-                start = start_ids[i : i + batch_size]
-                part = known[i : i + batch_size].to(device)
-                order = None
-                if self.config.task == "inpaint":  # known pixels first, the rest in a random order
-                    pixels = part.view(len(part), -1, self.config.tokens_per_pixel)[..., 0]
-                    order = self.random_orders(pixels < 0)
-                condition = None if condition_ids is None else condition_ids[i : i + batch_size].to(device)
-                if use_generate:
-                    prefix = part[:, : self._leading_known(part)]
-                    out = self._generate_reference(start, prefix if prefix.shape[1] else None, temperature, top_k,
-                                                   top_p, guidance_scale, bar, **generate_kwargs)
-                else:
-                    out = self.sample_tokens(start, tokens_per_step, temperature, top_k, top_p, progress=bar,
-                                             guidance_scale=guidance_scale, known=part, order=order,
-                                             condition_ids=condition)
-                outputs.append(out.cpu())  # (b, 1 + N)
-        bar.close()
-        return torch.cat(outputs)
-
-    def _sample_images(self, start_ids, known=None, condition_ids=None, *, class_labels=None, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                batch_size: int = 16, tokens_per_step: int = 1, guidance_scale: float = 1.0,
-                show_progress: bool = True, use_generate: bool = False, output_type: str = "pil",
-                **generate_kwargs) -> torch.LongTensor:
-        """Checks the sampling arguments shared by every public method, then samples `(B, 1 + N)` tokens."""
-        self._check_sampling(batch_size, temperature, top_k, top_p, tokens_per_step, guidance_scale, class_labels,
-                             output_type, use_generate, generate_kwargs)
-        return self._run_batches(start_ids, generator, batch_size, show_progress, use_generate, tokens_per_step,
-                                 temperature, top_k, top_p, guidance_scale, generate_kwargs, known, condition_ids)
-
-    def _encode(self, images, processor, repeats: int = 1) -> torch.LongTensor:
-        """Processor tokens of `images`, each repeated `repeats` times: `(B * repeats, N)`."""
-        return processor(images, return_tensors="pt").input_ids[:, 1:].repeat_interleave(repeats, dim=0)
-
-    @staticmethod
-    def _check_count(name: str, value) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-
-    # ------------------------------------------------------------------------------------------ public methods
-    @torch.no_grad()
-    def generate_images(
-        self,
-        num_images: int = 1,
-        class_labels: int | list[int] | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        batch_size: int = 16,
-        tokens_per_step: int = 1,
-        guidance_scale: float = 1.0,
-        image_processor=None,
-        output_type: str = "pil",
-        show_progress: bool = True,
-        use_generate: bool = False,
-        **generate_kwargs,
-    ):
-        """Sample images and decode them.
-
-        Args:
-            num_images: how many images to draw (per class label, when `class_labels` is a list).
-            class_labels: a class id or list of ids for a class-conditional model; None draws unconditionally.
-            temperature: softmax temperature; 0 means greedy (argmax) decoding.
-            top_k / top_p: optional top-k and nucleus filtering (None or 0 / 1.0 disable them).
-            generator: a `torch.Generator`; the same generator state gives the same images.
-            batch_size: images sampled together (with a fixed `generator`, a different batch size draws different
-                images).
-            tokens_per_step: tokens drawn per forward pass: 1, or the model's `parallel_tokens` (parallel decoding,
-                `parallel_tokens` times fewer passes at some cost in quality).
-            guidance_scale: classifier-free guidance towards `class_labels` (1 = none; > 1 stronger); the model
-                must be class-conditional, trained with class dropout.
-            image_processor: the `PixelGPTImageProcessor` that decodes tokens; defaults to `model.image_processor`
-                or the one saved beside the model.
-            output_type: "pil" (list of `PIL.Image`) or "tokens" (`LongTensor` of shape (num_images, N + 1)).
-            show_progress: show a tqdm bar over sampled tokens.
-            use_generate: sample through transformers' `generate()` (the reference path, one token per pass)
-                instead of PixelGPT's static-cache loop; both give the same tokens under the same generator.
-            generate_kwargs: passed on to `generate()` (only with `use_generate=True`).
-
-        The other methods (`complete_images`, `inpaint_images`, `outpaint_images`, `vary_images`,
-        `colorize_images`, `upscale_images`, `translate_images`) take the same sampling arguments.
-        """
-        self._check_count("num_images", num_images)
-        if self.config.is_conditional:
-            raise ValueError(f"This model draws from a condition image (task {self.config.task!r}); use "
-                             f"`{self.config.task}_images(images)`.")
-        processor = self._resolve_image_processor(image_processor) if output_type == "pil" else None
-        tokens = self._sample_images(self._start_ids(class_labels, num_images), class_labels=class_labels,
-                              temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                              batch_size=batch_size, tokens_per_step=tokens_per_step, guidance_scale=guidance_scale,
-                              show_progress=show_progress, use_generate=use_generate, output_type=output_type,
-                              **generate_kwargs)
-        return tokens if output_type == "tokens" else processor.decode(tokens)
-
-    @torch.no_grad()
-    def complete_images(self, images, keep_rows: int, num_completions: int = 1, class_labels=None,
-                        image_processor=None, **sampling):
-        """Keep the top `keep_rows` pixel rows of each image and sample the rest, `num_completions` times each.
-
-        `images` are anything the image processor takes (one image or a batch); the output holds
-        `len(images) * num_completions` images, the completions of the first input first. The kept rows come back
-        exactly as the processor quantized them (pixel for pixel the input in lossless modes). `class_labels` (one
-        per input, for class-conditional models) and the sampling arguments (`temperature`, `top_k`, `top_p`,
-        `generator`, `batch_size`, `tokens_per_step`, `guidance_scale`, `output_type`, `show_progress`,
-        `use_generate`) are as in `generate_images`. Raster models see only the rows above what they draw;
-        inpainting models (task "inpaint") draw the rest in a random order.
-        """
-        self._require_task("complete_images", "generate", "inpaint")
-        processor = self._resolve_image_processor(image_processor)
-        if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
-            raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
-                             f"got {keep_rows!r}.")
-        self._check_count("num_completions", num_completions)
-        known = self._encode(images, processor, num_completions)  # (B, N)
-        known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
-        start_ids = self._input_start_ids(class_labels, len(known) // num_completions, num_completions)
-        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
-        return self._output(tokens, processor, sampling)
-
-    @torch.no_grad()
-    def inpaint_images(self, images, mask_image, num_samples: int = 1, class_labels=None, image_processor=None,
-                       **sampling):
-        """Redraw the masked pixels of each image, `num_samples` times each, using the pixels on every side.
-
-        `mask_image`: one mask for all images or one per image: PIL (white = redraw, black = keep, as diffusers),
-        or a boolean/0-1 array, at the model's grid size or at the image's own size (then resized and cropped as
-        the image). Pixels outside the mask come back as the processor quantized them. Needs a model trained with
-        `--task inpaint`: it reads every kept pixel first, then draws the masked ones in a random order. Sampling
-        arguments as in `generate_images`.
-        """
-        self._require_task("inpaint_images", "inpaint")
-        processor = self._resolve_image_processor(image_processor)
-        self._check_count("num_samples", num_samples)
-        known = self._encode(images, processor)  # (B, N)
-        masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
-        known = known.masked_fill(self._token_mask(masks), -1).repeat_interleave(num_samples, dim=0)
-        start_ids = self._input_start_ids(class_labels, len(masks), num_samples)
-        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
-        return self._output(tokens, processor, sampling)
-
-    def _token_mask(self, pixel_mask: torch.BoolTensor) -> torch.BoolTensor:
-        """`(B, S, S)` pixel mask -> `(B, N)` token mask (every sub-pixel token of a masked pixel)."""
-        return pixel_mask.flatten(1).repeat_interleave(self.config.tokens_per_pixel, dim=1)
-
-    @torch.no_grad()
-    def vary_images(self, images, strength: float = 0.5, num_variations: int = 1, class_labels=None,
-                    image_processor=None, **sampling):
-        """Variations: keep a random `1 - strength` share of each image's pixels and redraw the rest with an
-        inpainting model. `strength` 0 returns the image itself, 1 draws a new image; the kept pixels hold the
-        coarse structure. A fresh set of pixels is redrawn for each of the `num_variations`. Sampling arguments as
-        in `generate_images` (the `generator` also picks the redrawn pixels)."""
-        self._require_task("vary_images", "inpaint")
-        processor = self._resolve_image_processor(image_processor)
-        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
-        self._check_count("num_variations", num_variations)
-        known = self._encode(images, processor, num_variations)  # (B, N)
-        size = self.config.image_size
-        draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
-        redraw = draws.argsort(dim=1).argsort(dim=1) < round(strength * size * size)  # exactly that many pixels
-        known = known.masked_fill(self._token_mask(redraw.view(-1, size, size)), -1)
-        start_ids = self._input_start_ids(class_labels, len(known) // num_variations, num_variations)
-        tokens = self._sample_images(start_ids, known, class_labels=class_labels, **sampling)
-        return self._output(tokens, processor, sampling)
-
-    @torch.no_grad()
-    def outpaint_images(self, images, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
-                        class_labels=None, image_processor=None, **sampling):
-        """Extend each image beyond its borders by the given numbers of pixels (on the model's grid), with an
-        inpainting model.
-
-        The canvas may be larger than the training resolution: it is filled by `image_size`-square windows that
-        step outwards from the image by half a window, each redrawing its empty pixels from everything already
-        there. Every pass thus stays inside the grid the model was trained on (2-D rotary positions would accept a
-        larger grid, but offsets beyond `image_size` were never trained); the price is that a window sees only the
-        last `image_size` pixels, not the whole canvas. Returns PIL images of size
-        `(image_size + left + right) x (image_size + top + bottom)`. Sampling arguments as in `generate_images`;
-        `batch_size` applies per window.
-        """
-        self._require_task("outpaint_images", "inpaint")
-        processor = self._resolve_image_processor(image_processor)
-        size, t = self.config.image_size, self.config.tokens_per_pixel
-        for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4 * size:
-                raise ValueError(f"`{name}` must be an int in [0, {4 * size}] (pixels to add), got {value!r}.")
-        tokens = self._encode(images, processor)  # (B, N)
-        batch, height, width = len(tokens), size + top + bottom, size + left + right
-        canvas = torch.full((batch, height, width, t), -1, dtype=torch.long)
-        canvas[:, top : top + size, left : left + size] = tokens.view(batch, size, size, t)
-        start_ids = self._input_start_ids(class_labels, batch, 1)
-        generator = sampling.pop("generator", None)
-        output_type = sampling.get("output_type", "pil")
-
-        def steps(origin, low_end):  # window corners from the image outwards, half a window at a time
-            corners = {origin}
-            for direction, stop in ((-1, 0), (1, low_end)):
-                corner = origin
-                while corner != stop:
-                    corner = max(0, corner - size // 2) if direction < 0 else min(stop, corner + size // 2)
-                    corners.add(corner)
-            return corners
-
-        windows = sorted(((y, x) for y in steps(top, height - size) for x in steps(left, width - size)),
-                         key=lambda yx: (abs(yx[0] - top) + abs(yx[1] - left), yx))
-        for y, x in windows:
-            window = canvas[:, y : y + size, x : x + size]  # (B, S, S, t) view
-            if (window >= 0).all():
-                continue
-            filled = self._sample_images(start_ids, window.reshape(batch, -1), class_labels=class_labels,
-                                  generator=generator, **dict(sampling, output_type="tokens"))
-            window.copy_(filled[:, 1:].view(batch, size, size, t))
-        if output_type == "tokens":
-            return canvas.flatten(1)
-        pixels = processor.dequantize(canvas.flatten(1).numpy(), height=height, width=width)
-        return processor.to_pil(pixels)
-
-    @torch.no_grad()
-    def translate_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
-        """Draw target images from condition images, `num_samples` per input, with a conditional model: a paired
-        translation model (`--task translate`: source -> target), a colorization model (grayscale in) or an
-        upscaling model (low resolution in). `images` are encoded by the processor's condition settings. Sampling
-        arguments as in `generate_images`."""
-        return self._conditional("translate_images", ("translate", "colorize", "upscale"), images, num_samples,
-                                 image_processor, sampling)
-
-    @torch.no_grad()
-    def colorize_images(self, images, num_samples: int = 1, keep_luminance: bool = True, image_processor=None,
-                        **sampling):
-        """Colour versions of (grayscale) images, `num_samples` per input, from a model trained with
-        `--task colorize`: colour images are read as grayscale first, so any image works as input.
-
-        `keep_luminance=True` keeps the input's own gray values as the luminance (Y of YCbCr) and takes only the
-        colour (Cb, Cr) from the model, so no detail of the input is lost to the model's colour quantization (as
-        colorization methods that predict chroma only; where a colour at that luminance is outside the RGB gamut,
-        it is clipped). Sampling arguments as in `generate_images`."""
-        colour = self._conditional("colorize_images", ("colorize",), images, num_samples, image_processor, sampling)
-        if not keep_luminance or sampling.get("output_type", "pil") != "pil":
-            return colour
-        processor = self._resolve_image_processor(image_processor)
-        gray = type(processor)(quantization="gray8", image_size=self.config.image_size,
-                               resize_mode=processor.resize_mode, resample=processor.resample,
-                               background=processor.background).to_array(images)[..., 0]  # (B, S, S)
-        out = []
-        for i, image in enumerate(colour):
-            _, cb, cr = image.convert("YCbCr").split()
-            out.append(Image.merge("YCbCr", (Image.fromarray(gray[i // num_samples]), cb, cr)).convert("RGB"))
-        return out
-
-    @torch.no_grad()
-    def upscale_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
-        """Super-resolution: `image_size`-square images from low-resolution inputs (resized to the model's
-        `condition_size` first), `num_samples` per input, with a model trained with `--task upscale`."""
-        return self._conditional("upscale_images", ("upscale",), images, num_samples, image_processor, sampling)
-
-    def _conditional(self, method, tasks, images, num_samples, image_processor, sampling):
-        self._require_task(method, *tasks)
-        processor = self._resolve_image_processor(image_processor)
-        self._check_count("num_samples", num_samples)
-        condition = processor.encode_condition(images, return_tensors="pt").condition_ids
-        condition = condition.repeat_interleave(num_samples, dim=0)  # (B, C)
-        tokens = self._sample_images([self.config.start_token_id] * len(condition), None, condition, **sampling)
-        return self._output(tokens, processor, sampling)
-
-    @staticmethod
-    def _output(tokens, processor, sampling):
-        return tokens if sampling.get("output_type", "pil") == "tokens" else processor.decode(tokens)
-
-    def _generate_reference(self, start, prefix, temperature, top_k, top_p, guidance_scale, bar, **generate_kwargs):
-        input_ids = start.unsqueeze(1) if prefix is None else torch.cat([start.unsqueeze(1), prefix], 1)  # (b, 1 + P)
-        if input_ids.shape[1] == 1 + self.config.num_image_tokens:
-            return input_ids  # every token is given: nothing to sample
-        sampling = dict(do_sample=temperature > 0)
-        if temperature > 0:
-            sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
-        if guidance_scale != 1.0:
-            unconditional = input_ids.clone()
-            unconditional[:, 0] = self.config.start_token_id
-            sampling.update(guidance_scale=guidance_scale, negative_prompt_ids=unconditional)
-
-        class _Tick(LogitsProcessor):  # advances the progress bar once per generated position
-            def __call__(self, ids, scores):
-                bar.update(ids.shape[0])
-                return scores
-
-        return self.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=self.config.num_image_tokens - input_ids.shape[1] + 1,
-            logits_processor=LogitsProcessorList([_Tick()]),
-            pad_token_id=None,
-            eos_token_id=None,
-            **sampling,
-            **generate_kwargs,
-        )
-
 
 class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
     """PixelGPT features averaged over image positions, then a linear classifier (e.g. for linear probes)."""
@@ -1209,7 +556,6 @@ PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
     "PixelGPTLinear",
-    "PixelGPTStaticCache",
     "PixelGPTPreTrainedModel",
     "PixelGPTModel",
     "PixelGPTForImageGeneration",

@@ -7,16 +7,15 @@
     filled = edit(image, mask_image=mask)
 
 The pipeline is a thin front for the model's methods (`generate_images`, `inpaint_images`, ...): every keyword
-argument is passed on, and the result is a list of PIL images. This file travels to the Hub with the model, so it
-imports nothing from the `pixelgpt` package.
+argument is passed on, and the result is a list of PIL images. Which model does what is the config's `OPERATIONS`
+table. This file travels to the Hub with the model, so it imports only its siblings.
 """
 
 from transformers import Pipeline
 
-# What `image-to-image` does with each model when no `operation` is named.
-DEFAULT_OPERATION = {"generate": "complete", "inpaint": "vary", "colorize": "colorize", "upscale": "upscale",
-                     "translate": "translate"}
-OPERATIONS = ("complete", "inpaint", "outpaint", "vary", "colorize", "upscale", "translate")
+from .configuration_pixelgpt import DEFAULT_OPERATION, OPERATIONS
+
+IMAGE_TO_IMAGE = tuple(op for op in OPERATIONS if op != "generate")
 
 
 class PixelGPTPipeline(Pipeline):
@@ -45,8 +44,9 @@ class PixelGPTPipeline(Pipeline):
             raise ValueError("image-to-image needs input images: pipe(images, ...).")
         if operation is None:
             operation = "inpaint" if mask_image is not None else DEFAULT_OPERATION[self.model.config.task]
-        if operation not in OPERATIONS:
-            raise ValueError(f"`operation` must be one of {OPERATIONS}, got {operation!r}.")
+        if operation not in IMAGE_TO_IMAGE:
+            raise ValueError(f"`operation` must be one of {IMAGE_TO_IMAGE}, got {operation!r}.")
+        self.model.config.check_operation(operation)
         return {"operation": operation, "inputs": inputs}
 
     def _forward(self, model_inputs, **kwargs):

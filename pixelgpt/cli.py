@@ -1,6 +1,6 @@
 """The `pixelgpt` command: train, generate and transform images from the shell.
 
-    pixelgpt train --output_dir pixelgpt-fashion                 # examples/train.py, same flags
+    pixelgpt train --output_dir pixelgpt-fashion                 # same flags as examples/train.py
     pixelgpt generate --model pixelgpt-fashion --num_images 16 --output_dir samples
     pixelgpt inpaint --model inpaint-model --mask mask.png photo.png --num_samples 4
     pixelgpt eval --model pixelgpt-fashion held_out/            # bits per token of image files
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from pixelgpt.utils import IMAGE_EXTENSIONS, open_image
-
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -39,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelgpt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    sub.add_parser("train", help="Train a model (all flags of examples/train.py; `pixelgpt train --help`).",
+    sub.add_parser("train", help="Train a model (`pixelgpt train --help` lists the flags, as examples/train.py).",
                    add_help=False)
 
     p = sub.add_parser("generate", help="Draw new images.")
@@ -129,14 +128,16 @@ def _save(images, names: list[str], output_dir: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # hand every flag to the training script, --help included
-        from pixelgpt.examples import train
+    if argv[:1] == ["train"]:  # hand every flag to the training library, --help included
+        from pixelgpt import training
 
-        train.main(train.parse_args(argv[1:]))
+        training.main(training.parse_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
     files = _image_files(args.inputs) if args.command != "generate" else []  # bad paths fail before the model loads
     model = _load_model(args)
+    if args.command != "eval":
+        model.config.check_operation(args.command)  # before any input is decoded or sampled
     if args.command == "eval":
         mask = None if args.mask is None else _open(Path(args.mask))
         bits = model.score_images([_open(f) for f in files], mask_image=mask, batch_size=args.batch_size,

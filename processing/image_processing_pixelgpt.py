@@ -13,7 +13,6 @@ An image already at that size is never resampled, so lossless modes round-trip e
 composited over `background` first.
 """
 
-import math
 
 import numpy as np
 import torch

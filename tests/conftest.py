@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelgpt import PixelGPTConfig, PixelGPTImageProcessor
+from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration, PixelGPTImageProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -53,3 +53,34 @@ def default_dataset():
 @pytest.fixture
 def gray_processor():
     return PixelGPTImageProcessor(quantization="gray", num_levels=4, image_size=5)
+
+
+def make_model(seed=0, cls=PixelGPTForImageGeneration, **overrides):
+    torch.manual_seed(seed)
+    return cls(tiny_config(**overrides)).eval()
+
+
+@pytest.fixture
+def model_and_processor():
+    model = make_model(vocab_size=64, image_size=5, num_classes=2)
+    return model, PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=5)
+
+
+@pytest.fixture
+def gray8_model():
+    model = make_model(vocab_size=256, image_size=5, num_classes=2)
+    return model, PixelGPTImageProcessor(quantization="gray8", image_size=5)
+
+
+@pytest.fixture
+def inpaint_model():
+    model = make_model(task="inpaint", vocab_size=256, image_size=6)
+    return model, PixelGPTImageProcessor(quantization="gray8", image_size=6)
+
+
+def make_conditional(task="colorize", condition_size=3, **overrides):
+    model = make_model(task=task, vocab_size=64, image_size=6, condition_size=condition_size,
+                       condition_vocab_size=256, **overrides)
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=6,
+                                       condition_quantization="gray8", condition_size=condition_size)
+    return model, processor

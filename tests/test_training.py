@@ -1,4 +1,5 @@
-"""examples/train.py: end-to-end runs on the built-in real data with tiny settings (seconds each)."""
+"""pixelgpt.training (what examples/train.py and `pixelgpt train` run): end-to-end runs on the built-in real data
+with tiny settings (seconds each)."""
 
 import json
 import os
@@ -16,15 +17,13 @@ from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
+from pixelgpt.modeling import layouts_pixelgpt
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from pixelgpt import PixelGPTImageProcessor
+from pixelgpt import PixelGPTImageProcessor, training
 
 from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-import train  # noqa: E402
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
         "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
@@ -41,8 +40,8 @@ def fresh_accelerate_state():
 
 def run(tmp_path, *extra, name="out"):
     AcceleratorState._reset_state(reset_partial_state=True)
-    args = train.parse_args(["--output_dir", str(tmp_path / name), *TINY, *extra])
-    train.main(args)
+    args = training.parse_args(["--output_dir", str(tmp_path / name), *TINY, *extra])
+    training.main(args)
     return tmp_path / name
 
 
@@ -58,9 +57,9 @@ def assert_same_weights(a, b, **tolerance):
 
 def test_help_documents_every_argument():
     with mock.patch.object(sys, "argv", ["train.py", "--help"]), pytest.raises(SystemExit) as exit_info:
-        train.parse_args()
+        training.parse_args()
     assert exit_info.value.code == 0
-    undocumented = [a.dest for a in train.build_parser()._actions if a.dest != "help" and not a.help]
+    undocumented = [a.dest for a in training.build_parser()._actions if a.dest != "help" and not a.help]
     assert undocumented == []
 
 
@@ -99,18 +98,18 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
               "--class_conditional", "--use_ema", "--ema_decay", "0.9", "--parallel_tokens", "3"]
     straight = run(tmp_path, *common, name="straight")
 
-    crash_after = train.save_checkpoint
+    crash_after = training.save_checkpoint
 
     def save_then_crash(accelerator, args, step, ema):
         path = crash_after(accelerator, args, step, ema)
         raise KeyboardInterrupt(f"simulated interruption after {path.name}")
 
-    with mock.patch.object(train, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
+    with mock.patch.object(training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
         run(tmp_path, *common, name="resumed")
-    assert [p.name for p in train.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5"]
+    assert [p.name for p in training.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5"]
     run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed")
     assert_same_weights(weights(tmp_path / "resumed"), weights(straight))
-    assert [p.name for p in train.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5", "checkpoint-10"]
+    assert [p.name for p in training.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-5", "checkpoint-10"]
 
 
 def test_palette_accumulation_bf16_and_tensorboard_logging(tmp_path):
@@ -142,13 +141,12 @@ def test_parallel_tokens_trains_a_model_that_draws_k_tokens_per_pass(tmp_path):
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     out = run(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2")
-    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
+    assert [p.name for p in training.list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
 
 
 CRASH_DURING_SAVE = """
     import os, sys
-    sys.path.insert(0, {examples!r})
-    import train
+    from pixelgpt import training
     from accelerate import Accelerator
     original = Accelerator.save_state
 
@@ -159,7 +157,7 @@ CRASH_DURING_SAVE = """
         return original(self, output_dir, **kwargs)
 
     Accelerator.save_state = dying_save
-    train.main(train.parse_args({argv!r}))
+    training.main(training.parse_args({argv!r}))
 """
 
 
@@ -167,36 +165,35 @@ def test_a_process_killed_while_saving_leaves_no_checkpoint_that_latest_would_pi
     out = tmp_path / "out"
     argv = ["--output_dir", str(out), *TINY, "--max_train_steps", "6", "--checkpointing_steps", "2",
             "--checkpoints_total_limit", "3"]
-    code = textwrap.dedent(CRASH_DURING_SAVE.format(examples=str(REPO_ROOT / "examples"), argv=argv))
+    code = textwrap.dedent(CRASH_DURING_SAVE.format(argv=argv))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 9, result.stderr[-2000:]
     assert (out / "checkpoint-4.tmp").is_dir() and not (out / "checkpoint-4").exists()
-    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-2"]
-    train.main(train.parse_args(argv + ["--resume_from_checkpoint", "latest"]))
+    assert [p.name for p in training.list_checkpoints(out)] == ["checkpoint-2"]
+    training.main(training.parse_args(argv + ["--resume_from_checkpoint", "latest"]))
     assert not (out / "checkpoint-4.tmp").exists()
-    assert [p.name for p in train.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert [p.name for p in training.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     straight = run(tmp_path, "--max_train_steps", "6", name="straight")
     assert_same_weights(weights(out), weights(straight))
 
 
 RANK_DUMP = """
     import sys
-    sys.path.insert(0, {examples!r})
-    import train
+    from pixelgpt import training
     from accelerate import Accelerator
     from safetensors.torch import save_file
 
     free_memory = Accelerator.free_memory
 
     def dump_then_free(self, *objects):
-        if self._models:  # each rank's own copy of the trained weights, before train.py releases it
+        if self._models:  # each rank's own copy of the trained weights, before training releases it
             model = self.unwrap_model(self._models[0])
             save_file({{k: v.contiguous() for k, v in model.state_dict().items()}},
                       f"{out}/rank{{self.process_index}}.safetensors")
         return free_memory(self, *objects)
 
     Accelerator.free_memory = dump_then_free
-    train.main(train.parse_args(sys.argv[1:]))
+    training.main(training.parse_args(sys.argv[1:]))
 """
 
 
@@ -209,7 +206,7 @@ def free_port() -> int:
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
     script = tmp_path / "launch_train.py"
-    script.write_text(textwrap.dedent(RANK_DUMP.format(examples=str(REPO_ROOT / "examples"), out=str(tmp_path))))
+    script.write_text(textwrap.dedent(RANK_DUMP.format(out=str(tmp_path))))
     common = [*TINY, "--max_train_steps", "4", "--eval_steps", "100", "--sample_steps", "100"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
@@ -258,13 +255,13 @@ def make_folder(root, sizes=((12, 12),) * 6, classes=("cats", "dogs")):
 
 
 def folder_args(tmp_path, root, *extra):
-    return train.parse_args(["--output_dir", str(tmp_path / "out"), *TINY, "--train_data_dir", str(root),
+    return training.parse_args(["--output_dir", str(tmp_path / "out"), *TINY, "--train_data_dir", str(root),
                              "--max_train_steps", "1", "--train_batch_size", "2", *extra])
 
 
 def test_image_folder_with_class_subfolders_trains_class_conditionally(tmp_path):
     root = make_folder(tmp_path / "imgs")
-    train.main(folder_args(tmp_path, root, "--class_conditional", "--quantization", "rgb", "--num_levels", "4"))
+    training.main(folder_args(tmp_path, root, "--class_conditional", "--quantization", "rgb", "--num_levels", "4"))
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.num_classes == 2 and model.config.id2label == {0: "cats", 1: "dogs"}
     assert ModelCard.load(tmp_path / "out" / "README.md").data.to_dict().get("datasets") is None
@@ -277,7 +274,7 @@ def test_corrupt_truncated_and_small_images_stop_the_run_naming_the_files(tmp_pa
     (root / "dogs" / "truncated.png").write_bytes(data[: len(data) // 2])
     Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
     with pytest.raises(ValueError) as info:
-        train.main(folder_args(tmp_path, root))
+        training.main(folder_args(tmp_path, root))
     message = str(info.value)
     assert "broken.png" in message and "truncated.png" in message and "tiny.png" in message
     assert "5x5 is smaller than --resolution 8" in message and "--skip_bad_images" in message
@@ -288,7 +285,7 @@ def test_skip_bad_images_counts_and_lists_what_it_skipped(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs")
     (root / "cats" / "broken.png").write_bytes(b"garbage")
     Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
-    train.main(folder_args(tmp_path, root, "--skip_bad_images", "--eval_fraction", "0.01"))
+    training.main(folder_args(tmp_path, root, "--skip_bad_images", "--eval_fraction", "0.01"))
     skipped = (tmp_path / "out" / "skipped_train_images.txt").read_text().splitlines()
     assert len(skipped) == 2 and any("broken.png" in s for s in skipped) and any("tiny.png" in s for s in skipped)
     assert "Skipped 2 of" in caplog.text
@@ -297,22 +294,23 @@ def test_skip_bad_images_counts_and_lists_what_it_skipped(tmp_path, caplog):
 def test_empty_folder_missing_column_and_bad_label_column(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no image files"):
-        train.main(folder_args(tmp_path, tmp_path / "empty"))
+        training.main(folder_args(tmp_path, tmp_path / "empty"))
     root = make_folder(tmp_path / "imgs")
     with pytest.raises(ValueError, match=r"Image column 'picture' not found; columns are \['image', 'label'\]"):
-        train.main(folder_args(tmp_path, root, "--image_column", "picture"))
+        training.main(folder_args(tmp_path, root, "--image_column", "picture"))
     with pytest.raises(ValueError, match="Label column 'kind' not found"):
-        train.main(folder_args(tmp_path, root, "--label_column", "kind", "--class_conditional"))
+        training.main(folder_args(tmp_path, root, "--label_column", "kind", "--class_conditional"))
 
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     images = [np.zeros((8, 8), dtype=np.uint8)] * 4
     Dataset.from_dict({"image": images, "kind": ["a", "b", "a", "b"]},
                       features=Features({"image": ImageFeature(), "kind": Value("string")})).save_to_disk(
         str(tmp_path / "ds"))
-    with mock.patch.object(train, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
+    with mock.patch.object(training, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
             str(tmp_path / "ds"))), pytest.raises(ValueError, match="'kind' has type .*string.*ClassLabel or integer"):
-        train.main(train.parse_args(["--output_dir", str(tmp_path / "o2"), *TINY, "--dataset_name", "x/y",
+        training.main(training.parse_args(["--output_dir", str(tmp_path / "o2"), *TINY, "--dataset_name", "x/y",
                                      "--label_column", "kind", "--class_conditional"]))
 
 
@@ -328,21 +326,21 @@ def test_bad_arguments_are_rejected():
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize")):
         with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
-            train.parse_args(argv)
+            training.parse_args(argv)
         assert message in "".join(c.args[0] for c in err.write.call_args_list)
 
 
 @pytest.mark.parametrize("probability, expected_null_share", [(0.0, 0.0), (1.0, 1.0)])
 def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability, expected_null_share):
     seen = []
-    original = train.task_loss
+    original = training.task_loss
 
     def spy(model, accelerator, batch, *args, reduction="mean", **kwargs):
         if reduction == "mean":  # training steps (evaluation uses reduction="none")
             seen.append(batch["input_ids"][:, 0].clone())
         return original(model, accelerator, batch, *args, reduction=reduction, **kwargs)
 
-    with mock.patch.object(train, "task_loss", spy):
+    with mock.patch.object(training, "task_loss", spy):
         out = run(tmp_path, "--max_train_steps", "3", "--class_conditional", "--class_dropout_prob", str(probability))
     starts = torch.cat(seen)
     null = AutoModel.from_pretrained(out).config.start_token_id
@@ -351,15 +349,13 @@ def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability,
 
 # ---------------------------------------------------------------------------------------------- transformation tasks
 def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
-    from pixelgpt import PixelGPTForImageGeneration
+    original, probabilities = layouts_pixelgpt.random_boxes, []
 
-    original, probabilities = PixelGPTForImageGeneration.any_order_inputs, []
+    def spy(batch, image_size, probability, *args, **kwargs):
+        probabilities.append(probability)
+        return original(batch, image_size, probability, *args, **kwargs)
 
-    def spy(self, input_ids, box_probability=0.5, *args, **kwargs):
-        probabilities.append(box_probability)
-        return original(self, input_ids, box_probability, *args, **kwargs)
-
-    with mock.patch.object(PixelGPTForImageGeneration, "any_order_inputs", spy):
+    with mock.patch.object(layouts_pixelgpt, "random_boxes", spy):
         out = run(tmp_path, "--task", "inpaint", "--max_train_steps", "40", "--learning_rate", "3e-3",
                   "--inpaint_box_probability", "0.25")
     assert probabilities.count(0.25) >= 40  # every training step (and evaluation) used random orders
@@ -377,7 +373,7 @@ def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
 
 def test_colorize_task_on_a_colour_folder(tmp_path):
     root = make_folder(tmp_path / "imgs")
-    train.main(folder_args(tmp_path, root, "--task", "colorize", "--quantization", "rgb", "--num_levels", "4",
+    training.main(folder_args(tmp_path, root, "--task", "colorize", "--quantization", "rgb", "--num_levels", "4",
                            "--eval_fraction", "0.3"))
     out = tmp_path / "out"
     model = AutoModel.from_pretrained(out)
@@ -405,7 +401,7 @@ def test_translate_task_pairs_folders_by_file_name(tmp_path):
         (sources / relative.parent).mkdir(parents=True, exist_ok=True)
         Image.open(path).convert("L").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(sources / relative.with_suffix(".bmp"))
     args = ["--task", "translate", "--source_dir", str(sources), "--quantization", "rgb", "--num_levels", "4"]
-    train.main(folder_args(tmp_path, targets, *args))
+    training.main(folder_args(tmp_path, targets, *args))
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.task == "translate" and model.image_processor is None
     out = model.translate_images(Image.new("L", (8, 8)), show_progress=False, generator=torch.Generator().manual_seed(0))
@@ -414,11 +410,12 @@ def test_translate_task_pairs_folders_by_file_name(tmp_path):
     (sources / "cats" / "0.bmp").unlink()
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ValueError, match=r"2 of \d+ target images have no source image of the same name"):
-        train.main(folder_args(tmp_path, targets, *args, "--eval_fraction", "0.01"))
+        training.main(folder_args(tmp_path, targets, *args, "--eval_fraction", "0.01"))
 
 
 def test_translate_task_reads_a_source_column(tmp_path):
-    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
 
     rng = np.random.default_rng(1)
     targets = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(12)]
@@ -427,16 +424,27 @@ def test_translate_task_reads_a_source_column(tmp_path):
     DatasetDict(train=Dataset.from_dict(data, features=features),
                 test=Dataset.from_dict(data, features=features)).save_to_disk(str(tmp_path / "ds"))
     seen = []
-    original = train.task_loss
+    original = training.task_loss
 
     def spy(model, accelerator, batch, *args, **kwargs):
         seen.append((batch["input_ids"][:, 1:].clone(), batch["condition_ids"].clone()))
         return original(model, accelerator, batch, *args, **kwargs)
 
-    with mock.patch.object(train, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
-            str(tmp_path / "ds"))), mock.patch.object(train, "task_loss", spy):
-        train.main(train.parse_args(["--output_dir", str(tmp_path / "o"), *TINY, "--dataset_name", "x/y",
+    with mock.patch.object(training, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
+            str(tmp_path / "ds"))), mock.patch.object(training, "task_loss", spy):
+        training.main(training.parse_args(["--output_dir", str(tmp_path / "o"), *TINY, "--dataset_name", "x/y",
                                      "--task", "translate", "--source_column", "sketch", "--quantization", "gray8",
                                      "--max_train_steps", "1", "--train_batch_size", "4"]))
     targets_seen, conditions = seen[0]
     assert torch.equal(conditions, 255 - targets_seen)  # each target met its own (inverted) source
+
+
+def test_the_example_script_trains_one_step_and_saves_a_loadable_model(tmp_path):
+    """examples/train.py is the accelerate-launchable face of pixelgpt.training: run it as a user would."""
+    out = tmp_path / "example"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "train.py"), "--output_dir", str(out), *TINY,
+                             "--max_train_steps", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "eval_results.json").read_text())["steps"] == 1
+    assert AutoModel.from_pretrained(out).config.image_size == 8
+

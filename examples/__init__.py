@@ -1,1 +1,0 @@
-"""The example scripts, also installed as `pixelgpt.examples` (`pixelgpt train` runs `train.py`)."""

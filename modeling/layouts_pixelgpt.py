@@ -1,0 +1,88 @@
+"""Sequence layouts: how a batch of processor ids `(B, 1 + N)` becomes the rows the network reads and the tokens
+it predicts, for each task. Training (`pixelgpt.training`) and scoring (`score_images`) both call `task_inputs`, so
+a model is scored in exactly the layout it was trained in.
+
+- raster / k-ahead ("generate", and the conditional tasks with k = 1): row t holds token t - k, predicts token t;
+- any order ("inpaint"): row t holds token `order[t - 1]`, predicts `order[t]`, with a random order per image in
+  which a random rectangle (the shape of inpainting masks) or the scored pixels come last.
+
+Every function returns keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
+"""
+
+import torch
+
+
+def k_ahead_inputs(input_ids: torch.LongTensor, k: int) -> dict:
+    """Row t holds token t - k (the first k rows are start tokens at positions -k..-1) and predicts token t.
+    k = 1 is the usual raster model."""
+    batch, n = input_ids.shape[0], input_ids.shape[1] - 1
+    rows = torch.cat([input_ids[:, :1].expand(batch, k), input_ids[:, 1 : 1 + n - k]], dim=1)  # (B, N)
+    targets = torch.arange(n, device=input_ids.device).expand(batch, n)  # (B, N)
+    return dict(input_ids=rows, input_positions=targets - k, target_positions=targets, labels=input_ids[:, 1:])
+
+
+def random_orders(last: torch.BoolTensor, tokens_per_pixel: int,
+                  generator: torch.Generator | None = None) -> torch.LongTensor:
+    """Random generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False
+    come first, then those where it is True, each group in random order. A pixel's sub-pixel tokens stay together
+    in R, G, B order."""
+    noise = torch.rand(last.shape, generator=generator, device=last.device)
+    pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
+    t = tokens_per_pixel
+    return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)
+
+
+def random_boxes(batch: int, image_size: int, probability: float, generator: torch.Generator | None = None,
+                 device=None) -> torch.BoolTensor:
+    """`(batch, pixels)` masks: with `probability` a random rectangle (sides 1..image_size), else empty."""
+
+    def draw(high):  # uniform integers in [0, high) per row
+        return (torch.rand(batch, generator=generator, device=device) * high).long()
+
+    height, width = draw(image_size) + 1, draw(image_size) + 1
+    top, left = draw(image_size - height + 1), draw(image_size - width + 1)
+    used = torch.rand(batch, generator=generator, device=device) < probability
+    grid = torch.arange(image_size, device=device)
+    rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])  # (B, S)
+    cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])  # (B, S)
+    return (rows[:, :, None] & cols[:, None, :] & used[:, None, None]).flatten(1)  # (B, S*S)
+
+
+def any_order_inputs(input_ids: torch.LongTensor, order: torch.LongTensor) -> dict:
+    """Row 0 holds the start token and predicts token `order[0]`; row t holds `order[t - 1]` and predicts
+    `order[t]`: the query knows which pixel it draws (target-position queries), so any set of known pixels, on any
+    side, can condition any other."""
+    batch = input_ids.shape[0]
+    tokens = input_ids[:, 1:].gather(1, order)  # (B, N) in generation order
+    start = torch.full((batch, 1), -1, dtype=torch.long, device=input_ids.device)
+    return dict(input_ids=torch.cat([input_ids[:, :1], tokens[:, :-1]], dim=1),
+                input_positions=torch.cat([start, order[:, :-1]], dim=1), target_positions=order, labels=tokens)
+
+
+def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability: float = 0.5,
+                generator: torch.Generator | None = None, scored: torch.BoolTensor | None = None) -> dict:
+    """The layout of `config.task` for `(B, 1 + N)` processor ids: k-ahead rows for raster models (k = 1 for the
+    plain next-token loss and for conditional models), random orders for "inpaint".
+
+    `scored` `(B, N)`: score only these tokens (labels elsewhere are -100); an inpainting model then reads every
+    other pixel first. Without it, an inpainting order leaves a random rectangle last with `box_probability`.
+    Random orders draw from `generator` (default: torch's global RNG, which training checkpoints restore).
+    """
+    if config.task != "inpaint":
+        inputs = k_ahead_inputs(input_ids, k)
+        if scored is not None:
+            inputs["labels"] = inputs["labels"].masked_fill(~scored, -100)
+        return inputs
+    size, t = config.image_size, config.tokens_per_pixel
+    if scored is None:
+        last = random_boxes(input_ids.shape[0], size, box_probability, generator, input_ids.device)
+    else:
+        last = scored.view(len(scored), -1, t)[..., 0]  # (B, pixels)
+    order = random_orders(last, t, generator)  # (B, N)
+    inputs = any_order_inputs(input_ids, order)
+    if scored is not None:
+        inputs["labels"] = inputs["labels"].masked_fill(~scored.gather(1, order), -100)
+    return inputs
+
+
+__all__ = ["any_order_inputs", "k_ahead_inputs", "random_boxes", "random_orders", "task_inputs"]

@@ -1,0 +1,377 @@
+"""The image-level methods of `PixelGPTForImageGeneration`, a mixin as transformers' `GenerationMixin` is:
+images in, PIL images out. Each method turns its inputs into known tokens (-1 where a token is to be drawn),
+start tokens and condition tokens; `_sample_batches` batches and seeds them and calls the loop in `sampling_pixelgpt`;
+the processor decodes the result. Which model task allows which method is `OPERATIONS` in the config file.
+
+How inpainting works, top to bottom: `inpaint_images` (here) marks the masked tokens unknown; `_sample` draws a
+random order per image with the known pixels first (`layouts_pixelgpt.random_orders`); `sample_tokens`
+(`sampling_pixelgpt`) reads the known pixels in one pass and draws the others one by one, each row of the network
+told which pixel it predicts (`target_positions`, see `modeling_pixelgpt`).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .layouts_pixelgpt import random_orders, task_inputs
+from .sampling_pixelgpt import SamplingOptions, generate_reference, leading_known, sample_tokens
+
+
+def _check_count(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+class PixelGPTImageTasksMixin:
+    """`generate_images`, `complete_images`, `inpaint_images`, `outpaint_images`, `vary_images`,
+    `colorize_images`, `upscale_images`, `translate_images`, `score_images` and the loop `sample_tokens`.
+
+    Every sampling method takes the keyword arguments of `SamplingOptions` (`temperature`, `top_k`, `top_p`,
+    `guidance_scale`, `tokens_per_step`, `generator`, `batch_size`, `show_progress`, `use_generate`,
+    `output_type`), plus `image_processor=` (default: `model.image_processor` or the one saved beside the model).
+    """
+
+    image_processor = None  # set by the user, or loaded on first use from the model's `name_or_path`
+
+    def get_image_processor(self, image_processor=None):
+        """The processor that encodes inputs and decodes tokens: the one given, `self.image_processor`, or the one
+        saved beside the model (loaded once). Raises if its token scheme does not match the model."""
+        processor = image_processor or self.image_processor
+        if processor is None:
+            source = self.config._name_or_path
+            if not source:
+                raise ValueError(
+                    "No image processor to turn tokens into images: pass `image_processor=` (a "
+                    "PixelGPTImageProcessor) or set `model.image_processor`, or load the model with from_pretrained "
+                    "from a folder/repo that holds a preprocessor_config.json."
+                )
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
+            self.image_processor = processor
+        names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
+        expected = tuple(getattr(self.config, name) for name in names)
+        found = tuple(getattr(processor, name) for name in names)
+        if found != expected:
+            raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
+                             f"{expected} for the model.")
+        return processor
+
+    @torch.no_grad()
+    def sample_tokens(self, start_ids: torch.LongTensor, tokens_per_step: int = 1, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, progress=None,
+                      prefix: torch.LongTensor | None = None, guidance_scale: float = 1.0,
+                      known: torch.LongTensor | None = None, order: torch.LongTensor | None = None,
+                      condition_ids: torch.LongTensor | None = None) -> torch.LongTensor:
+        """PixelGPT's own sampling loop (static KV cache, one forward pass per `tokens_per_step` tokens) on token
+        ids, drawing from torch's global RNG: `(B,)` start tokens in, `(B, 1 + N)` ids out.
+
+        `prefix` `(B, P)`: known first image tokens (raster order); `known` `(B, N)`: tokens to keep, -1 where one
+        is drawn; `order` `(B, N)`: the generation order of any-order models (known tokens first);
+        `condition_ids` `(B, condition_size**2)`: the condition image of conditional models. See
+        `sampling_pixelgpt.sample_tokens`."""
+        if prefix is not None:
+            if known is None:
+                known = torch.full((len(start_ids), self.config.num_image_tokens), -1, dtype=torch.long,
+                                   device=start_ids.device)
+            known = known.clone()
+            known[:, : prefix.shape[1]] = prefix
+        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
+                                  tokens_per_step=tokens_per_step)
+        return sample_tokens(self, start_ids, options, known, order, condition_ids, progress)
+
+    # ------------------------------------------------------------------------------------------ public methods
+    @torch.no_grad()
+    def generate_images(self, num_images: int = 1, class_labels: int | list[int] | None = None, image_processor=None,
+                        **sampling):
+        """Sample new images: `num_images` (per class label, when `class_labels` is a list), decoded to PIL.
+
+        `class_labels`: a class id or a list of ids for a class-conditional model (None draws unconditionally);
+        `guidance_scale` > 1 guides towards them (classifier-free guidance, the model trained with class dropout).
+        `tokens_per_step=k` draws k tokens per pass with a model trained with `parallel_tokens=k` (k times fewer
+        passes, at some cost in quality). `output_type="tokens"` returns the ids `(num_images, 1 + N)`. Other
+        keywords: see `SamplingOptions` (extra keywords go to `generate()` with `use_generate=True`).
+        """
+        _check_count("num_images", num_images)
+        if self.config.is_conditional:
+            raise ValueError(f"This model draws from a condition image (task {self.config.task!r}); use "
+                             f"`{self.config.task}_images(images)`.")
+        self.config.check_operation("generate")
+        options = SamplingOptions.from_kwargs(sampling)
+        processor = self.get_image_processor(image_processor) if options.output_type == "pil" else None
+        tokens = self._sample_batches(self._start_ids(class_labels, num_images), options, class_labels=class_labels)
+        return self._output(tokens, processor, options)
+
+    @torch.no_grad()
+    def complete_images(self, images, keep_rows: int, num_completions: int = 1, class_labels=None,
+                        image_processor=None, **sampling):
+        """Keep the top `keep_rows` pixel rows of each image and sample the rest, `num_completions` times each.
+
+        `images` are anything the image processor takes (one image or a batch); the output holds
+        `len(images) * num_completions` images, the completions of the first input first. The kept rows come back
+        exactly as the processor quantized them (pixel for pixel the input in lossless modes). `class_labels`: one
+        per input, for class-conditional models. Raster models see only the rows above what they draw; inpainting
+        models (task "inpaint") draw the rest in a random order.
+        """
+        self.config.check_operation("complete")
+        processor = self.get_image_processor(image_processor)
+        if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
+            raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
+                             f"got {keep_rows!r}.")
+        _check_count("num_completions", num_completions)
+        known = self._encode(images, processor, num_completions)  # (B, N)
+        known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
+        return self._edit(known, num_completions, class_labels, processor, sampling)
+
+    @torch.no_grad()
+    def inpaint_images(self, images, mask_image, num_samples: int = 1, class_labels=None, image_processor=None,
+                       **sampling):
+        """Redraw the masked pixels of each image, `num_samples` times each, using the pixels on every side.
+
+        `mask_image`: one mask for all images or one per image: PIL (white = redraw, black = keep, as diffusers),
+        or a boolean/0-1 array, at the model's grid size or at the image's own size (then resized and cropped as
+        the image). Pixels outside the mask come back as the processor quantized them. Needs a model trained with
+        `--task inpaint`: it reads every kept pixel first, then draws the masked ones in a random order.
+        """
+        self.config.check_operation("inpaint")
+        processor = self.get_image_processor(image_processor)
+        _check_count("num_samples", num_samples)
+        known = self._encode(images, processor)  # (B, N)
+        masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
+        known = known.masked_fill(self._token_mask(masks), -1).repeat_interleave(num_samples, dim=0)
+        return self._edit(known, num_samples, class_labels, processor, sampling)
+
+    @torch.no_grad()
+    def vary_images(self, images, strength: float = 0.5, num_variations: int = 1, class_labels=None,
+                    image_processor=None, **sampling):
+        """Variations: keep a random `1 - strength` share of each image's pixels and redraw the rest with an
+        inpainting model. `strength` 0 returns the image itself, 1 draws a new image; the kept pixels hold the
+        coarse structure. A fresh set of pixels is redrawn for each of the `num_variations` (the `generator` also
+        picks them)."""
+        self.config.check_operation("vary")
+        processor = self.get_image_processor(image_processor)
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
+        _check_count("num_variations", num_variations)
+        known = self._encode(images, processor, num_variations)  # (B, N)
+        size = self.config.image_size
+        draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
+        redraw = draws.argsort(dim=1).argsort(dim=1) < round(strength * size * size)  # exactly that many pixels
+        known = known.masked_fill(self._token_mask(redraw.view(-1, size, size)), -1)
+        return self._edit(known, num_variations, class_labels, processor, sampling)
+
+    @torch.no_grad()
+    def outpaint_images(self, images, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+                        class_labels=None, image_processor=None, **sampling):
+        """Extend each image beyond its borders by the given numbers of pixels (on the model's grid), with an
+        inpainting model.
+
+        The canvas may be larger than the training resolution: it is filled by `image_size`-square windows that
+        step outwards from the image by half a window, each redrawing its empty pixels from everything already
+        there. Every pass thus stays inside the grid the model was trained on (2-D rotary positions would accept a
+        larger grid, but offsets beyond `image_size` were never trained); the price is that a window sees only the
+        last `image_size` pixels, not the whole canvas. Returns PIL images of size
+        `(image_size + left + right) x (image_size + top + bottom)`; `batch_size` applies per window.
+        """
+        self.config.check_operation("outpaint")
+        processor = self.get_image_processor(image_processor)
+        size, t = self.config.image_size, self.config.tokens_per_pixel
+        for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4 * size:
+                raise ValueError(f"`{name}` must be an int in [0, {4 * size}] (pixels to add), got {value!r}.")
+        tokens = self._encode(images, processor)  # (B, N)
+        batch, height, width = len(tokens), size + top + bottom, size + left + right
+        canvas = torch.full((batch, height, width, t), -1, dtype=torch.long)
+        canvas[:, top : top + size, left : left + size] = tokens.view(batch, size, size, t)
+        start_ids = self._input_start_ids(class_labels, batch, 1)
+        options = SamplingOptions.from_kwargs(sampling)
+
+        def steps(origin, low_end):  # window corners from the image outwards, half a window at a time
+            corners = {origin}
+            for direction, stop in ((-1, 0), (1, low_end)):
+                corner = origin
+                while corner != stop:
+                    corner = max(0, corner - size // 2) if direction < 0 else min(stop, corner + size // 2)
+                    corners.add(corner)
+            return corners
+
+        windows = sorted(((y, x) for y in steps(top, height - size) for x in steps(left, width - size)),
+                         key=lambda yx: (abs(yx[0] - top) + abs(yx[1] - left), yx))
+        for y, x in windows:
+            window = canvas[:, y : y + size, x : x + size]  # (B, S, S, t) view
+            if (window >= 0).all():
+                continue
+            filled = self._sample_batches(start_ids, options, window.reshape(batch, -1), class_labels=class_labels)
+            window.copy_(filled[:, 1:].view(batch, size, size, t))
+        if options.output_type == "tokens":
+            return canvas.flatten(1)
+        return processor.to_pil(processor.dequantize(canvas.flatten(1).numpy(), height=height, width=width))
+
+    @torch.no_grad()
+    def translate_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+        """Draw target images from condition images, `num_samples` per input, with a conditional model: a paired
+        translation model (`--task translate`: source -> target), a colorization model (grayscale in) or an
+        upscaling model (low resolution in). `images` are encoded by the processor's condition settings."""
+        return self._conditional("translate", images, num_samples, image_processor, sampling)
+
+    @torch.no_grad()
+    def colorize_images(self, images, num_samples: int = 1, keep_luminance: bool = True, image_processor=None,
+                        **sampling):
+        """Colour versions of (grayscale) images, `num_samples` per input, from a model trained with
+        `--task colorize`: colour images are read as grayscale first, so any image works as input.
+
+        `keep_luminance=True` keeps the input's own gray values as the luminance (Y of YCbCr) and takes only the
+        colour (Cb, Cr) from the model, so no detail of the input is lost to the model's colour quantization (as
+        colorization methods that predict chroma only; where a colour at that luminance is outside the RGB gamut,
+        it is clipped)."""
+        colour = self._conditional("colorize", images, num_samples, image_processor, sampling)
+        if not keep_luminance or sampling.get("output_type", "pil") != "pil":
+            return colour
+        processor = self.get_image_processor(image_processor)
+        gray = type(processor)(quantization="gray8", image_size=self.config.image_size,
+                               resize_mode=processor.resize_mode, resample=processor.resample,
+                               background=processor.background).to_array(images)[..., 0]  # (B, S, S)
+        out = []
+        for i, image in enumerate(colour):
+            _, cb, cr = image.convert("YCbCr").split()
+            out.append(Image.merge("YCbCr", (Image.fromarray(gray[i // num_samples]), cb, cr)).convert("RGB"))
+        return out
+
+    @torch.no_grad()
+    def upscale_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
+        """Super-resolution: `image_size`-square images from low-resolution inputs (resized to the model's
+        `condition_size` first), `num_samples` per input, with a model trained with `--task upscale`."""
+        return self._conditional("upscale", images, num_samples, image_processor, sampling)
+
+    @torch.no_grad()
+    def score_images(self, images, mask_image=None, condition_images=None, class_labels=None,
+                     generator: torch.Generator | None = None, batch_size: int = 16,
+                     image_processor=None) -> torch.Tensor:
+        """Negative log-likelihood of each image under the model, in bits per token: `(B,)` float tensor.
+
+        With `mask_image` (as in `inpaint_images`) only the masked pixels are scored: an inpainting model reads
+        every other pixel first (in an order drawn from `generator`), a raster model only the pixels before each
+        one in raster order. Conditional models score images given `condition_images` (for colorize / upscale
+        models, the images themselves by default: their grayscale / low-resolution version). Rows are laid out as
+        in training (`layouts_pixelgpt.task_inputs`)."""
+        processor = self.get_image_processor(image_processor)
+        _check_count("batch_size", batch_size)
+        ids = processor(images, return_tensors="pt").input_ids  # (B, 1 + N)
+        if class_labels is not None:
+            ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
+        scored = torch.ones(len(ids), self.config.image_size, self.config.image_size, dtype=torch.bool)
+        if mask_image is not None:
+            scored = torch.from_numpy(processor.prepare_mask(mask_image, images))
+        scored = self._token_mask(scored)  # (B, N)
+        condition = None
+        if self.config.is_conditional:
+            if condition_images is None and self.config.task == "translate":
+                raise ValueError("A translation model scores targets given their sources: pass `condition_images`.")
+            source = images if condition_images is None else condition_images
+            condition = processor.encode_condition(source, return_tensors="pt").condition_ids
+            if len(condition) != len(ids):
+                raise ValueError(f"Give one condition image per image: {len(ids)} images, {len(condition)} "
+                                 "condition images.")
+        elif condition_images is not None:
+            raise ValueError(f"`condition_images` are for conditional models; this one's task is {self.config.task!r}.")
+        bits = []
+        for i in range(0, len(ids), batch_size):
+            inputs = task_inputs(self.config, ids[i : i + batch_size].to(self.device), generator=generator,
+                                 scored=scored[i : i + batch_size].to(self.device))
+            labels = inputs.pop("labels")
+            cond = None if condition is None else condition[i : i + batch_size].to(self.device)
+            logits = self(**inputs, condition_ids=cond, use_cache=False).logits  # (b, N, V)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(labels)
+            count = (labels != -100).sum(1).clamp(min=1)
+            bits.append((nll.sum(1) / count / math.log(2)).cpu())
+        return torch.cat(bits)
+
+    # ------------------------------------------------------------------------------------------ inputs and batching
+    def _start_ids(self, class_labels, repeats: int) -> list[int]:
+        """One start token per output image: unconditional, or each class label `repeats` times."""
+        if class_labels is None:
+            return [self.config.start_token_id] * repeats
+        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        return [self.config.class_token_id(int(c)) for c in labels for _ in range(repeats)]
+
+    def _input_start_ids(self, class_labels, num_inputs: int, repeats: int) -> list[int]:
+        """Start tokens for `num_inputs` input images drawn `repeats` times each: one class label per input."""
+        if class_labels is None:
+            return [self.config.start_token_id] * (num_inputs * repeats)
+        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        if len(labels) != num_inputs:
+            raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
+        return self._start_ids(labels, repeats)
+
+    def _encode(self, images, processor, repeats: int = 1) -> torch.LongTensor:
+        """Processor tokens of `images`, each repeated `repeats` times: `(B * repeats, N)`."""
+        return processor(images, return_tensors="pt").input_ids[:, 1:].repeat_interleave(repeats, dim=0)
+
+    def _token_mask(self, pixel_mask: torch.BoolTensor) -> torch.BoolTensor:
+        """`(B, S, S)` pixel mask -> `(B, N)` token mask (every sub-pixel token of a masked pixel)."""
+        return pixel_mask.flatten(1).repeat_interleave(self.config.tokens_per_pixel, dim=1)
+
+    def _edit(self, known, repeats, class_labels, processor, sampling):
+        """Fill the unknown (-1) tokens of `known` `(B * repeats, N)`: completion, inpainting, variations."""
+        start_ids = self._input_start_ids(class_labels, len(known) // repeats, repeats)
+        options = SamplingOptions.from_kwargs(sampling)
+        return self._output(self._sample_batches(start_ids, options, known, class_labels=class_labels), processor, options)
+
+    def _conditional(self, operation, images, num_samples, image_processor, sampling):
+        self.config.check_operation(operation)
+        processor = self.get_image_processor(image_processor)
+        _check_count("num_samples", num_samples)
+        condition = processor.encode_condition(images, return_tensors="pt").condition_ids
+        condition = condition.repeat_interleave(num_samples, dim=0)  # (B, C)
+        options = SamplingOptions.from_kwargs(sampling)
+        tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition)
+        return self._output(tokens, processor, options)
+
+    @staticmethod
+    def _output(tokens, processor, options: SamplingOptions):
+        return tokens if options.output_type == "tokens" else processor.decode(tokens)
+
+    def _sample_batches(self, start_ids: list[int], options: SamplingOptions, known: torch.LongTensor | None = None,
+                condition_ids: torch.LongTensor | None = None, class_labels=None) -> torch.LongTensor:
+        """Check `options`, then sample `len(start_ids)` images `(B, 1 + N)` in batches of `options.batch_size`.
+        `known` `(B, N)`: tokens to keep (-1: draw). Any-order models draw their order (known pixels first) from
+        the seeded generator."""
+        options.check(self.config, class_labels)
+        device, n = self.device, self.config.num_image_tokens
+        seed = None if options.generator is None else int(torch.randint(0, 2**62, (1,), generator=options.generator))
+        start_ids = torch.tensor(start_ids, device=device)
+        if known is None:
+            known = torch.full((len(start_ids), n), -1, dtype=torch.long)
+        if options.use_generate and leading_known(known) != int((known >= 0).sum(1).max()):
+            raise ValueError("`use_generate=True` continues a raster prefix only; keep whole top rows.")
+        bar = tqdm(total=int((known < 0).sum()), desc="Sampling", unit="tok", disable=not options.show_progress)
+        outputs = []
+        # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
+        # without disturbing the caller's global random state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for i in range(0, len(start_ids), options.batch_size):
+                start = start_ids[i : i + options.batch_size]
+                part = known[i : i + options.batch_size].to(device)
+                condition = None if condition_ids is None else condition_ids[i : i + options.batch_size].to(device)
+                if options.use_generate:
+                    prefix = part[:, : leading_known(part)]
+                    out = generate_reference(self, start, prefix if prefix.shape[1] else None, options, bar)
+                else:
+                    order = None
+                    if self.config.task == "inpaint":  # known pixels first, the rest in a random order
+                        pixels = part.view(len(part), -1, self.config.tokens_per_pixel)[..., 0]
+                        order = random_orders(pixels < 0, self.config.tokens_per_pixel)
+                    out = self.sample_tokens(start, options.tokens_per_step, options.temperature, options.top_k,
+                                             options.top_p, progress=bar, guidance_scale=options.guidance_scale,
+                                             known=part, order=order, condition_ids=condition)
+                outputs.append(out.cpu())  # (b, 1 + N)
+        bar.close()
+        return torch.cat(outputs)
+
+
+__all__ = ["PixelGPTImageTasksMixin"]

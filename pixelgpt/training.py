@@ -1,0 +1,654 @@
+"""Training PixelGPT: the flags, data loading and checks, transforms, checkpoints, evaluation, sample grids and
+the training loop behind `examples/train.py` and `pixelgpt train` (the same flags; `--help` lists them).
+
+    accelerate launch examples/train.py --output_dir pixelgpt-fashion          # built-in Fashion-MNIST subset
+    accelerate launch examples/train.py --train_data_dir ./my_images --resolution 32 --quantization rgb
+    pixelgpt train --dataset_name user/dataset --image_column img --label_column cls --class_conditional
+    pixelgpt train --task inpaint                      # any-order model: inpaint, outpaint, vary
+    pixelgpt train --train_data_dir emoji --task colorize --quantization rgb --num_levels 4
+    pixelgpt train --task upscale --resolution 28 --condition_size 7 --quantization gray8
+    pixelgpt train --train_data_dir photos --source_dir sketches --task translate   # paired folders
+
+Plain `python examples/train.py` (or `pixelgpt train`) runs one process; `accelerate launch` adds multi-process /
+mixed precision.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from datasets import ClassLabel, DatasetDict, Value, load_dataset
+from datasets import Image as ImageFeature
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .default_data import DEFAULT_DATASET_NAME, load_default_dataset
+from .modeling import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration
+from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, PIXELGPT_TASKS
+from .modeling.layouts_pixelgpt import task_inputs
+from .processing import PixelGPTImageProcessor
+from .utils import IMAGE_EXTENSIONS, make_image_grid, open_image, write_model_card
+
+logger = get_logger(__name__)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data (default: the built-in Fashion-MNIST subset)")
+    data.add_argument("--train_data_dir", help="Folder of images (datasets 'imagefolder'); sub-folders become class labels.")
+    data.add_argument("--dataset_name", help="A datasets Hub name or local dataset path.")
+    data.add_argument("--dataset_config_name", help="Configuration name of --dataset_name.")
+    data.add_argument("--cache_dir", help="Where datasets caches downloads.")
+    data.add_argument("--image_column", default="image", help="Column holding the images.")
+    data.add_argument("--label_column", default=None,
+                      help="Column of integer or ClassLabel labels (default: 'label' when the data has it).")
+    data.add_argument("--split", default="train", help="Split to train on.")
+    data.add_argument("--eval_split", default=None,
+                      help="Held-out split (default: 'test' or 'validation' if present, else --eval_fraction of train).")
+    data.add_argument("--eval_fraction", type=float, default=0.05, help="Share of train held out when no eval split exists.")
+    data.add_argument("--max_train_samples", type=int, help="Use only this many training images.")
+    data.add_argument("--max_eval_samples", type=int, default=500, help="Evaluate on at most this many held-out images.")
+    data.add_argument("--source_column", help="--task translate: the column of source images (the image column "
+                      "holds the targets).")
+    data.add_argument("--source_dir", help="--task translate with --train_data_dir: a folder of source images with "
+                      "the same relative file names as the target images.")
+    data.add_argument("--skip_bad_images", action="store_true",
+                      help="Skip unreadable/too-small images (and report how many) instead of stopping.")
+
+    proc = p.add_argument_group("image processor")
+    proc.add_argument("--resolution", type=int, default=None, help="Side of the square training images (default: 28 "
+                      "for the built-in data, else 32).")
+    proc.add_argument("--quantization", default="gray", choices=["gray", "rgb", "gray8", "rgb8", "palette"],
+                      help="Token scheme: N-level gray/rgb, lossless 8-bit gray8/rgb8, or a k-means palette.")
+    proc.add_argument("--num_levels", type=int, default=8, help="Levels per channel for gray/rgb quantization.")
+    proc.add_argument("--fit_palette", action="store_true", help="Learn a k-means palette from training images "
+                      "(implies --quantization palette).")
+    proc.add_argument("--palette_size", type=int, default=256, help="Colours in the learned palette.")
+    proc.add_argument("--palette_samples", type=int, default=1000, help="Training images sampled to fit the palette.")
+    proc.add_argument("--resize_mode", default="crop", choices=["crop", "stretch"], help="Resize policy.")
+    proc.add_argument("--resample", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"],
+                      help="Resampling filter used when resizing.")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--task", default="generate", choices=PIXELGPT_TASKS,
+                       help="generate: raster-order model; inpaint: random-order model (inpainting, outpainting, "
+                       "variations); colorize / upscale: learn images from their own grayscale / low-resolution "
+                       "version; translate: learn targets from paired source images.")
+    model.add_argument("--inpaint_box_probability", type=float, default=0.5,
+                       help="--task inpaint: share of training orders that leave a random rectangle for last.")
+    model.add_argument("--condition_quantization", choices=["gray8", "gray", "rgb"], default=None,
+                       help="How condition images are tokenized (default: gray8 for colorize, else gray8 for gray "
+                       "quantizations and rgb otherwise).")
+    model.add_argument("--condition_num_levels", type=int, default=8, help="Levels per channel of gray/rgb conditions.")
+    model.add_argument("--condition_size", type=int, default=None,
+                       help="Side of the condition grid (default: resolution/4 for upscale, else the resolution).")
+    model.add_argument("--model_size", default="tiny", choices=sorted(PIXELGPT_PRESETS), help="Size preset.")
+    model.add_argument("--hidden_size", type=int, help="Override the preset's width.")
+    model.add_argument("--num_hidden_layers", type=int, help="Override the preset's depth.")
+    model.add_argument("--num_attention_heads", type=int, help="Override the preset's head count.")
+    model.add_argument("--intermediate_size", type=int, help="Override the MLP width.")
+    model.add_argument("--class_conditional", action="store_true", help="Condition on the label column (class tokens).")
+    model.add_argument("--class_dropout_prob", type=float, default=0.1,
+                       help="With --class_conditional: share of images trained with the unconditional start token, "
+                            "which classifier-free guidance (generate_images(guidance_scale=...)) needs.")
+    model.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
+    model.add_argument("--parallel_tokens", type=int, default=1,
+                       help="Also train k-ahead prediction for this k, so the model can draw k tokens per forward pass "
+                            "(generate_images(tokens_per_step=k)); 1 = one token per pass only.")
+    model.add_argument("--parallel_fraction", type=float, default=0.5,
+                       help="Share of training steps that use k-ahead prediction when --parallel_tokens > 1.")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--output_dir", default="pixelgpt-output", help="Where model, card, samples and checkpoints go.")
+    train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and sampling.")
+    train.add_argument("--train_batch_size", type=int, default=32, help="Images per device per step.")
+    train.add_argument("--eval_batch_size", type=int, default=64, help="Images per device per evaluation step.")
+    train.add_argument("--num_epochs", type=int, default=2, help="Passes over the training set.")
+    train.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides epochs).")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    train.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
+    train.add_argument("--lr_warmup_steps", type=int, default=100, help="Linear warm-up steps before cosine decay.")
+    train.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    train.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2.")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only).")
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
+    train.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
+    train.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay per optimizer step.")
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                      help="Mixed precision (default: accelerate's config).")
+    train.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
+
+    ev = p.add_argument_group("evaluation, samples, logging")
+    ev.add_argument("--eval_steps", type=int, default=500, help="Evaluate held-out bits/dim every N steps (and at the end).")
+    ev.add_argument("--sample_steps", type=int, default=1000, help="Save a sample grid every N steps (and at the end).")
+    ev.add_argument("--num_samples", type=int, default=16, help="Images in each sample grid.")
+    ev.add_argument("--report_to", default="none", help="accelerate trackers: tensorboard, wandb, all or none.")
+    ev.add_argument("--logging_steps", type=int, default=10, help="Log training metrics every N steps.")
+
+    ck = p.add_argument_group("checkpoints")
+    ck.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    ck.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
+    ck.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder to resume from.")
+
+    hub = p.add_argument_group("Hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model folder to the Hub.")
+    hub.add_argument("--hub_model_id", help="Repository id (default: the output folder's name).")
+    hub.add_argument("--hub_token", help="Hub token (default: the saved login).")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
+
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.train_data_dir and args.dataset_name:
+        p.error("give --train_data_dir or --dataset_name, not both")
+    if args.fit_palette:
+        args.quantization = "palette"
+    elif args.quantization == "palette":
+        p.error("--quantization palette needs --fit_palette (the palette is learned from the training images)")
+    for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps", "eval_steps",
+                 "sample_steps", "checkpointing_steps", "logging_steps", "num_samples", "max_eval_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.resolution is None:
+        args.resolution = 28 if not (args.train_data_dir or args.dataset_name) else 32
+    if not 0 < args.eval_fraction < 1:
+        p.error("--eval_fraction must be in (0, 1)")
+    if not 1 <= args.parallel_tokens <= 64:
+        p.error("--parallel_tokens must be in [1, 64]")
+    if not 0 < args.parallel_fraction <= 1:
+        p.error("--parallel_fraction must be in (0, 1]")
+    if not 0 <= args.class_dropout_prob <= 1:
+        p.error("--class_dropout_prob must be in [0, 1]")
+    if args.parallel_tokens > 1 and args.task != "generate":
+        p.error("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
+    if not 0 <= args.inpaint_box_probability <= 1:
+        p.error("--inpaint_box_probability must be in [0, 1]")
+    if args.task == "translate":
+        if not (args.source_column or args.source_dir):
+            p.error("--task translate needs paired source images: --source_column (a dataset column) or "
+                    "--source_dir (a folder mirroring --train_data_dir)")
+        if args.source_dir and not args.train_data_dir:
+            p.error("--source_dir pairs with --train_data_dir (the folder of target images)")
+        if args.source_dir and args.source_column:
+            p.error("give --source_column or --source_dir, not both")
+        if args.source_dir:
+            args.source_column = "source"  # the column that pairing with --source_dir adds
+    elif args.source_column or args.source_dir:
+        p.error("--source_column / --source_dir are for --task translate")
+    if args.task in CONDITIONAL_TASKS:
+        if args.class_conditional:
+            p.error(f"--class_conditional does not combine with --task {args.task}")
+        if args.condition_quantization is None:
+            gray = args.task == "colorize" or args.quantization in ("gray", "gray8")
+            args.condition_quantization = "gray8" if gray else "rgb"
+        if args.condition_size is None:
+            args.condition_size = max(1, args.resolution // 4) if args.task == "upscale" else args.resolution
+        if not 1 <= args.condition_size <= 256:
+            p.error("--condition_size must be in [1, 256]")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_splits(args):
+    """Returns (train, eval, dataset name for the card). Image columns are left undecoded (bytes/path)."""
+    if args.train_data_dir:
+        root = Path(args.train_data_dir)
+        if not root.is_dir():
+            raise ValueError(f"--train_data_dir {root} is not a folder.")
+        if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in root.rglob("*") if f.is_file()):
+            raise ValueError(f"--train_data_dir {root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        dataset, name = load_dataset("imagefolder", data_dir=str(root), cache_dir=args.cache_dir), None
+        if args.source_dir:  # pair before splitting, so that every missing source is reported at once
+            dataset = pair_with_sources(dataset, args)
+    elif args.dataset_name:
+        dataset = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
+        name = args.dataset_name
+    else:
+        dataset, name = load_default_dataset(), DEFAULT_DATASET_NAME
+    if not isinstance(dataset, DatasetDict):
+        dataset = DatasetDict({args.split: dataset})
+    if args.split not in dataset:
+        raise ValueError(f"Split {args.split!r} not found; the data has splits {sorted(dataset)}.")
+    eval_split = args.eval_split or next((s for s in ("test", "validation") if s in dataset and s != args.split), None)
+    if args.eval_split and args.eval_split not in dataset:
+        raise ValueError(f"--eval_split {args.eval_split!r} not found; the data has splits {sorted(dataset)}.")
+    train = dataset[args.split]
+    if len(train) == 0:
+        raise ValueError(f"Split {args.split!r} has no rows.")
+    if eval_split:
+        held_out = dataset[eval_split]
+    else:
+        parts = train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+        train, held_out = parts["train"], parts["test"]
+    for split in (train, held_out):
+        if args.image_column not in split.column_names:
+            raise ValueError(f"Image column {args.image_column!r} not found; columns are {split.column_names}.")
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    held_out = held_out.select(range(min(args.max_eval_samples, len(held_out))))
+    columns = [args.image_column] + ([args.source_column] if args.source_column else [])
+    for split in (train, held_out):
+        for column in columns[1:]:
+            if column not in split.column_names:
+                raise ValueError(f"Source column {column!r} not found; columns are {split.column_names}.")
+    for column in columns:
+        if isinstance(train.features[column], ImageFeature):  # decode ourselves, naming the file on failure
+            train = train.cast_column(column, ImageFeature(decode=False))
+            held_out = held_out.cast_column(column, ImageFeature(decode=False))
+    return train, held_out, name
+
+
+def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
+    """Add the source column: for each target image, the file of the same relative path (any image extension)
+    under --source_dir."""
+    root, sources = Path(args.train_data_dir).resolve(), Path(args.source_dir)
+    if not sources.is_dir():
+        raise ValueError(f"--source_dir {sources} is not a folder.")
+    paired, missing, total = {}, [], 0
+    for split, rows in dataset.items():
+        paired[split] = []
+        for value in rows.cast_column(args.image_column, ImageFeature(decode=False))[args.image_column]:
+            relative = Path(value["path"]).resolve().relative_to(root)
+            match = sources / relative
+            if not match.is_file():
+                candidates = sorted(match.parent.glob(match.stem + ".*"))  # same name, another image format
+                match = candidates[0] if candidates else None
+            if match is None:
+                missing.append(str(relative))
+            paired[split].append(str(match) if match else None)
+            total += 1
+    if missing:
+        raise ValueError(f"{len(missing)} of {total} target images have no source image of the same name under "
+                         f"--source_dir {sources}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    return DatasetDict({split: rows.add_column(args.source_column, paired[split]) for split, rows in dataset.items()})
+
+
+def resolve_label_column(args, dataset):
+    column = args.label_column or ("label" if "label" in dataset.column_names else None)
+    if column is None:
+        if args.class_conditional:
+            raise ValueError(f"--class_conditional needs a label column; columns are {dataset.column_names}.")
+        return None, 0, None
+    if column not in dataset.column_names:
+        raise ValueError(f"Label column {column!r} not found; columns are {dataset.column_names}.")
+    feature = dataset.features[column]
+    if isinstance(feature, ClassLabel):
+        return column, feature.num_classes, list(feature.names)
+    if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
+        labels = dataset[column]
+        if min(labels) < 0:
+            raise ValueError(f"Label column {column!r} has negative values; labels must be 0..num_classes-1.")
+        return column, max(labels) + 1, None
+    raise ValueError(f"Label column {column!r} has type {feature!r}; expected a ClassLabel or integer column "
+                     "(encode string labels with `dataset.class_encode_column`).")
+
+
+def check_images(dataset, column, processor, resolution, split_name, skip_bad, output_dir):
+    """Decode every image once and check it converts and is at least `resolution` on its short side. Returns the
+    dataset without bad rows when `skip_bad`, else raises naming the first bad files."""
+    problems, good = [], []
+    for i, value in enumerate(tqdm(dataset[column], desc=f"Checking {split_name} images", leave=False)):
+        try:
+            image = open_image(value, f"{split_name}[{i}]")
+            if min(image.size) < resolution:
+                raise ValueError(f"{image.info['pixelgpt_name']}: {image.width}x{image.height} is smaller than "
+                                 f"--resolution {resolution}")
+            processor.to_array(image)
+            good.append(i)
+        except ValueError as err:
+            problems.append(str(err))
+    if not problems:
+        return dataset
+    listing = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+    if not skip_bad:
+        raise ValueError(f"{len(problems)} bad image(s) in {split_name}:\n  {listing}\n"
+                         "Fix or remove them, or pass --skip_bad_images to skip them.")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    Path(output_dir, f"skipped_{split_name}_images.txt").write_text("\n".join(problems) + "\n")
+    logger.warning(f"Skipped {len(problems)} of {len(dataset)} {split_name} images (listed in "
+                   f"skipped_{split_name}_images.txt):\n  {listing}", main_process_only=True)
+    if not good:
+        raise ValueError(f"Every image in {split_name} is bad:\n  {listing}")
+    return dataset.select(good)
+
+
+def make_transform(processor, config, args, label_column):
+    def transform(batch):
+        images = [open_image(v, "image") for v in batch[args.image_column]]
+        input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
+        if args.class_conditional:
+            input_ids[:, 0] = torch.tensor(batch[label_column]) + config.vocab_size + 1  # class start tokens
+        out = {"input_ids": input_ids}
+        if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
+            sources = images if args.task != "translate" else [open_image(v, "source") for v in batch[args.source_column]]
+            out["condition_ids"] = processor.encode_condition(sources, return_tensors="pt").condition_ids
+        return out
+
+    return transform
+
+
+# ----------------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir):
+    """Complete checkpoints, oldest first. Partial saves live in `*.tmp` folders and are never listed."""
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*") if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(accelerator, args, step, ema):
+    """Write `checkpoint-<step>` atomically: into a temporary folder, renamed only once complete."""
+    final = Path(args.output_dir, f"checkpoint-{step}")
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if args.checkpoints_total_limit:
+            existing = list_checkpoints(args.output_dir)
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                shutil.rmtree(old)  # make room for the one being written
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if ema is not None:
+            # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).
+            save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
+        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step}))
+        os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean"):
+    """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
+    the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest."""
+    config = accelerator.unwrap_model(model).config
+    inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator)
+    labels = inputs.pop("labels")
+    logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator, k=1, seed=0):
+    """Mean held-out negative log-likelihood in bits per token (= bits/dim for lossless 8-bit modes), for
+    k-ahead prediction (k = 1: ordinary one-token-per-pass decoding). Any-order models are scored on random orders
+    drawn from `seed`, the same ones at every evaluation."""
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
+    for batch in dataloader:
+        ids = batch["input_ids"]
+        nll = task_loss(model, accelerator, batch, k, generator=generator, reduction="none")
+        nll = accelerator.gather_for_metrics(nll.view(ids.shape[0], -1))
+        total += nll.sum()
+        count += nll.numel()
+    model.train()
+    return (total / count).item() / math.log(2)
+
+
+def save_samples(model, processor, args, step, num_classes, accelerator, held_out):
+    """A grid of samples; conditional models show (condition, output) pairs for the first held-out images."""
+    unwrapped = accelerator.unwrap_model(model)
+    sampling = dict(image_processor=processor, generator=torch.Generator().manual_seed(args.seed),
+                    batch_size=args.num_samples, show_progress=False)
+    if unwrapped.config.is_conditional:
+        column = args.source_column if args.task == "translate" else args.image_column
+        sources = [open_image(v, "image") for v in held_out[: max(1, args.num_samples // 2)][column]]
+        outputs = unwrapped.translate_images(sources, **sampling)
+        condition = processor.condition_processor
+        shown = condition.decode(condition(sources).input_ids)  # what the model reads, as an image
+        shown = [c.resize((args.resolution, args.resolution), Image.Resampling.NEAREST) for c in shown]
+        images = [image for pair in zip(shown, outputs) for image in pair]
+    else:
+        labels = [i % num_classes for i in range(args.num_samples)] if num_classes else None
+        images = unwrapped.generate_images(1 if labels else args.num_samples, class_labels=labels, **sampling)
+    grid = make_image_grid(images, cols=min(8, len(images)))
+    path = Path(args.output_dir, "samples", f"step-{step:06d}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"samples": wandb.Image(grid)}, step=step)
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main(args):
+    started = time.time()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir, "logs"))),
+        # The seedable sampler makes epoch e's order a function of (seed, e): a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.logger.setLevel(logging.INFO)  # our progress lines, without accelerate's per-file save messages
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        for leftover in Path(args.output_dir).glob("checkpoint-*.tmp"):  # a save that was interrupted
+            shutil.rmtree(leftover)
+
+    # ---- data and processor
+    train, held_out, dataset_name = load_splits(args)
+    label_column, num_classes, class_names = resolve_label_column(args, train)
+    condition = {}
+    if args.task in CONDITIONAL_TASKS:
+        condition = dict(condition_quantization=args.condition_quantization,
+                         condition_num_levels=args.condition_num_levels, condition_size=args.condition_size)
+    processor = PixelGPTImageProcessor(quantization="rgb8" if args.fit_palette else args.quantization,
+                                       num_levels=args.num_levels, image_size=args.resolution,
+                                       resize_mode=args.resize_mode, resample=args.resample, **condition)
+    train = check_images(train, args.image_column, processor, args.resolution, "train", args.skip_bad_images,
+                         args.output_dir)
+    held_out = check_images(held_out, args.image_column, processor, args.resolution, "eval", args.skip_bad_images,
+                            args.output_dir)
+    if args.task == "translate":
+        sources = (args.source_column, processor.condition_processor, args.condition_size)
+        train = check_images(train, *sources, "train_source", args.skip_bad_images, args.output_dir)
+        held_out = check_images(held_out, *sources, "eval_source", args.skip_bad_images, args.output_dir)
+    if args.fit_palette:
+        sample = train.shuffle(seed=args.seed).select(range(min(args.palette_samples, len(train))))
+        processor.fit_palette([open_image(v, "image") for v in sample[args.image_column]], args.palette_size,
+                              seed=args.seed)
+        logger.info(f"Fitted a {processor.vocab_size}-colour palette on {len(sample)} images")
+
+    overrides = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "intermediate_size") if getattr(args, k) is not None}
+    config_kwargs = dict(PIXELGPT_PRESETS[args.model_size], **overrides)
+    if args.class_conditional:
+        config_kwargs["num_classes"] = num_classes
+        if class_names:
+            config_kwargs["id2label"] = dict(enumerate(class_names))
+    config = PixelGPTConfig(vocab_size=processor.vocab_size, image_size=args.resolution,
+                            tokens_per_pixel=processor.tokens_per_pixel, parallel_tokens=args.parallel_tokens,
+                            task=args.task, condition_size=processor.condition_size,
+                            condition_vocab_size=processor.condition_vocab_size, **config_kwargs)
+    model = PixelGPTForImageGeneration(config)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    transform = make_transform(processor, config, args, label_column)
+    # Each loader gets its own generator: creating an iterator (every epoch, every evaluation, the skipping
+    # loader of a resumed run) then never draws from torch's global RNG, which training randomness relies on.
+    train_loader = torch.utils.data.DataLoader(train.with_transform(transform), batch_size=args.train_batch_size,
+                                               shuffle=True, num_workers=args.dataloader_num_workers, drop_last=True,
+                                               generator=torch.Generator().manual_seed(args.seed))
+    eval_loader = torch.utils.data.DataLoader(held_out.with_transform(transform), batch_size=args.eval_batch_size,
+                                              num_workers=args.dataloader_num_workers,
+                                              generator=torch.Generator().manual_seed(args.seed))
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
+
+    # ---- optimisation: decay matrices only (not norms or embeddings' biases), warm-up then cosine
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    # accelerate steps a prepared scheduler once per process per optimizer step, so lengths scale with processes.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.lr_warmup_steps, max_steps // 2) *
+                                                accelerator.num_processes, max_steps * accelerator.num_processes)
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler)
+    ema = None
+    if args.use_ema and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError("--use_ema keeps a full copy of the weights and is not supported with FSDP or DeepSpeed "
+                         "sharding; use DDP (multi_gpu.yaml) or drop --use_ema.")
+    if args.use_ema:
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
+                            use_buffers=True)
+
+    bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim else "bits_per_token"
+    if accelerator.is_main_process:
+        accelerator.init_trackers("pixelgpt", config={k: v for k, v in vars(args).items()
+                                                      if isinstance(v, (int, float, str, bool))})
+
+    # ---- resume
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = list_checkpoints(args.output_dir)
+            path = found[-1] if found else None
+            if path is None:
+                logger.warning(f"No checkpoint in {args.output_dir}; starting a new run.")
+        else:
+            path = Path(args.resume_from_checkpoint)
+            if not CHECKPOINT_RE.match(path.name) or not path.is_dir():
+                raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint-<step> folder.")
+        if path is not None:
+            accelerator.load_state(str(path))
+            global_step = json.loads((path / "pixelgpt_step.json").read_text())["step"]
+            if ema is not None:
+                ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+            first_epoch = global_step // steps_per_epoch
+            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+            logger.info(f"Resumed from {path.name} at step {global_step}")
+
+    logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
+                f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{config.num_image_tokens} tokens per image")
+    untrained_bits = evaluate(model, eval_loader, accelerator, seed=args.seed) if global_step == 0 else None
+    if untrained_bits is not None:
+        logger.info(f"untrained held-out {bits_name}: {untrained_bits:.4f}")
+    eval_bits = untrained_bits
+
+    progress = tqdm(total=max_steps, initial=global_step, desc="Training", disable=not accelerator.is_local_main_process)
+    tokens_seen, tick = 0, time.time()
+    model.train()
+    for epoch in range(first_epoch, num_epochs):
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == first_epoch else train_loader
+        for batch in loader:
+            with accelerator.accumulate(model):
+                # k-ahead steps teach parallel decoding; the draw uses torch's RNG, which checkpoints restore.
+                k = 1
+                if args.parallel_tokens > 1 and torch.rand(()) < args.parallel_fraction:
+                    k = args.parallel_tokens
+                input_ids = batch["input_ids"]
+                if args.class_conditional and args.class_dropout_prob > 0:
+                    # Condition dropout: some images learn the unconditional start token, for guidance.
+                    dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < args.class_dropout_prob
+                    input_ids = input_ids.clone()
+                    input_ids[dropped, 0] = config.start_token_id
+                # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
+                loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
+            bits = loss.item() / math.log(2)
+            rate = tokens_seen / max(time.time() - tick, 1e-9)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", **{bits_name: f"{bits:.3f}"}, tok_s=f"{rate:,.0f}")
+            if global_step % args.logging_steps == 0:
+                accelerator.log({"train/loss": loss.item(), f"train/{bits_name}": bits, "train/tokens_per_s": rate,
+                                 "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args, global_step, ema)
+            if global_step % args.eval_steps == 0 and global_step < max_steps:
+                eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
+                accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
+                logger.info(f"step {global_step}: held-out {bits_name} {eval_bits:.4f}")
+            if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
+                save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
+            if global_step >= max_steps:
+                break
+        if global_step >= max_steps:
+            break
+    progress.close()
+
+    # ---- final: evaluate, save the unwrapped (EMA) model, processor, samples and card
+    accelerator.wait_for_everyone()
+    final_model = accelerator.unwrap_model(model)
+    if ema is not None:
+        final_model.load_state_dict(ema.module.state_dict())
+    state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
+    eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
+    accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
+    logger.info(f"final held-out {bits_name}: {eval_bits:.4f}")
+    parallel_bits = None
+    if args.parallel_tokens > 1:
+        parallel_bits = evaluate(model, eval_loader, accelerator, k=args.parallel_tokens, seed=args.seed)
+        logger.info(f"final held-out {bits_name} of {args.parallel_tokens}-ahead prediction: {parallel_bits:.4f}")
+    if accelerator.is_main_process:
+        out = Path(args.output_dir)
+        final_model.save_pretrained(out, state_dict=state_dict)
+        processor.save_pretrained(out)
+        grid = save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
+        grid.save(out / "samples.png")
+        metrics = {bits_name: eval_bits, "untrained_" + bits_name: untrained_bits, "steps": global_step,
+                   "train_seconds": round(time.time() - started, 1)}
+        if parallel_bits is not None:
+            metrics[f"{bits_name}_{args.parallel_tokens}_ahead"] = parallel_bits
+        (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(out, args=args, config=config, processor=processor, dataset_name=dataset_name,
+                         metrics=metrics, bits_name=bits_name, num_train_images=len(train))
+        if args.push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            repo_id = api.create_repo(args.hub_model_id or out.resolve().name, private=args.hub_private_repo,
+                                      exist_ok=True).repo_id
+            api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"PixelGPT, step {global_step}",
+                              ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*"])
+            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+    # Release the DDP wrapper (and its gradient reducer) while the process group still exists: freed after
+    # end_training() destroys the group, it could hang a CPU/gloo run on its way out.
+    del model, optimizer, train_loader, eval_loader, scheduler
+    accelerator.free_memory()
+    accelerator.end_training()
+    return eval_bits

@@ -1,0 +1,79 @@
+"""Training and scoring layouts (layouts_pixelgpt.py): k-ahead rows, any-order rows, random orders and boxes."""
+
+
+import torch
+import torch.nn.functional as F
+from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_boxes, random_orders, task_inputs
+
+from conftest import make_model, random_ids
+
+
+def test_k_ahead_layout_with_k_1_is_the_raster_model():
+    model = make_model()
+    ids = random_ids(model.config)
+    inputs = k_ahead_inputs(ids, 1)
+    assert torch.equal(inputs["input_ids"], ids[:, :-1])
+    out = model(**inputs)
+    torch.testing.assert_close(out.loss, model(ids, labels=ids).loss)
+    torch.testing.assert_close(out.logits, model(ids).logits[:, :-1])
+
+
+def test_k_ahead_rows_never_see_their_target_or_later_tokens():
+    model = make_model(parallel_tokens=3)
+    ids = random_ids(model.config)
+    logits = model(**k_ahead_inputs(ids, 3)).logits
+    changed = ids.clone()
+    changed[:, 1 + 10] = (changed[:, 1 + 10] + 1) % 13  # token 10 is held by row 13, which predicts token 13
+    later = model(**k_ahead_inputs(changed, 3)).logits
+    torch.testing.assert_close(logits[:, :13], later[:, :13], rtol=0, atol=0)
+    assert not torch.allclose(logits[:, 13], later[:, 13])
+
+
+def test_any_order_inputs_are_a_shifted_permutation_with_boxes_last():
+    model = make_model(task="inpaint", vocab_size=11, image_size=4, tokens_per_pixel=3)
+    ids = random_ids(model.config, batch=3)
+    inputs = task_inputs(model.config, ids, box_probability=1.0, generator=torch.Generator().manual_seed(0))
+    order = inputs["target_positions"]  # (B, N)
+    n = model.config.num_image_tokens
+    assert order.shape == (3, n) and all(sorted(row.tolist()) == list(range(n)) for row in order)
+    assert torch.equal(inputs["labels"], ids[:, 1:].gather(1, order))
+    assert torch.equal(inputs["input_ids"][:, 1:], inputs["labels"][:, :-1])
+    assert torch.equal(inputs["input_ids"][:, 0], ids[:, 0]) and (inputs["input_positions"][:, 0] == -1).all()
+    assert torch.equal(inputs["input_positions"][:, 1:], order[:, :-1])
+    assert torch.equal(order % 3, torch.arange(3).repeat(n // 3).expand(3, -1))  # a pixel's R, G, B stay in order
+    # The rectangle (drawn with the same generator) is a contiguous block at the end of every order.
+    boxes = random_boxes(3, model.config.image_size, 1.0, torch.Generator().manual_seed(0))  # (B, pixels)
+    for row, box in zip(order, boxes):
+        pixels = row[::3] // 3
+        in_box = box[pixels]
+        assert in_box.any() and not in_box[: len(pixels) - int(in_box.sum())].any()
+
+
+def test_any_order_loss_scores_every_token_once():
+    model = make_model(task="inpaint")
+    ids = random_ids(model.config)
+    inputs = task_inputs(model.config, ids, generator=torch.Generator().manual_seed(1))
+    out = model(**inputs)
+    expected = F.cross_entropy(out.logits.flatten(0, 1), inputs["labels"].flatten())
+    torch.testing.assert_close(out.loss, expected)
+    assert out.logits.shape == (2, model.config.num_image_tokens, model.config.vocab_size)
+
+
+def test_any_order_queries_see_context_on_every_side():
+    """The first redrawn pixel's prediction depends on a kept pixel that comes after it in raster order."""
+    model = make_model(task="inpaint", vocab_size=256)
+    known = random_ids(model.config)[:, 1:]
+    below = known.clone()
+    below[:, -1] = (below[:, -1] + 17) % 256  # change the bottom-right pixel only
+    mask = torch.zeros(2, 25, dtype=torch.bool)
+    mask[:, 0] = True  # redraw the top-left pixel
+    order = random_orders(mask, model.config.tokens_per_pixel, torch.Generator().manual_seed(0))
+    assert (order[:, -1] == 0).all()
+
+    def last_logits(tokens):
+        seq = tokens.gather(1, order)
+        ids = torch.cat([torch.full((2, 1), model.config.start_token_id), seq[:, :-1]], 1)
+        held = torch.cat([torch.full((2, 1), -1), order[:, :-1]], 1)
+        return model(input_ids=ids, input_positions=held, target_positions=order).logits[:, -1]
+
+    assert not torch.allclose(last_logits(known), last_logits(below))

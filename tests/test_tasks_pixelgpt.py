@@ -1,0 +1,313 @@
+"""The image methods (tasks_pixelgpt.py): generate, complete, inpaint, vary, outpaint, colorize, upscale,
+translate and score_images, with their argument checks."""
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel
+
+from pixelgpt import (
+    PixelGPTForImageGeneration,
+    PixelGPTImageProcessor,
+)
+
+from conftest import make_conditional, make_model
+
+
+def test_generate_images_returns_pil_and_reproduces_with_a_generator(model_and_processor):
+    model, processor = model_and_processor
+    kwargs = dict(image_processor=processor, show_progress=False)
+    images = model.generate_images(3, generator=torch.Generator().manual_seed(0), batch_size=2, **kwargs)
+    assert len(images) == 3 and all(isinstance(i, Image.Image) and i.size == (5, 5) and i.mode == "RGB"
+                                    for i in images)
+    again = model.generate_images(3, generator=torch.Generator().manual_seed(0), batch_size=2, **kwargs)
+    other = model.generate_images(3, generator=torch.Generator().manual_seed(1), batch_size=2, **kwargs)
+    as_array = lambda imgs: np.stack([np.asarray(i) for i in imgs])  # noqa: E731
+    assert np.array_equal(as_array(images), as_array(again))
+    assert not np.array_equal(as_array(images), as_array(other))
+
+
+def test_generate_images_greedy_is_deterministic_and_matches_generate(model_and_processor):
+    model, processor = model_and_processor
+    tokens = model.generate_images(2, temperature=0, output_type="tokens", show_progress=False)
+    start = torch.full((1, 1), model.config.start_token_id)
+    reference = model.generate(start, do_sample=False, max_new_tokens=25, eos_token_id=None, pad_token_id=None,
+                               attention_mask=torch.ones_like(start))
+    assert torch.equal(tokens, reference.repeat(2, 1))
+
+
+def test_generate_images_class_labels_set_the_start_token(model_and_processor):
+    model, processor = model_and_processor
+    tokens = model.generate_images(2, class_labels=[1, 0], output_type="tokens", show_progress=False)
+    assert tokens[:, 0].tolist() == [model.config.class_token_id(c) for c in (1, 1, 0, 0)]
+    assert tokens.shape == (4, 26) and tokens[:, 1:].max() < 64
+
+
+def test_generate_images_does_not_disturb_the_global_rng(model_and_processor):
+    model, processor = model_and_processor
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model.generate_images(1, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_images=0), "num_images"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=-2), "top_k"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(class_labels=[5]), "out of range"),
+    ],
+)
+def test_generate_images_rejects_bad_arguments(model_and_processor, kwargs, message):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match=message):
+        model.generate_images(image_processor=processor, show_progress=False, **kwargs)
+
+
+def test_generate_images_checks_the_processor_matches(model_and_processor):
+    model, _ = model_and_processor
+    with pytest.raises(ValueError, match="does not match the model"):
+        model.generate_images(image_processor=PixelGPTImageProcessor(quantization="gray", num_levels=10,
+                                                                     image_size=5), show_progress=False)
+    with pytest.raises(ValueError, match="No image processor"):
+        model.generate_images(show_progress=False)
+
+
+def test_generate_images_loads_the_processor_saved_beside_the_model(tmp_path, model_and_processor):
+    model, processor = model_and_processor
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    images = loaded.generate_images(2, generator=torch.Generator().manual_seed(0), show_progress=False)
+    expected = model.generate_images(2, generator=torch.Generator().manual_seed(0), image_processor=processor,
+                                     show_progress=False)
+    assert [np.asarray(i).tolist() for i in images] == [np.asarray(i).tolist() for i in expected]
+
+
+def test_completion_keeps_the_given_rows_pixel_for_pixel(gray8_model):
+    model, processor = gray8_model
+    images = [np.random.default_rng(i).integers(0, 256, (5, 5), dtype=np.uint8) for i in range(2)]
+    completed = model.complete_images(images, keep_rows=2, num_completions=3, image_processor=processor,
+                                      generator=torch.Generator().manual_seed(0), batch_size=4, show_progress=False)
+    assert len(completed) == 6 and all(c.size == (5, 5) and c.mode == "L" for c in completed)
+    for i, image in enumerate(completed):
+        pixels = np.asarray(image)
+        assert np.array_equal(pixels[:2], images[i // 3][:2])  # completions of input 0 first, then input 1
+    bottoms = [np.asarray(c)[2:] for c in completed[:3]]
+    assert not (np.array_equal(bottoms[0], bottoms[1]) and np.array_equal(bottoms[1], bottoms[2]))
+    again = model.complete_images(images, keep_rows=2, num_completions=3, image_processor=processor,
+                                  generator=torch.Generator().manual_seed(0), batch_size=4, show_progress=False)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(completed, again))
+
+
+@pytest.mark.parametrize("keep_rows", [0, 3, 5])
+def test_completion_fast_path_matches_generate(gray8_model, keep_rows):
+    model, processor = gray8_model
+    images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 1), dtype=np.uint8)  # (B, H, W, C)
+    kwargs = dict(keep_rows=keep_rows, num_completions=2, class_labels=[1, 0], guidance_scale=1.5,
+                  image_processor=processor, output_type="tokens", show_progress=False)
+    fast = model.complete_images(images, generator=torch.Generator().manual_seed(3), **kwargs)
+    reference = model.complete_images(images, generator=torch.Generator().manual_seed(3), use_generate=True, **kwargs)
+    assert torch.equal(fast, reference)
+    assert fast[:, 0].tolist() == [model.config.class_token_id(c) for c in (1, 1, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep_rows=6), r"keep_rows` must be an int in \[0, 5\]"),
+        (dict(keep_rows=2, num_completions=0), "num_completions"),
+        (dict(keep_rows=2, class_labels=[0]), "one class label per input image: 2 images, 1 labels"),
+        (dict(keep_rows=2, class_labels=[0, 5]), "out of range"),
+    ],
+)
+def test_completion_rejects_bad_arguments(gray8_model, kwargs, message):
+    model, processor = gray8_model
+    images = [np.zeros((5, 5), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=message):
+        model.complete_images(images, image_processor=processor, show_progress=False, **kwargs)
+
+
+def test_inpainting_keeps_unmasked_pixels_and_reproduces(inpaint_model):
+    model, processor = inpaint_model
+    images = [np.random.default_rng(i).integers(0, 256, (6, 6), dtype=np.uint8) for i in range(2)]
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:4, 2:5] = True
+    kwargs = dict(num_samples=2, image_processor=processor, batch_size=3, show_progress=False)
+    out = model.inpaint_images(images, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(out) == 4 and all(o.size == (6, 6) and o.mode == "L" for o in out)
+    for i, image in enumerate(out):
+        assert np.array_equal(np.asarray(image)[~mask], images[i // 2][~mask])  # pixel for pixel
+    assert not np.array_equal(np.asarray(out[0])[mask], np.asarray(out[1])[mask])
+    again = model.inpaint_images(images, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+
+
+def test_inpainting_masks_at_image_size_follow_the_crop(inpaint_model):
+    model, processor = inpaint_model
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 18), dtype=np.uint8))  # 18 wide, 12 high
+    mask = Image.new("L", (18, 12), 0)
+    mask.paste(255, (3, 0, 9, 12))  # columns 3..8 -> after the crop (columns 3..14 kept, halved): grid columns 0..2
+    grid = processor.prepare_mask(mask, image)[0]
+    assert grid[:, :3].all() and not grid[:, 3:].any()
+    out = model.inpaint_images(image, mask, image_processor=processor, output_type="tokens", show_progress=False,
+                               generator=torch.Generator().manual_seed(0))
+    kept = processor(image).input_ids[0, 1:].view(6, 6)
+    assert torch.equal(out[0, 1:].view(6, 6)[:, 3:], kept[:, 3:])
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.zeros((4, 4), dtype=bool), "matches neither the model grid 6x6 nor its image"),
+        (np.full((6, 6), 0.5), "masks must be binary"),
+        (np.zeros((2, 6, 6, 2)), "expected a 2-D mask"),
+        ([np.zeros((6, 6), dtype=bool)] * 3, "one mask for all images or one per image: 2 images, 3 masks"),
+    ],
+)
+def test_inpainting_rejects_bad_masks(inpaint_model, mask, message):
+    model, processor = inpaint_model
+    images = [np.zeros((6, 6), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=message):
+        model.inpaint_images(images, mask, image_processor=processor, show_progress=False)
+
+
+def test_transformations_need_a_model_trained_for_them(gray8_model):
+    model, processor = gray8_model  # task "generate"
+    image = np.zeros((5, 5), dtype=np.uint8)
+    for call in (lambda: model.inpaint_images(image, np.ones((5, 5), bool), image_processor=processor),
+                 lambda: model.vary_images(image, image_processor=processor),
+                 lambda: model.outpaint_images(image, right=2, image_processor=processor)):
+        with pytest.raises(ValueError, match=r"needs a model trained for 'inpaint'.*--task inpaint"):
+            call()
+    for call in (model.colorize_images, model.upscale_images, model.translate_images):
+        with pytest.raises(ValueError, match="--task"):
+            call(image, image_processor=processor)
+
+
+def test_variations_keep_exactly_the_unredrawn_share(inpaint_model):
+    model, processor = inpaint_model
+    image = np.random.default_rng(3).integers(0, 256, (6, 6), dtype=np.uint8)
+    same = model.vary_images(image, strength=0.0, image_processor=processor, show_progress=False)[0]
+    assert np.array_equal(np.asarray(same), image)
+    kwargs = dict(num_variations=3, image_processor=processor, show_progress=False)
+    out = model.vary_images(image, strength=0.5, generator=torch.Generator().manual_seed(1), **kwargs)
+    # 18 of 36 pixels are redrawn per variation: at least the other 18 are equal, and the kept sets differ.
+    kept = [np.asarray(o) == image for o in out]
+    assert all(k.sum() >= 18 for k in kept) and not np.array_equal(kept[0], kept[1])
+    again = model.vary_images(image, strength=0.5, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    with pytest.raises(ValueError, match=r"`strength` must be a number in \[0, 1\]"):
+        model.vary_images(image, strength=1.5, image_processor=processor)
+
+
+def test_outpainting_extends_beyond_the_training_grid(inpaint_model):
+    model, processor = inpaint_model
+    images = np.random.default_rng(4).integers(0, 256, (2, 6, 6, 1), dtype=np.uint8)
+    kwargs = dict(left=2, right=9, top=1, image_processor=processor, show_progress=False, batch_size=2)
+    out = model.outpaint_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert [o.size for o in out] == [(17, 7), (17, 7)]
+    for o, image in zip(out, images):
+        assert np.array_equal(np.asarray(o)[1:7, 2:8], image[..., 0])  # the original, pixel for pixel
+    again = model.outpaint_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    tokens = model.outpaint_images(images, output_type="tokens", **dict(kwargs, left=0, right=0, top=0))
+    assert torch.equal(tokens, torch.from_numpy(images.reshape(2, -1).astype(np.int64)))  # nothing to add
+    with pytest.raises(ValueError, match=r"`right` must be an int in \[0, 24\]"):
+        model.outpaint_images(images, right=-1, image_processor=processor)
+
+
+def test_colorize_upscale_translate_return_images_and_reproduce():
+    model, processor = make_conditional("colorize", condition_size=6)
+    images = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
+    kwargs = dict(num_samples=2, image_processor=processor, show_progress=False)
+    out = model.colorize_images(images, keep_luminance=False, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(out) == 4 and all(o.size == (6, 6) and o.mode == "RGB" for o in out)
+    again = model.translate_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, again))
+    # keep_luminance (default): the model's colours, the input's own gray values.
+    kept = model.colorize_images(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    for i, image in enumerate(kept):
+        gray = np.asarray(Image.fromarray(images[i // 2]).convert("L"), dtype=int)
+        error = np.abs(np.asarray(image.convert("L"), dtype=int) - gray)
+        # Exact up to YCbCr rounding, except where a (here random, untrained) colour leaves the RGB gamut and clips.
+        inside = ((np.asarray(image) > 0) & (np.asarray(image) < 255)).all(-1)
+        assert inside.sum() >= 6 and error[inside].max() <= 2
+    # A colour image and its grayscale version are the same condition.
+    gray = [Image.fromarray(i).convert("L") for i in images]
+    assert torch.equal(processor.encode_condition(gray).condition_ids, processor.encode_condition(images).condition_ids)
+    with pytest.raises(ValueError, match="needs a model trained for 'upscale'"):
+        model.upscale_images(images, image_processor=processor)
+    with pytest.raises(ValueError, match=r"use `colorize_images\(images\)`"):
+        model.generate_images(image_processor=processor)
+    with pytest.raises(ValueError, match="condition_vocab_size"):
+        model.colorize_images(images, image_processor=PixelGPTImageProcessor(quantization="rgb", num_levels=4,
+                                                                             image_size=6))
+
+
+def test_conditional_model_and_processor_round_trip(tmp_path):
+    model, processor = make_conditional("upscale")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = PixelGPTForImageGeneration.from_pretrained(tmp_path)
+    assert (loaded.config.task, loaded.config.condition_size, loaded.config.condition_vocab_size) == ("upscale", 3, 256)
+    low = np.random.default_rng(2).integers(0, 256, (3, 3), dtype=np.uint8)
+    kwargs = dict(output_type="tokens", show_progress=False)
+    a = model.upscale_images(low, image_processor=processor, generator=torch.Generator().manual_seed(5), **kwargs)
+    b = loaded.upscale_images(low, generator=torch.Generator().manual_seed(5), **kwargs)  # processor from the folder
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="one condition image per image: 1 images, 2 condition images"):
+        model.score_images(np.zeros((6, 6), np.uint8), condition_images=[low, low], image_processor=processor)
+    with pytest.raises(ValueError, match="for conditional models"):
+        make_model().score_images(np.zeros((5, 5), np.uint8), condition_images=low,
+                                  image_processor=PixelGPTImageProcessor(quantization="gray", num_levels=13, image_size=5))
+
+
+def test_score_images_is_the_loss_in_bits_and_masked_scores_see_the_right_context(gray8_model, inpaint_model):
+    model, processor = gray8_model
+    images = np.random.default_rng(5).integers(0, 256, (3, 5, 5, 1), dtype=np.uint8)
+    bits = model.score_images(images, image_processor=processor, batch_size=2)
+    ids = processor(images).input_ids
+    expected = torch.stack([model(i[None], labels=i[None]).loss for i in ids]) / np.log(2)
+    torch.testing.assert_close(bits, expected)
+    # Masked scores: a raster model ignores pixels after the masked rows; an inpainting model reads them.
+    for (m, p), size in (((model, processor), 5), (inpaint_model, 6)):
+        image = np.random.default_rng(6).integers(0, 256, (size, size), dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=bool)
+        mask[1:3] = True
+        changed = image.copy()
+        changed[-1] = 255 - changed[-1]
+        seed = dict(image_processor=p)
+        a = m.score_images(image, mask, generator=torch.Generator().manual_seed(0), **seed)
+        b = m.score_images(changed, mask, generator=torch.Generator().manual_seed(0), **seed)
+        assert torch.equal(a, b) == (m.config.task == "generate")
+
+
+def test_inpainting_models_read_every_kept_pixel_before_drawing(inpaint_model):
+    model, processor = inpaint_model
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[2:5, 1:4] = True
+    calls = []
+    original = model.sample_tokens
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    with mock.patch.object(model, "sample_tokens", spy):
+        model.inpaint_images(np.zeros((6, 6), np.uint8), mask, num_samples=3, image_processor=processor,
+                             show_progress=False, generator=torch.Generator().manual_seed(0))
+    order, known = calls[0]["order"], calls[0]["known"]
+    kept = int((~mask).sum())
+    assert order.shape == (3, 36) and (known.gather(1, order)[:, :kept] >= 0).all()  # kept pixels come first
+    assert (known.gather(1, order)[:, kept:] < 0).all()
+    assert not torch.equal(order[0], order[1])  # each sample draws the hole in its own random order

@@ -34,7 +34,8 @@ def build(images: np.ndarray, labels: np.ndarray, per_class: int, out: Path) -> 
         encoded.append({"bytes": buf.getvalue(), "path": None})
     features = Features({"image": Image(), "label": ClassLabel(names=CLASSES)})
     Dataset.from_dict({"image": encoded, "label": labels[keep].tolist()}, features=features).to_parquet(str(out))
-    print(f"{out}: {len(keep)} images, {out.stat().st_size} bytes, sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}")
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    print(f"{out}: {len(keep)} images, {out.stat().st_size} bytes, sha256 {digest}")
 
 
 def main() -> None:

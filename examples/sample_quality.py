@@ -7,9 +7,9 @@ model sees), plus an 11th "not clothing" class of noise and pixel-shuffled real 
 labels noise confidently as some garment). It is checked on the held-out test images, then labels the model's samples
 and, as the baseline, samples of an untrained model with the same configuration. Reported: the share of images
 recognised as a garment class with confidence >= --confidence, the mean top probability, the class histogram (last
-entry: not clothing) with its entropy over garments (diversity; 3.32 bits at most) and, for class-conditional models, how often the label matches the requested class (chance: 10%;
---guidance_scale sets classifier-free guidance). Works for
-models trained on the built-in data (28x28, 10 classes).
+entry: not clothing) with its entropy over garments (diversity; 3.32 bits at most) and, for class-conditional
+models, how often the label matches the requested class (chance: 10%; --guidance_scale sets classifier-free
+guidance). Works for models trained on the built-in data (28x28, 10 classes).
 """
 
 import argparse

@@ -99,7 +99,8 @@ def measure_inpaint(args, model):
     for kind in ("centre", "random"):
         masks = masks_for(size, len(images), kind, args.seed)
         entry = {"masked_bits_per_token": {
-            "inpainting_model_all_sides": float(model.score_images(images, masks, generator=torch.Generator().manual_seed(args.seed)).mean()),
+            "inpainting_model_all_sides": float(
+                model.score_images(images, masks, generator=torch.Generator().manual_seed(args.seed)).mean()),
             "raster_model_prefix_only": float(raster.score_images(images, masks).mean()),
         }}
         samples = np.stack([pixels(model.inpaint_images(images, masks, **sampling(args)))[..., 0]])
@@ -138,7 +139,7 @@ def measure_conditional(args, model):
     ceiling = pixels(quantized(processor, images))
     if args.task == "upscale":
         low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
-        inputs = [Image.fromarray(l[..., 0] if l.shape[-1] == 1 else l) for l in low]
+        inputs = [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x) for x in low]
         mode = "L" if truth.shape[-1] == 1 else "RGB"
         baseline = np.stack([np.asarray(i.convert(mode).resize(truth.shape[1:3][::-1], Image.Resampling.BICUBIC),
                                         dtype=np.float64).reshape(truth.shape[1:]) for i in inputs])

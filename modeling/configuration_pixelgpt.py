@@ -36,7 +36,8 @@ class PixelGPTConfig(PreTrainedConfig):
     Configuration of a PixelGPT model: a decoder-only transformer over the raster-order token sequence of a square
     image, with 2-D rotary positions.
 
-    A sequence is `[condition tokens] + [start] + image tokens` (condition tokens only for the conditional tasks). The start token is `start_token_id` (= `vocab_size`) for unconditional images or
+    A sequence is `[condition tokens] + [start] + image tokens` (condition tokens only for the conditional tasks).
+    The start token is `start_token_id` (= `vocab_size`) for unconditional images or
     `class_token_id(c)` for class `c`. Image tokens take values in `[0, vocab_size)`; each pixel is
     `tokens_per_pixel` tokens (3 for lossless `rgb8`, 1 otherwise), so an image is
     `image_size * image_size * tokens_per_pixel` tokens.
@@ -160,7 +161,8 @@ class PixelGPTConfig(PreTrainedConfig):
         check(self.intermediate_size is None or self.intermediate_size >= 1,
               f"`intermediate_size` must be >= 1 or None, got {self.intermediate_size}.")
         check(self.rope_theta > 1.0, f"`rope_theta` must be > 1, got {self.rope_theta}.")
-        check(0.0 <= self.attention_dropout < 1.0, f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+        check(0.0 <= self.attention_dropout < 1.0,
+              f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
         check(self.rms_norm_eps > 0, f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
         check(self.initializer_range > 0, f"`initializer_range` must be > 0, got {self.initializer_range}.")
         check(isinstance(self.parallel_tokens, int) and 1 <= self.parallel_tokens <= 64,

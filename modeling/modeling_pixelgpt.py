@@ -327,7 +327,8 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         # exactly the output head's shape and can be tied to it.
         self.embed_start = nn.Embedding(config.num_start_tokens, config.hidden_size)
         # Which sub-pixel (R, G or B) the next token is; only needed when a pixel takes several tokens.
-        self.channel_embed = nn.Embedding(config.tokens_per_pixel, config.hidden_size) if config.tokens_per_pixel > 1 else None
+        self.channel_embed = (nn.Embedding(config.tokens_per_pixel, config.hidden_size)
+                              if config.tokens_per_pixel > 1 else None)
         # Conditional tasks read a condition image first, with its own token table.
         self.embed_condition = (nn.Embedding(config.condition_vocab_size, config.hidden_size)
                                 if config.is_conditional else None)
@@ -416,7 +417,8 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         if isinstance(past_key_values, PixelGPTStaticCache):
             causal_mask = past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
         else:
-            # The cache goes fourth, by position: its keyword is `past_key_values` before transformers 5.24, then `cache`.
+            # The cache goes fourth, by position: its keyword is `past_key_values` before transformers 5.24, then
+            # `cache`.
             causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values,
                                              position_ids=position_ids)
         hidden_states = inputs_embeds

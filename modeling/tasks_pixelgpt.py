@@ -318,7 +318,8 @@ class PixelGPTImageTasksMixin:
         """Fill the unknown (-1) tokens of `known` `(B * repeats, N)`: completion, inpainting, variations."""
         start_ids = self._input_start_ids(class_labels, len(known) // repeats, repeats)
         options = SamplingOptions.from_kwargs(sampling)
-        return self._output(self._sample_batches(start_ids, options, known, class_labels=class_labels), processor, options)
+        tokens = self._sample_batches(start_ids, options, known, class_labels=class_labels)
+        return self._output(tokens, processor, options)
 
     def _conditional(self, operation, images, num_samples, image_processor, sampling):
         self.config.check_operation(operation)

@@ -50,7 +50,8 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (default: the built-in Fashion-MNIST subset)")
-    data.add_argument("--train_data_dir", help="Folder of images (datasets 'imagefolder'); sub-folders become class labels.")
+    data.add_argument("--train_data_dir",
+                      help="Folder of images (datasets 'imagefolder'); sub-folders become class labels.")
     data.add_argument("--dataset_name", help="A datasets Hub name or local dataset path.")
     data.add_argument("--dataset_config_name", help="Configuration name of --dataset_name.")
     data.add_argument("--cache_dir", help="Where datasets caches downloads.")
@@ -59,10 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Column of integer or ClassLabel labels (default: 'label' when the data has it).")
     data.add_argument("--split", default="train", help="Split to train on.")
     data.add_argument("--eval_split", default=None,
-                      help="Held-out split (default: 'test' or 'validation' if present, else --eval_fraction of train).")
-    data.add_argument("--eval_fraction", type=float, default=0.05, help="Share of train held out when no eval split exists.")
+                      help="Held-out split (default: 'test' or 'validation' if present, else --eval_fraction of "
+                      "train).")
+    data.add_argument("--eval_fraction", type=float, default=0.05,
+                      help="Share of train held out when no eval split exists.")
     data.add_argument("--max_train_samples", type=int, help="Use only this many training images.")
-    data.add_argument("--max_eval_samples", type=int, default=500, help="Evaluate on at most this many held-out images.")
+    data.add_argument("--max_eval_samples", type=int, default=500,
+                      help="Evaluate on at most this many held-out images.")
     data.add_argument("--source_column", help="--task translate: the column of source images (the image column "
                       "holds the targets).")
     data.add_argument("--source_dir", help="--task translate with --train_data_dir: a folder of source images with "
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
 
     ev = p.add_argument_group("evaluation, samples, logging")
-    ev.add_argument("--eval_steps", type=int, default=500, help="Evaluate held-out bits/dim every N steps (and at the end).")
+    ev.add_argument("--eval_steps", type=int, default=500,
+                    help="Evaluate held-out bits/dim every N steps (and at the end).")
     ev.add_argument("--sample_steps", type=int, default=1000, help="Save a sample grid every N steps (and at the end).")
     ev.add_argument("--num_samples", type=int, default=16, help="Images in each sample grid.")
     ev.add_argument("--report_to", default="none", help="accelerate trackers: tensorboard, wandb, all or none.")
@@ -338,7 +343,9 @@ def make_transform(processor, config, args, label_column):
             input_ids[:, 0] = torch.tensor(batch[label_column]) + config.vocab_size + 1  # class start tokens
         out = {"input_ids": input_ids}
         if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
-            sources = images if args.task != "translate" else [open_image(v, "source") for v in batch[args.source_column]]
+            sources = images
+            if args.task == "translate":
+                sources = [open_image(v, "source") for v in batch[args.source_column]]
             out["condition_ids"] = processor.encode_condition(sources, return_tensors="pt").condition_ids
         return out
 
@@ -440,7 +447,8 @@ def main(args):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir, "logs"))),
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=str(Path(args.output_dir, "logs"))),
         # The seedable sampler makes epoch e's order a function of (seed, e): a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
@@ -558,7 +566,8 @@ def main(args):
         logger.info(f"untrained held-out {bits_name}: {untrained_bits:.4f}")
     eval_bits = untrained_bits
 
-    progress = tqdm(total=max_steps, initial=global_step, desc="Training", disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=max_steps, initial=global_step, desc="Training",
+                    disable=not accelerator.is_local_main_process)
     tokens_seen, tick = 0, time.time()
     model.train()
     for epoch in range(first_epoch, num_epochs):

@@ -147,7 +147,7 @@ class PixelGPTImageProcessor(BaseImageProcessor):
             raise ValueError(f"`condition_quantization` must be one of {CONDITION_QUANTIZATIONS} or None, got "
                              f"{self.condition_quantization!r}.")
         else:
-            self.condition_processor  # validates the condition settings
+            _ = self.condition_processor  # validates the condition settings
 
     @property
     def condition_processor(self) -> "PixelGPTImageProcessor | None":

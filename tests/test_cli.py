@@ -85,7 +85,8 @@ def test_inpaint_keeps_the_unmasked_rows_and_vary_outpaint_complete_write_files(
     assert read(tmp_path / "out")["im1-0.png"].shape == (6, 10)
     main(["complete", "--model", models["generate"], "--keep_rows", "3", "--output_dir", str(tmp_path / "c"),
           str(models["images"] / "im0.png")])
-    assert np.array_equal(read(tmp_path / "c")["im0-0.png"][:3], np.asarray(Image.open(models["images"] / "im0.png"))[:3])
+    original = np.asarray(Image.open(models["images"] / "im0.png"))
+    assert np.array_equal(read(tmp_path / "c")["im0-0.png"][:3], original[:3])
 
 
 def test_upscale_and_eval(models, tmp_path, capsys):
@@ -102,7 +103,8 @@ def test_errors_are_messages_not_tracebacks(models, tmp_path):
     for argv, message in (
         (["inpaint", "--model", models["generate"], "--mask", str(models["root"] / "mask.png"),
           str(models["images"])], "--task inpaint"),
-        (["colorize", "--model", models["inpaint"], str(tmp_path / "missing.png")], "neither an image file nor a folder"),
+        (["colorize", "--model", models["inpaint"], str(tmp_path / "missing.png")],
+         "neither an image file nor a folder"),
     ):
         result = subprocess.run([sys.executable, "-c", "from pixelgpt.cli import run; run()", *argv],
                                 capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})

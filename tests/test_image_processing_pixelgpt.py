@@ -236,7 +236,8 @@ def test_masks_from_pil_arrays_and_tensors_agree():
     grid[1:3, 2] = True
     image = np.zeros((4, 4), dtype=np.uint8)
     for mask in (grid, grid.astype(np.uint8), grid.astype(np.uint8) * 255, torch.from_numpy(grid),
-                 Image.fromarray(grid.astype(np.uint8) * 255), Image.fromarray(grid.astype(np.uint8) * 255).convert("1")):
+                 Image.fromarray(grid.astype(np.uint8) * 255),
+                 Image.fromarray(grid.astype(np.uint8) * 255).convert("1")):
         assert np.array_equal(processor.prepare_mask(mask, image)[0], grid)
     stacked = processor.prepare_mask(np.stack([grid, ~grid]), [image, image])
     assert np.array_equal(stacked[1], ~grid)

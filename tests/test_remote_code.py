@@ -13,7 +13,9 @@ from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
 
 from conftest import random_ids, run_without_pixelgpt, tiny_config
 
-CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "image_processing_pixelgpt.py", "pipeline_pixelgpt.py"}
+# Every file a saved model needs in a python without the package: saved beside the weights, importing only siblings.
+CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "sampling_pixelgpt.py", "tasks_pixelgpt.py",
+              "layouts_pixelgpt.py", "pipeline_pixelgpt.py", "image_processing_pixelgpt.py"}
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -40,27 +42,31 @@ def saved(tmp_path_factory):
 
 LOAD_AND_DUMP = """
     import json, sys, numpy as np, torch
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM,
+                              AutoModelForImageClassification)
     source, data = sys.argv[1] if len(sys.argv) > 1 else {source!r}, {data!r}
     config = AutoConfig.from_pretrained(source, trust_remote_code=True)
     model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
     assert type(model).__name__ == "PixelGPTForImageGeneration", type(model)
     assert "pixelgpt" not in type(model).__module__.split(".")[0]  # came from the downloaded code, not a package
-    assert type(AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True)).__name__ == "PixelGPTForImageGeneration"
+    causal_lm = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True)
+    assert type(causal_lm).__name__ == "PixelGPTForImageGeneration"
     classifier = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, num_labels=3)
     assert type(classifier).__name__ == "PixelGPTForImageClassification"
     ids = torch.from_numpy(np.load(data + "/ids.npy"))
     np.save(data + "/out_logits.npy", model(ids).logits.detach().numpy())
     np.save(data + "/out_processed.npy", processor(np.load(data + "/image.npy")).input_ids.numpy())
-    tokens = model.generate_images(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
+    tokens = model.generate_images(2, generator=torch.Generator().manual_seed(0), output_type="tokens",
+                                   show_progress=False)
     np.save(data + "/out_tokens.npy", tokens.numpy())
     images = model.generate_images(2, generator=torch.Generator().manual_seed(0), show_progress=False)
     from transformers import pipeline
     draw = pipeline("unconditional-image-generation", model=source, trust_remote_code=True)
     piped = draw(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
     assert torch.equal(piped, tokens) and type(draw).__name__ == "PixelGPTPipeline"
-    print(json.dumps({{"config": type(config).__name__, "processor": type(processor).__name__, "size": images[0].size}}))
+    names = {{"config": type(config).__name__, "processor": type(processor).__name__}}
+    print(json.dumps({{**names, "size": images[0].size}}))
 """
 
 

@@ -269,7 +269,8 @@ def test_conditional_model_and_processor_round_trip(tmp_path):
         model.score_images(np.zeros((6, 6), np.uint8), condition_images=[low, low], image_processor=processor)
     with pytest.raises(ValueError, match="for conditional models"):
         make_model().score_images(np.zeros((5, 5), np.uint8), condition_images=low,
-                                  image_processor=PixelGPTImageProcessor(quantization="gray", num_levels=13, image_size=5))
+                                  image_processor=PixelGPTImageProcessor(quantization="gray", num_levels=13,
+                                                                         image_size=5))
 
 
 def test_score_images_is_the_loss_in_bits_and_masked_scores_see_the_right_context(gray8_model, inpaint_model):

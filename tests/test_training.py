@@ -321,7 +321,8 @@ def test_bad_arguments_are_rejected():
                           (["--task", "translate"], "--task translate needs paired source images"),
                           (["--task", "translate", "--source_dir", "s"], "--source_dir pairs with --train_data_dir"),
                           (["--source_column", "s"], "are for --task translate"),
-                          (["--task", "translate", "--train_data_dir", "t", "--source_dir", "s", "--source_column", "c"],
+                          (["--task", "translate", "--train_data_dir", "t", "--source_dir", "s",
+                            "--source_column", "c"],
                            "--source_column or --source_dir, not both"),
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize")):
@@ -378,7 +379,8 @@ def test_colorize_task_on_a_colour_folder(tmp_path):
     out = tmp_path / "out"
     model = AutoModel.from_pretrained(out)
     processor = PixelGPTImageProcessor.from_pretrained(out)
-    assert (model.config.task, processor.condition_quantization, model.config.condition_size) == ("colorize", "gray8", 8)
+    settings = (model.config.task, processor.condition_quantization, model.config.condition_size)
+    assert settings == ("colorize", "gray8", 8)
     assert model.config.condition_vocab_size == processor.condition_vocab_size == 256
     colour = model.colorize_images(Image.new("L", (8, 8), 128), num_samples=2, show_progress=False)
     assert [c.mode for c in colour] == ["RGB", "RGB"] and colour[0].size == (8, 8)
@@ -399,12 +401,14 @@ def test_translate_task_pairs_folders_by_file_name(tmp_path):
     for path in targets.rglob("*.png"):
         relative = path.relative_to(targets)
         (sources / relative.parent).mkdir(parents=True, exist_ok=True)
-        Image.open(path).convert("L").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(sources / relative.with_suffix(".bmp"))
+        flipped = Image.open(path).convert("L").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        flipped.save(sources / relative.with_suffix(".bmp"))
     args = ["--task", "translate", "--source_dir", str(sources), "--quantization", "rgb", "--num_levels", "4"]
     training.main(folder_args(tmp_path, targets, *args))
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.task == "translate" and model.image_processor is None
-    out = model.translate_images(Image.new("L", (8, 8)), show_progress=False, generator=torch.Generator().manual_seed(0))
+    out = model.translate_images(Image.new("L", (8, 8)), show_progress=False,
+                                 generator=torch.Generator().manual_seed(0))
     assert out[0].mode == "RGB"
     (sources / "dogs" / "3.bmp").unlink()
     (sources / "cats" / "0.bmp").unlink()

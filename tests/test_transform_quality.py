@@ -17,7 +17,8 @@ import transform_quality  # noqa: E402
 
 def save(folder, processor, **overrides):
     torch.manual_seed(0)
-    PixelGPTForImageGeneration(tiny_config(vocab_size=processor.vocab_size, image_size=8, **overrides)).save_pretrained(folder)
+    config = tiny_config(vocab_size=processor.vocab_size, image_size=8, **overrides)
+    PixelGPTForImageGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
 
@@ -32,7 +33,8 @@ def test_inpaint_reports_likelihood_and_pixel_errors_against_both_baselines(tmp_
                  "--raster_model", save(tmp_path / "raster", processor), "--grid", str(tmp_path / "grid.png"))
     for kind in ("centre", "random"):
         bits = report[kind]["masked_bits_per_token"]
-        assert 2.5 < bits["inpainting_model_all_sides"] < 3.5 and 2.5 < bits["raster_model_prefix_only"] < 3.5  # ~log2(8)
+        # ~log2(8) bits for untrained models over 8 levels
+        assert 2.5 < bits["inpainting_model_all_sides"] < 3.5 and 2.5 < bits["raster_model_prefix_only"] < 3.5
         errors = report[kind]["masked_pixel_error"]
         assert set(errors) == {"inpainting_model_sample", "inpainting_model_mean_of_4", "raster_prefix_only_sample",
                                "mean_fill"}

@@ -1,6 +1,6 @@
 import pytest
 
-from pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig
+from pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration
 
 from conftest import tiny_config
 
@@ -84,3 +84,30 @@ def test_conditional_sequences_are_longer_by_the_condition_grid():
     config = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256)
     assert config.is_conditional and config.num_condition_tokens == 4
     assert config.max_position_embeddings == 4 + 1 + 64
+
+
+def test_from_pretrained_overrides_are_checked_like_constructor_arguments(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"multiple of 4 \* num_attention_heads"):
+        PixelGPTConfig.from_pretrained(tmp_path, hidden_size=20)
+    with pytest.raises(ValueError, match=r"`image_size` must be in \[1, 256\], got 0"):
+        PixelGPTForImageGeneration.from_pretrained(tmp_path, image_size=0)  # the model's path to the config
+    assert PixelGPTConfig.from_pretrained(tmp_path, image_size=7).image_size == 7
+
+
+def test_a_field_broken_after_construction_is_refused_at_save(tmp_path):
+    config = tiny_config()
+    config.task = "segment"
+    with pytest.raises(ValueError, match=r"`task` must be one of"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_check_operation_names_the_training_flag():
+    config = tiny_config(task="inpaint")
+    assert config.operations == ("generate", "complete", "inpaint", "outpaint", "vary")
+    config.check_operation("vary")
+    with pytest.raises(ValueError, match=r"`upscale` needs a model trained for 'upscale'.*train --task upscale"):
+        config.check_operation("upscale")
+    with pytest.raises(ValueError, match=r"Unknown operation 'sharpen'"):
+        config.check_operation("sharpen")

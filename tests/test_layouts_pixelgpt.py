@@ -77,3 +77,25 @@ def test_any_order_queries_see_context_on_every_side():
         return model(input_ids=ids, input_positions=held, target_positions=order).logits[:, -1]
 
     assert not torch.allclose(last_logits(known), last_logits(below))
+
+
+@pytest.mark.parametrize("task", ["generate", "inpaint"])
+def test_task_inputs_score_only_the_given_tokens_and_inpainting_reads_the_rest_first(task):
+    model = make_model(task=task, vocab_size=11, image_size=4, tokens_per_pixel=3)
+    ids = random_ids(model.config, batch=2)
+    pixels = torch.zeros(2, 16, dtype=torch.bool)
+    pixels[0, [5, 6, 9]] = True
+    pixels[1, :4] = True
+    scored = pixels.repeat_interleave(3, dim=1)  # (B, N): every sub-pixel of a scored pixel
+    inputs = task_inputs(model.config, ids, scored=scored, generator=torch.Generator().manual_seed(0))
+    labels = inputs["labels"]
+    assert torch.equal((labels != -100).sum(1), scored.sum(1))
+    predicted = inputs["target_positions"]
+    assert torch.equal(labels[labels != -100], ids[:, 1:].gather(1, predicted)[labels != -100])
+    if task == "inpaint":  # the scored tokens come last: every other pixel is read before them
+        for row, count in zip(labels, scored.sum(1)):
+            assert (row[-int(count):] != -100).all()
+    else:  # raster rows: unchanged apart from the ignored labels
+        plain = k_ahead_inputs(ids, 1)
+        assert torch.equal(inputs["input_ids"], plain["input_ids"])
+        assert torch.equal(labels, plain["labels"].masked_fill(~scored, -100))

@@ -1,12 +1,15 @@
 """The image methods (tasks_pixelgpt.py): generate, complete, inpaint, vary, outpaint, colorize, upscale,
 translate and score_images, with their argument checks."""
 
+import re
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, DEFAULT_OPERATION, OPERATIONS, PIXELGPT_TASKS
+from pixelgpt.modeling.sampling_pixelgpt import SamplingOptions
 from transformers import AutoModel
 
 from pixelgpt import (
@@ -14,7 +17,7 @@ from pixelgpt import (
     PixelGPTImageProcessor,
 )
 
-from conftest import make_conditional, make_model
+from conftest import make_conditional, make_model, tiny_config
 
 
 def test_generate_images_returns_pil_and_reproduces_with_a_generator(model_and_processor):
@@ -312,3 +315,58 @@ def test_inpainting_models_read_every_kept_pixel_before_drawing(inpaint_model):
     assert order.shape == (3, 36) and (known.gather(1, order)[:, :kept] >= 0).all()  # kept pixels come first
     assert (known.gather(1, order)[:, kept:] < 0).all()
     assert not torch.equal(order[0], order[1])  # each sample draws the hole in its own random order
+
+
+# ------------------------------------------------------------------------------------- which task does what
+def task_model(task):
+    conditional = task in CONDITIONAL_TASKS
+    model = make_model(task=task, vocab_size=256, image_size=4,
+                       **(dict(condition_size=2, condition_vocab_size=256) if conditional else {}))
+    condition = dict(condition_quantization="gray8", condition_size=2) if conditional else {}
+    processor = PixelGPTImageProcessor(quantization="gray8", image_size=4, **condition)
+    return model, processor
+
+
+OPERATION_CALLS = {
+    "generate": lambda model, image, **kw: model.generate_images(1, **kw),
+    "complete": lambda model, image, **kw: model.complete_images(image, 2, **kw),
+    "inpaint": lambda model, image, **kw: model.inpaint_images(image, np.eye(4, dtype=bool), **kw),
+    "outpaint": lambda model, image, **kw: model.outpaint_images(image, right=1, **kw),
+    "vary": lambda model, image, **kw: model.vary_images(image, **kw),
+    "colorize": lambda model, image, **kw: model.colorize_images(image, **kw),
+    "upscale": lambda model, image, **kw: model.upscale_images(image, **kw),
+    "translate": lambda model, image, **kw: model.translate_images(image, **kw),
+}
+
+
+@pytest.mark.parametrize("task", PIXELGPT_TASKS)
+def test_every_method_follows_the_one_operations_table(task):
+    """The table in the config decides, for the model methods as for pipeline() and the CLI (which ask
+    `config.check_operation`): each method works exactly for the tasks the table lists for it."""
+    assert set(OPERATION_CALLS) == set(OPERATIONS)
+    model, processor = task_model(task)
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    worked = []
+    for operation, call in OPERATION_CALLS.items():
+        try:
+            out = call(model, image, image_processor=processor, output_type="tokens", show_progress=False,
+                       generator=torch.Generator().manual_seed(0))
+        except ValueError as err:
+            assert task not in OPERATIONS[operation], f"{operation} refused a {task} model: {err}"
+            assert re.search(r"needs a model trained for|draws from a condition image", str(err)), err
+            with pytest.raises(ValueError, match=f"`{operation}` needs a model trained for"):
+                model.config.check_operation(operation)
+        else:
+            assert out.shape[0] == 1 and (out[:, 1:] >= 0).all()
+            worked.append(operation)
+    assert tuple(worked) == model.config.operations
+    assert DEFAULT_OPERATION[task] in model.config.operations
+
+
+def test_sampling_options_take_their_own_keywords_and_pass_the_rest_to_generate():
+    options = SamplingOptions.from_kwargs(dict(temperature=0.5, batch_size=3, num_beams=1, top_k=4))
+    assert (options.temperature, options.batch_size, options.top_k) == (0.5, 3, 4)
+    assert options.generate_kwargs == {"num_beams": 1}
+    with pytest.raises(ValueError, match=r"\['num_beams'\] are generate\(\) arguments"):
+        options.check(tiny_config())
+    SamplingOptions.from_kwargs(dict(num_beams=1, use_generate=True)).check(tiny_config())

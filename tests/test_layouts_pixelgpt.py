@@ -1,8 +1,10 @@
 """Training and scoring layouts (layouts_pixelgpt.py): k-ahead rows, any-order rows, random orders and boxes."""
 
 
+import pytest
 import torch
 import torch.nn.functional as F
+
 from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_boxes, random_orders, task_inputs
 
 from conftest import make_model, random_ids

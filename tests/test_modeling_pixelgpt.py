@@ -5,8 +5,6 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from pixelgpt.modeling import modeling_pixelgpt
-from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, PixelGPTLinear
 from transformers import AutoModel, AutoModelForImageClassification
 
 from pixelgpt import (
@@ -16,6 +14,8 @@ from pixelgpt import (
     PixelGPTImageProcessor,
     PixelGPTModel,
 )
+from pixelgpt.modeling import modeling_pixelgpt
+from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, PixelGPTLinear
 
 from conftest import make_conditional, make_model, random_ids
 

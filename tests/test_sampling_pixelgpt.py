@@ -5,6 +5,7 @@ from unittest import mock
 
 import pytest
 import torch
+
 from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_orders
 from pixelgpt.modeling.sampling_pixelgpt import draw_tokens, leading_known
 

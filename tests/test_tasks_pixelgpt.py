@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, DEFAULT_OPERATION, OPERATIONS, PIXELGPT_TASKS
-from pixelgpt.modeling.sampling_pixelgpt import SamplingOptions
 from transformers import AutoModel
 
 from pixelgpt import (
     PixelGPTForImageGeneration,
     PixelGPTImageProcessor,
 )
+from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, DEFAULT_OPERATION, OPERATIONS, PIXELGPT_TASKS
+from pixelgpt.modeling.sampling_pixelgpt import SamplingOptions
 
 from conftest import make_conditional, make_model, tiny_config
 

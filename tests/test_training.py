@@ -17,11 +17,11 @@ from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
-from pixelgpt.modeling import layouts_pixelgpt
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 from pixelgpt import PixelGPTImageProcessor, training
+from pixelgpt.modeling import layouts_pixelgpt
 
 from conftest import REPO_ROOT
 

@@ -7,6 +7,10 @@ Positions are 2-D rotary embeddings of (row, column). A query is rotated by the 
 and a key by the position of the token it holds, so every attention score sees the offset between "the pixel being
 drawn" and "a pixel already drawn" (the start token sits at pixel -1, just before the first one). Tokens of the
 same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
+
+This file is the network and its loss. The rows it reads for each task are built in `layouts_pixelgpt.py`, the
+sampling loop is `sampling_pixelgpt.py`, and the image methods (`generate_images`, `inpaint_images`, ...) come from
+`PixelGPTImageTasksMixin` in `tasks_pixelgpt.py`.
 """
 
 import shutil

@@ -1,12 +1,14 @@
 """The image-level methods of `PixelGPTForImageGeneration`, a mixin as transformers' `GenerationMixin` is:
 images in, PIL images out. Each method turns its inputs into known tokens (-1 where a token is to be drawn),
-start tokens and condition tokens; `_sample_batches` batches and seeds them and calls the loop in `sampling_pixelgpt`;
-the processor decodes the result. Which model task allows which method is `OPERATIONS` in the config file.
+start tokens and condition tokens; `_sample_batches` batches and seeds them and calls the loop in
+`sampling_pixelgpt`; the processor decodes the result. Which model task allows which method is `OPERATIONS` in
+the config file.
 
-How inpainting works, top to bottom: `inpaint_images` (here) marks the masked tokens unknown; `_sample` draws a
-random order per image with the known pixels first (`layouts_pixelgpt.random_orders`); `sample_tokens`
-(`sampling_pixelgpt`) reads the known pixels in one pass and draws the others one by one, each row of the network
-told which pixel it predicts (`target_positions`, see `modeling_pixelgpt`).
+Inpainting end to end, in three files read in this order: `layouts_pixelgpt.py` (any-order rows: each row is told
+which pixel it predicts; training orders leave a random rectangle last), `sampling_pixelgpt.py` (`sample_tokens`
+reads the known pixels in one pass, then draws the others in the given order), and here: `inpaint_images` marks
+the masked tokens unknown, `_sample_batches` draws a random order per image with the known pixels first and calls
+the loop.
 """
 
 import math

@@ -12,6 +12,12 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 
+def check_count(name: str, value) -> None:
+    """The one positive-integer check of the image methods (counts, batch sizes)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
 @dataclass
 class SamplingOptions:
     """Every sampling argument the image methods share, checked once by `check`.
@@ -51,8 +57,7 @@ class SamplingOptions:
 
     def check(self, config, class_labels=None) -> None:
         """Raise a ValueError naming the first argument this model cannot sample with."""
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {self.batch_size!r}.")
+        check_count("batch_size", self.batch_size)
         if self.temperature < 0:
             raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature}.")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
@@ -265,5 +270,5 @@ def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTen
     )
 
 
-__all__ = ["PixelGPTStaticCache", "SamplingOptions", "draw_tokens", "generate_reference", "leading_known",
-           "packed_weights", "sample_tokens"]
+__all__ = ["PixelGPTStaticCache", "SamplingOptions", "check_count", "draw_tokens", "generate_reference",
+           "leading_known", "packed_weights", "sample_tokens"]

@@ -19,12 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .layouts_pixelgpt import random_orders, task_inputs
-from .sampling_pixelgpt import SamplingOptions, generate_reference, leading_known, sample_tokens
-
-
-def _check_count(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+from .sampling_pixelgpt import SamplingOptions, check_count, generate_reference, leading_known, sample_tokens
 
 
 class PixelGPTImageTasksMixin:
@@ -97,7 +92,7 @@ class PixelGPTImageTasksMixin:
         passes, at some cost in quality). `output_type="tokens"` returns the ids `(num_images, 1 + N)`. Other
         keywords: see `SamplingOptions` (extra keywords go to `generate()` with `use_generate=True`).
         """
-        _check_count("num_images", num_images)
+        check_count("num_images", num_images)
         if self.config.is_conditional:
             raise ValueError(f"This model draws from a condition image (task {self.config.task!r}); use "
                              f"`{self.config.task}_images(images)`.")
@@ -123,7 +118,7 @@ class PixelGPTImageTasksMixin:
         if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
             raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
                              f"got {keep_rows!r}.")
-        _check_count("num_completions", num_completions)
+        check_count("num_completions", num_completions)
         known = self._encode(images, processor, num_completions)  # (B, N)
         known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
         return self._edit(known, num_completions, class_labels, processor, sampling)
@@ -140,7 +135,7 @@ class PixelGPTImageTasksMixin:
         """
         self.config.check_operation("inpaint")
         processor = self.get_image_processor(image_processor)
-        _check_count("num_samples", num_samples)
+        check_count("num_samples", num_samples)
         known = self._encode(images, processor)  # (B, N)
         masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
         known = known.masked_fill(self._token_mask(masks), -1).repeat_interleave(num_samples, dim=0)
@@ -157,7 +152,7 @@ class PixelGPTImageTasksMixin:
         processor = self.get_image_processor(image_processor)
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
-        _check_count("num_variations", num_variations)
+        check_count("num_variations", num_variations)
         known = self._encode(images, processor, num_variations)  # (B, N)
         size = self.config.image_size
         draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
@@ -260,7 +255,7 @@ class PixelGPTImageTasksMixin:
         models, the images themselves by default: their grayscale / low-resolution version). Rows are laid out as
         in training (`layouts_pixelgpt.task_inputs`)."""
         processor = self.get_image_processor(image_processor)
-        _check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
         ids = processor(images, return_tensors="pt").input_ids  # (B, 1 + N)
         if class_labels is not None:
             ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
@@ -326,7 +321,7 @@ class PixelGPTImageTasksMixin:
     def _conditional(self, operation, images, num_samples, image_processor, sampling):
         self.config.check_operation(operation)
         processor = self.get_image_processor(image_processor)
-        _check_count("num_samples", num_samples)
+        check_count("num_samples", num_samples)
         condition = processor.encode_condition(images, return_tensors="pt").condition_ids
         condition = condition.repeat_interleave(num_samples, dim=0)  # (B, C)
         options = SamplingOptions.from_kwargs(sampling)

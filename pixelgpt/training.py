@@ -340,7 +340,7 @@ def make_transform(processor, config, args, label_column):
         images = [open_image(v, "image") for v in batch[args.image_column]]
         input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
         if args.class_conditional:
-            input_ids[:, 0] = torch.tensor(batch[label_column]) + config.vocab_size + 1  # class start tokens
+            input_ids[:, 0] = torch.tensor([config.class_token_id(label) for label in batch[label_column]])
         out = {"input_ids": input_ids}
         if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
             sources = images

@@ -5,6 +5,8 @@ fills an image k tokens per forward pass in any generation order, and the `gener
 It calls the model only through `model(...)` (and `model.generate`), so this file imports nothing of the network.
 """
 
+import math
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +60,10 @@ class SamplingOptions:
     def check(self, config, class_labels=None) -> None:
         """Raise a ValueError naming the first argument this model cannot sample with."""
         check_count("batch_size", self.batch_size)
+        for name in ("temperature", "guidance_scale") + (("top_p",) if self.top_p is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         if self.temperature < 0:
             raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature}.")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):

@@ -12,6 +12,7 @@ the loop.
 """
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -262,6 +263,10 @@ class PixelGPTImageTasksMixin:
         scored = torch.ones(len(ids), self.config.image_size, self.config.image_size, dtype=torch.bool)
         if mask_image is not None:
             scored = torch.from_numpy(processor.prepare_mask(mask_image, images))
+        empty = [i for i, image_mask in enumerate(scored) if not image_mask.any()]
+        if empty:
+            raise ValueError(f"`mask_image` selects no pixel to score in image(s) {empty}: white marks the pixels "
+                             "to score.")
         scored = self._token_mask(scored)  # (B, N)
         condition = None
         if self.config.is_conditional:
@@ -291,14 +296,24 @@ class PixelGPTImageTasksMixin:
         """One start token per output image: unconditional, or each class label `repeats` times."""
         if class_labels is None:
             return [self.config.start_token_id] * repeats
-        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-        return [self.config.class_token_id(int(c)) for c in labels for _ in range(repeats)]
+        labels = [class_labels] if not hasattr(class_labels, "__iter__") else list(class_labels)
+        return [self.config.class_token_id(self._class_index(c)) for c in labels for _ in range(repeats)]
+
+    @staticmethod
+    def _class_index(label) -> int:
+        """An integer class label as an int; 1.7 or "3" is refused rather than rounded or parsed."""
+        try:
+            if isinstance(label, bool):
+                raise TypeError
+            return operator.index(label)
+        except TypeError:
+            raise ValueError(f"class labels must be integers, got {label!r}.") from None
 
     def _input_start_ids(self, class_labels, num_inputs: int, repeats: int) -> list[int]:
         """Start tokens for `num_inputs` input images drawn `repeats` times each: one class label per input."""
         if class_labels is None:
             return [self.config.start_token_id] * (num_inputs * repeats)
-        labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        labels = [class_labels] if not hasattr(class_labels, "__iter__") else list(class_labels)
         if len(labels) != num_inputs:
             raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
         return self._start_ids(labels, repeats)

@@ -29,7 +29,9 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-# PIL modes that carry 16 or 32-bit integer samples; their values are read as 16-bit (0..65535), as PNG stores them.
+# PIL modes that carry 16 or 32-bit integer samples; their values are read as 16-bit (0..65535), as PNG stores them,
+# except a 32-bit "I" image whose values all fit in 0..255, which holds 8-bit values (what `Image.fromarray` of an
+# int32 array or some TIFF readers give); read as 16-bit it would come out black.
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -41,9 +43,12 @@ def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype == np.uint16:
         return np.round(array / 257.0).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and (np.nanmin(array) < 0.0 or np.nanmax(array) > 1.0):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what}: float image holds {int((~np.isfinite(array)).sum())} NaN or infinite values; "
+                             "float images must hold finite values in [0, 1].")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
             raise ValueError(f"{what}: float images must hold values in [0, 1], got [{array.min()}, {array.max()}].")
-        return np.round(np.nan_to_num(array) * 255.0).astype(np.uint8)
+        return np.round(array * 255.0).astype(np.uint8)
     raise ValueError(f"{what}: unsupported dtype {array.dtype}; use uint8, uint16, bool or float in [0, 1].")
 
 
@@ -204,7 +209,9 @@ class PixelGPTImageProcessor(BaseImageProcessor):
             raise ValueError(f"{what}: empty image ({image.width}x{image.height}).")
         mode = image.mode
         if mode in WIDE_MODES:
-            image = _array_to_pil(np.asarray(image, dtype=np.float64).clip(0, 65535).astype(np.uint16),
+            values = np.asarray(image, dtype=np.float64)
+            eight_bit = mode == "I" and values.size and values.min() >= 0 and values.max() <= 255
+            image = _array_to_pil(values.astype(np.uint8) if eight_bit else values.clip(0, 65535).astype(np.uint16),
                                   channels_first=False, what=what)
         elif mode == "F":
             image = _array_to_pil(np.asarray(image, dtype=np.float32), channels_first=False, what=what)
@@ -247,6 +254,8 @@ class PixelGPTImageProcessor(BaseImageProcessor):
     def _as_list(images) -> list:
         """One image, a 4-D batch array/tensor, or any sequence of images (list, tuple, a datasets column...)."""
         if isinstance(images, (np.ndarray, torch.Tensor)):
+            if images.ndim == 4 and len(images) == 0:
+                raise ValueError(f"Got an empty batch of images (shape {tuple(images.shape)}).")
             return list(images) if images.ndim == 4 else [images]
         if isinstance(images, Image.Image) or not hasattr(images, "__iter__") or isinstance(images, (str, bytes)):
             return [images]

@@ -248,3 +248,27 @@ def test_dequantize_takes_a_canvas_size():
     tokens = RNG.integers(0, 256, (2, 3 * 7))
     pixels = processor.dequantize(tokens, height=3, width=7)
     assert pixels.shape == (2, 3, 7, 1) and np.array_equal(pixels[..., 0].reshape(2, -1), tokens)
+
+
+# ------------------------------------------------------------------------------------- bad input (issue 12)
+def test_a_32_bit_image_holding_8_bit_values_keeps_its_values():
+    values = np.arange(16, dtype=np.int32).reshape(4, 4) * 16  # 0..240
+    image = Image.fromarray(values)
+    assert image.mode == "I"
+    processor = PixelGPTImageProcessor(quantization="gray8", image_size=4)
+    np.testing.assert_array_equal(processor.to_array(image)[0, ..., 0], values)
+    wide = Image.fromarray((values * 257).astype(np.int32))  # real 16-bit values still read as 16-bit
+    np.testing.assert_array_equal(processor.to_array(wide)[0, ..., 0], values)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_float_pixels_are_refused_not_zeroed(bad):
+    image = np.full((4, 4), 0.5, dtype=np.float32)
+    image[1, 2] = bad
+    with pytest.raises(ValueError, match=r"image 0: float image holds 1 NaN or infinite values"):
+        PixelGPTImageProcessor(quantization="gray8", image_size=4)(image)
+
+
+def test_an_empty_batch_is_named_as_such():
+    with pytest.raises(ValueError, match=r"empty batch of images \(shape \(0, 4, 4, 3\)\)"):
+        PixelGPTImageProcessor(quantization="rgb8", image_size=4)(np.zeros((0, 4, 4, 3), np.uint8))

@@ -370,3 +370,29 @@ def test_sampling_options_take_their_own_keywords_and_pass_the_rest_to_generate(
     with pytest.raises(ValueError, match=r"\['num_beams'\] are generate\(\) arguments"):
         options.check(tiny_config())
     SamplingOptions.from_kwargs(dict(num_beams=1, use_generate=True)).check(tiny_config())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("nan")), "`temperature` must be a finite number, got nan"),
+    (dict(temperature=float("nan"), use_generate=True), "`temperature` must be a finite number"),
+    (dict(guidance_scale=float("nan"), class_labels=1), "`guidance_scale` must be a finite number"),
+    (dict(top_p=float("inf")), "`top_p` must be a finite number"),
+    (dict(class_labels=1.7), "class labels must be integers, got 1.7"),
+    (dict(class_labels=[0, "1"]), "class labels must be integers, got '1'"),
+])
+def test_non_numbers_and_fractional_labels_are_refused(model_and_processor, kwargs, message):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.generate_images(1, image_processor=processor, show_progress=False, **kwargs)
+    labels = model.generate_images(1, class_labels=np.int64(1), image_processor=processor, output_type="tokens",
+                                   show_progress=False)[:, 0]
+    assert labels.tolist() == [model.config.class_token_id(1)]
+
+
+def test_score_images_refuses_a_mask_that_selects_nothing(gray8_model):
+    model, processor = gray8_model
+    images = [np.zeros((5, 5), np.uint8)] * 2
+    masks = [np.zeros((5, 5), bool), np.zeros((5, 5), bool)]
+    masks[0][2, 2] = True
+    with pytest.raises(ValueError, match=r"selects no pixel to score in image\(s\) \[1\]"):
+        model.score_images(images, mask_image=masks, image_processor=processor)

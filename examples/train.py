@@ -8,7 +8,13 @@ The flags, the data pipeline and the loop are library code (`pixelgpt.training`)
 `pixelgpt train` command runs the same thing; `python examples/train.py --help` lists every flag.
 """
 
+import sys
+
 from pixelgpt.training import main, parse_args
+from pixelgpt.utils import TrainingError
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (ValueError, TrainingError) as err:  # bad data, a busy or unwritable folder, divergence: one line
+        sys.exit(f"train.py: {err}")

@@ -10,6 +10,9 @@ PIXELGPT_PRESETS = {
     "base": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8},
 }
 
+# Class tokens are embedding rows: a label id in the billions is a data error, not a class count.
+MAX_CLASSES = 100_000
+
 # What a model can be trained for (`train.py --task`); the last three read a condition image first.
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
@@ -151,6 +154,8 @@ class PixelGPTConfig(PreTrainedConfig):
         check(1 <= self.image_size <= 256, f"`image_size` must be in [1, 256], got {self.image_size}.")
         check(self.tokens_per_pixel in (1, 3), f"`tokens_per_pixel` must be 1 or 3, got {self.tokens_per_pixel}.")
         check(self.num_classes >= 0, f"`num_classes` must be >= 0, got {self.num_classes}.")
+        check(self.num_classes <= MAX_CLASSES, f"`num_classes` must be at most {MAX_CLASSES} (one start-token "
+              f"embedding each), got {self.num_classes}.")
         check(self.num_hidden_layers >= 1, f"`num_hidden_layers` must be >= 1, got {self.num_hidden_layers}.")
         check(self.num_attention_heads >= 1, f"`num_attention_heads` must be >= 1, got {self.num_attention_heads}.")
         check(

@@ -6,7 +6,9 @@
     pixelgpt eval --model pixelgpt-fashion held_out/            # bits per token of image files
 
 `--model` is a local folder or a Hub repo id, loaded with the code saved beside it (trust_remote_code=True).
-Outputs are PNG files named after the inputs: `<stem>-<k>.png` (`sample-<i>.png` for generate).
+Outputs are PNG files named after the inputs: `<name>-<k>.png` (`sample-<i>.png` for generate), where an image
+found in a folder keeps its path inside that folder; inputs that would share a name get `_2`, `_3`, ... An existing
+file is never replaced unless `--overwrite` is given.
 """
 
 import argparse
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pixelgpt.utils import IMAGE_EXTENSIONS, open_image
+from pixelgpt.utils import IMAGE_EXTENSIONS, TrainingError, open_image
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -28,6 +30,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top_p", type=float, default=None, help="Nucleus sampling threshold in (0, 1].")
     p.add_argument("--batch_size", type=int, default=16, help="Images sampled together.")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+    p.add_argument("--overwrite", action="store_true", help="Replace output files that already exist.")
 
 
 def _inputs_flag(p: argparse.ArgumentParser, what: str = "Input image files or folders of images.") -> None:
@@ -90,38 +93,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _image_files(inputs: list[str]) -> list[Path]:
-    files = []
+def _image_files(inputs: list[str]) -> list[tuple[Path, str]]:
+    """(file, output name) for every input image: a file keeps its stem, an image found in a folder its path inside
+    that folder (without suffix); names that would repeat get `_2`, `_3`, ... so that no output replaces another."""
+    found = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
                 raise SystemExit(f"pixelgpt: {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-            files.extend(found)
+            found.extend((f, f.relative_to(path).with_suffix("").as_posix()) for f in files)
         elif path.is_file():
-            files.append(path)
+            found.append((path, path.stem))
         else:
             raise SystemExit(f"pixelgpt: {path} is neither an image file nor a folder.")
-    return files
+    used, named = set(), []
+    for file, stem in found:
+        unique, n = stem, 1
+        while unique in used:
+            n += 1
+            unique = f"{stem}_{n}"
+        used.add(unique)
+        named.append((file, unique))
+    return named
 
 
 def _open(path: Path):
     return open_image(str(path), str(path))  # a ValueError naming the file, which `run` prints as one line
 
 
+def _output_paths(args, names: list[str]) -> list[Path]:
+    """Where the outputs go, checked before any sampling: the folder must be a folder, and no file is replaced
+    without --overwrite."""
+    folder = Path(args.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"pixelgpt: --output_dir {folder} is a file, not a folder.")
+    paths = [folder / f"{name}.png" for name in names]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise SystemExit(f"pixelgpt: {', '.join(existing[:3])}{more} already exist; pass --overwrite to replace "
+                         "them, or choose another --output_dir.")
+    return paths
+
+
 def _load_model(args):
     from transformers import AutoModel
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return AutoModel.from_pretrained(args.model, trust_remote_code=True).to(device).eval()
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise SystemExit(f"pixelgpt: --device {args.device!r} is not a torch device ({err}).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"pixelgpt: --device {args.device} asks for a GPU, but torch sees none here; use --device "
+                         "cpu.")
+    source = Path(args.model).expanduser()
+    if source.is_file():
+        raise SystemExit(f"pixelgpt: --model {args.model} is a file; give the model's folder (the one holding "
+                         "config.json) or a Hub repo id.")
+    looks_local = args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
+    if looks_local and not source.exists():
+        raise SystemExit(f"pixelgpt: --model {args.model}: no such folder.")
+    try:
+        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"pixelgpt: cannot load --model {args.model}: {first_line}") from None
+    return model.to(device).eval()
 
 
-def _save(images, names: list[str], output_dir: str) -> list[Path]:
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{name}.png" for name in names]
+def _save(images, paths: list[Path]) -> list[Path]:
     for image, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
     return paths
 
@@ -134,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         training.main(training.parse_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
-    files = _image_files(args.inputs) if args.command != "generate" else []  # bad paths fail before the model loads
+    # Bad input paths and output files fail before the model loads.
+    named = _image_files(args.inputs) if args.command != "generate" else []
+    files = [file for file, _ in named]
+    if args.command == "generate":
+        count = args.num_images * len(args.class_label or [None])
+        paths = _output_paths(args, [f"sample-{i:04d}" for i in range(count)])
+    elif args.command != "eval":
+        repeats = getattr(args, "num_samples", 1)
+        paths = _output_paths(args, [f"{name}-{k}" for _, name in named for k in range(repeats)])
     model = _load_model(args)
     if args.command != "eval":
         model.config.check_operation(args.command)  # before any input is decoded or sampled
@@ -151,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         images = model.generate_images(args.num_images, class_labels=args.class_label,
                                        guidance_scale=args.guidance_scale, tokens_per_step=args.tokens_per_step,
                                        **sampling)
-        paths = _save(images, [f"sample-{i:04d}" for i in range(len(images))], args.output_dir)
     else:
         inputs = [_open(f) for f in files]
-        repeats = getattr(args, "num_samples", 1)
         if args.command == "complete":
             images = model.complete_images(inputs, args.keep_rows, num_completions=repeats, **sampling)
         elif args.command == "inpaint":
@@ -166,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             images = model.vary_images(inputs, strength=args.strength, num_variations=repeats, **sampling)
         else:
             images = getattr(model, f"{args.command}_images")(inputs, num_samples=repeats, **sampling)
-        paths = _save(images, [f"{f.stem}-{k}" for f in files for k in range(repeats)], args.output_dir)
+    _save(images, paths)
     print(f"wrote {len(paths)} image(s) to {Path(args.output_dir).resolve()}")
     return 0
 
@@ -175,7 +225,7 @@ def run() -> None:
     """Console entry point: bad arguments and inputs exit with a message, not a traceback."""
     try:
         sys.exit(main())
-    except ValueError as err:
+    except (ValueError, TrainingError) as err:
         sys.exit(f"pixelgpt: {err}")
 
 

@@ -20,7 +20,9 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .default_data import DEFAULT_DATASET_NAME, load_default_dataset
 from .modeling import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration
-from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, PIXELGPT_TASKS
+from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, MAX_CLASSES, PIXELGPT_TASKS
 from .modeling.layouts_pixelgpt import task_inputs
 from .processing import PixelGPTImageProcessor
-from .utils import IMAGE_EXTENSIONS, make_image_grid, open_image, write_model_card
+from .utils import IMAGE_EXTENSIONS, TrainingError, make_image_grid, open_image, write_model_card
 
 logger = get_logger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -147,8 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    ck.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
-    ck.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder to resume from.")
+    ck.add_argument("--checkpoints_total_limit", type=int, default=2,
+                    help="Keep at most this many checkpoints (0 keeps every one). Older ones are deleted only after "
+                    "a new one is complete.")
+    ck.add_argument("--resume_from_checkpoint",
+                    help="'latest' (fails if there is none) or a checkpoint-<step> folder to resume from; the model, "
+                    "tokenization and task settings must match the checkpoint's.")
 
     hub = p.add_argument_group("Hub")
     hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model folder to the Hub.")
@@ -169,9 +175,15 @@ def parse_args(argv=None):
     elif args.quantization == "palette":
         p.error("--quantization palette needs --fit_palette (the palette is learned from the training images)")
     for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps", "eval_steps",
-                 "sample_steps", "checkpointing_steps", "logging_steps", "num_samples", "max_eval_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
+                 "sample_steps", "checkpointing_steps", "logging_steps", "num_samples", "max_eval_samples",
+                 "max_train_steps", "max_train_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.checkpoints_total_limit < 0:
+        p.error(f"--checkpoints_total_limit must be >= 1, or 0 to keep every checkpoint; got "
+                f"{args.checkpoints_total_limit}")
+    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
+        p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
     if args.resolution is None:
         args.resolution = 28 if not (args.train_data_dir or args.dataset_name) else 32
     if not 0 < args.eval_fraction < 1:
@@ -225,7 +237,8 @@ def load_splits(args):
             dataset = pair_with_sources(dataset, args)
     elif args.dataset_name:
         dataset = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
-        name = args.dataset_name
+        # A Hub id names the data on the card; a local path would put this machine's folders into a public card.
+        name = None if Path(args.dataset_name).expanduser().exists() else args.dataset_name
     else:
         dataset, name = load_default_dataset(), DEFAULT_DATASET_NAME
     if not isinstance(dataset, DatasetDict):
@@ -299,8 +312,11 @@ def resolve_label_column(args, dataset):
         return column, feature.num_classes, list(feature.names)
     if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
         labels = dataset[column]
-        if min(labels) < 0:
-            raise ValueError(f"Label column {column!r} has negative values; labels must be 0..num_classes-1.")
+        if min(labels) < 0 or max(labels) >= MAX_CLASSES:
+            bad = min(labels) if min(labels) < 0 else max(labels)
+            raise ValueError(f"Label column {column!r} holds label {bad}; labels must be class indices "
+                             f"0..num_classes-1 with at most {MAX_CLASSES} classes (turn other ids into indices "
+                             "with `dataset.class_encode_column`).")
         return column, max(labels) + 1, None
     raise ValueError(f"Label column {column!r} has type {feature!r}; expected a ClassLabel or integer column "
                      "(encode string labels with `dataset.class_encode_column`).")
@@ -352,33 +368,184 @@ def make_transform(processor, config, args, label_column):
     return transform
 
 
+# ----------------------------------------------------------------------------------------------------- output folder
+# What a checkpoint is only meaningful with: resuming with another value is refused, naming the setting.
+RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "palette_size", "resize_mode",
+                   "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
+                   "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
+                   "parallel_tokens", "use_ema")
+# Arguments that never reach a tracker, a log, a card or a file.
+SECRET_ARGS = ("hub_token",)
+LOCK_NAME = ".pixelgpt-train.lock"
+
+
+def all_ranks(accelerator, flag: bool) -> bool:
+    """True when `flag` holds on every process (a decision every rank must take alike, or the others hang)."""
+    flags = accelerator.gather(torch.tensor([flag], device=accelerator.device))
+    return bool(flags.all())
+
+
+def on_main_process(accelerator, action) -> None:
+    """Run `action` on the main process; if it raises a TrainingError, every process raises, so that none waits
+    forever for a main process that stopped."""
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            action()
+        except TrainingError as err:
+            refusal = err
+    if not all_ranks(accelerator, refusal is None):
+        raise refusal or TrainingError("The main process stopped the run (see its message).")
+
+
+def weights_are_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@contextmanager
+def output_dir_lock(output_dir):
+    """Hold `output_dir` for one run: a lock file, created only if absent, names the owner (pid, host). A second
+    run is refused; a lock whose process is gone (same host) is taken over."""
+    path, host = Path(output_dir, LOCK_NAME), socket.gethostname()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == host and not _pid_alive(owner.get("pid", -1)):
+                logger.warning(f"Taking over {path}: its run (pid {owner.get('pid')}) is gone.")
+                path.unlink(missing_ok=True)
+                continue
+            raise TrainingError(
+                f"--output_dir {output_dir} is in use by another training run (pid {owner.get('pid', '?')} on "
+                f"{owner.get('host', '?')}, since {owner.get('started', '?')}): wait for it or pick another "
+                f"--output_dir. If that run is gone, delete {path}.") from None
+    with os.fdopen(fd, "w") as file:
+        json.dump({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, file)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def check_output_dir(output_dir, bytes_needed: int = 0):
+    """Fail before any training when the folder cannot be written or lacks room (with a margin) for one
+    checkpoint; `bytes_needed` is the checkpoint's estimated size."""
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(f"--output_dir {folder} cannot be written ({err.strerror or err}); nothing was "
+                            "trained. Pick a folder you can write to.") from err
+    free = shutil.disk_usage(folder).free
+    if bytes_needed and free < 2 * bytes_needed:
+        raise TrainingError(f"--output_dir {folder} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
+                            f"{bytes_needed / 2**20:.0f} MiB (twice that while the next is written). Free space or "
+                            "pick another folder.")
+
+
 # ----------------------------------------------------------------------------------------------------- checkpoints
 def list_checkpoints(output_dir):
-    """Complete checkpoints, oldest first. Partial saves live in `*.tmp` folders and are never listed."""
+    """Complete checkpoints, oldest first. Partial saves live in `*.tmp` folders, checkpoints being deleted in
+    `*.old` folders; neither is ever listed."""
     found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*") if (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
+def remove_partial_checkpoints(output_dir):
+    """Folders a killed run left: an unfinished save (`.tmp`) or a deletion that did not finish (`.old`)."""
+    for leftover in Path(output_dir).glob("checkpoint-*"):
+        if leftover.is_dir() and leftover.suffix in (".tmp", ".old"):
+            shutil.rmtree(leftover)
+
+
 def save_checkpoint(accelerator, args, step, ema):
-    """Write `checkpoint-<step>` atomically: into a temporary folder, renamed only once complete."""
+    """Write `checkpoint-<step>` atomically (into a temporary folder, renamed only once complete); only then delete
+    the oldest ones beyond `--checkpoints_total_limit`, so a kill at any moment leaves a complete checkpoint."""
     final = Path(args.output_dir, f"checkpoint-{step}")
     tmp = final.with_name(final.name + ".tmp")
+    model = accelerator._models[0]
+    if not all_ranks(accelerator, weights_are_finite(model)):
+        raise TrainingError(diverged_message(args, step, "the weights hold NaN or infinite values"))
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        if args.checkpoints_total_limit:
-            existing = list_checkpoints(args.output_dir)
-            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                shutil.rmtree(old)  # make room for the one being written
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         if ema is not None:
             # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
-        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step}))
+        settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings}))
         os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
+        if args.checkpoints_total_limit:
+            existing = list_checkpoints(args.output_dir)
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit)]:
+                doomed = old.with_name(old.name + ".old")
+                os.replace(old, doomed)  # out of `latest`'s sight before the slow delete
+                shutil.rmtree(doomed)
     accelerator.wait_for_everyone()
     return final
+
+
+def diverged_message(args, step, what) -> str:
+    found = list_checkpoints(args.output_dir)
+    last = f"the last good checkpoint is {found[-1].name}" if found else "no checkpoint was saved before it"
+    return (f"Training diverged at step {step}: {what}. Nothing from this step on was saved; {last}. Lower "
+            f"--learning_rate (now {args.learning_rate}), or keep --max_grad_norm > 0 and raise --lr_warmup_steps, "
+            "then resume with --resume_from_checkpoint latest.")
+
+
+def find_resume_checkpoint(args) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names, after checking that resuming from it loses nothing and
+    means something; None when not resuming."""
+    if not args.resume_from_checkpoint:
+        return None
+    found = list_checkpoints(args.output_dir)
+    if args.resume_from_checkpoint == "latest":
+        if not found:
+            raise TrainingError(f"--resume_from_checkpoint latest: there is no checkpoint in {args.output_dir} to "
+                                "resume from. Leave the flag out to start a new run.")
+        path = found[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+        if not CHECKPOINT_RE.match(path.name) or not path.is_dir():
+            raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint-<step> folder.")
+        later = [p.name for p in found if int(p.name.split("-")[1]) > int(path.name.split("-")[1])]
+        if later and path.resolve().parent == Path(args.output_dir).resolve():
+            raise TrainingError(f"--resume_from_checkpoint {path.name}: this run already has later checkpoints "
+                                f"({', '.join(later)}), which resuming would replace. Resume from 'latest', or "
+                                "move those checkpoints away first.")
+    saved = json.loads((path / "pixelgpt_step.json").read_text()).get("settings")
+    if saved is None:
+        logger.warning(f"{path.name} predates recorded settings: make sure the model flags match it.")
+    else:
+        changed = [f"--{name} {saved[name]!r} -> {getattr(args, name)!r}" for name in RESUME_SETTINGS
+                   if name in saved and saved[name] != getattr(args, name)]
+        if changed:
+            raise TrainingError(f"Cannot resume from {path}: it was trained with other settings "
+                                f"({'; '.join(changed)}). Resume with the checkpoint's settings, or start a new run "
+                                "in another --output_dir.")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
@@ -454,15 +621,27 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logger.logger.setLevel(logging.INFO)  # our progress lines, without accelerate's per-file save messages
+    with ExitStack() as held:
+
+        def secure_output_dir():  # writable, and this run's alone (the main process holds the lock for all)
+            check_output_dir(args.output_dir)
+            held.enter_context(output_dir_lock(args.output_dir))
+            remove_partial_checkpoints(args.output_dir)
+
+        on_main_process(accelerator, secure_output_dir)  # before any data is read
+        return run_training(args, accelerator, started)
+
+
+def run_training(args, accelerator, started):
+    """Everything after the output folder is secured: data, model, (resumed) training, evaluation, saving."""
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        for leftover in Path(args.output_dir).glob("checkpoint-*.tmp"):  # a save that was interrupted
-            shutil.rmtree(leftover)
+    resume_path = find_resume_checkpoint(args)  # refuse a bad resume before spending time on data
 
     # ---- data and processor
     train, held_out, dataset_name = load_splits(args)
-    label_column, num_classes, class_names = resolve_label_column(args, train)
+    label_column, num_classes, class_names = None, 0, None
+    if args.class_conditional:  # labels are read only when they are used
+        label_column, num_classes, class_names = resolve_label_column(args, train)
     condition = {}
     if args.task in CONDITIONAL_TASKS:
         condition = dict(condition_quantization=args.condition_quantization,
@@ -496,6 +675,9 @@ def main(args):
                             task=args.task, condition_size=processor.condition_size,
                             condition_vocab_size=processor.condition_vocab_size, **config_kwargs)
     model = PixelGPTForImageGeneration(config)
+    # One checkpoint holds the weights, two Adam moments and the EMA copy, 4 bytes each.
+    checkpoint_bytes = 4 * sum(p.numel() for p in model.parameters()) * (3 + bool(args.use_ema))
+    on_main_process(accelerator, lambda: check_output_dir(args.output_dir, checkpoint_bytes))
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     transform = make_transform(processor, config, args, label_column)
@@ -535,28 +717,21 @@ def main(args):
     bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim else "bits_per_token"
     if accelerator.is_main_process:
         accelerator.init_trackers("pixelgpt", config={k: v for k, v in vars(args).items()
-                                                      if isinstance(v, (int, float, str, bool))})
+                                                      if isinstance(v, (int, float, str, bool))
+                                                      and k not in SECRET_ARGS})
 
     # ---- resume
     global_step, first_epoch, skip_batches = 0, 0, 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = list_checkpoints(args.output_dir)
-            path = found[-1] if found else None
-            if path is None:
-                logger.warning(f"No checkpoint in {args.output_dir}; starting a new run.")
-        else:
-            path = Path(args.resume_from_checkpoint)
-            if not CHECKPOINT_RE.match(path.name) or not path.is_dir():
-                raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint-<step> folder.")
-        if path is not None:
-            accelerator.load_state(str(path))
-            global_step = json.loads((path / "pixelgpt_step.json").read_text())["step"]
-            if ema is not None:
-                ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-            first_epoch = global_step // steps_per_epoch
-            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-            logger.info(f"Resumed from {path.name} at step {global_step}")
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        global_step = json.loads((resume_path / "pixelgpt_step.json").read_text())["step"]
+        if ema is not None:
+            ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
+        first_epoch = global_step // steps_per_epoch
+        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"Resumed from {resume_path.name} at step {global_step}")
+        if global_step >= max_steps:
+            logger.info(f"The run is already at step {global_step} of {max_steps}: nothing left to train.")
 
     logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
                 f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -570,7 +745,7 @@ def main(args):
                     disable=not accelerator.is_local_main_process)
     tokens_seen, tick = 0, time.time()
     model.train()
-    for epoch in range(first_epoch, num_epochs):
+    for epoch in range(first_epoch, num_epochs if global_step < max_steps else first_epoch):
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == first_epoch else train_loader
         for batch in loader:
@@ -587,6 +762,9 @@ def main(args):
                     input_ids[dropped, 0] = config.start_token_id
                 # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
                 loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
+                # Stop at the first non-finite loss, before it reaches the weights (every process agrees).
+                if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
+                    raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -625,6 +803,8 @@ def main(args):
     final_model = accelerator.unwrap_model(model)
     if ema is not None:
         final_model.load_state_dict(ema.module.state_dict())
+    if not all_ranks(accelerator, weights_are_finite(model)):  # never a NaN model as the result
+        raise TrainingError(diverged_message(args, global_step, "the final weights hold NaN or infinite values"))
     state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
     eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
     accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)

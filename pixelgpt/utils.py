@@ -44,6 +44,11 @@ images[0].save("sample.png")
 {% endfor %}
 """
 
+class TrainingError(RuntimeError):
+    """A training run that cannot start or go on (output folder, resume, divergence): the message says why and
+    what to do; `pixelgpt train` prints it as one line."""
+
+
 # Files taken as images in folders (train.py --train_data_dir, the pixelgpt command).
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -93,7 +98,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
     elif dataset_name:
         dataset_text = f"{num_train_images} images of the `{dataset_name}` dataset"
     else:
-        dataset_text = f"{num_train_images} images from a local image folder"
+        dataset_text = f"{num_train_images} images from local files"
     token_scheme = {"rgb8": "three lossless 8-bit tokens per pixel", "gray8": "one lossless 8-bit token per pixel",
                     "rgb": f"{processor.num_levels} levels per colour channel, one token per pixel",
                     "gray": f"{processor.num_levels} gray levels, one token per pixel",

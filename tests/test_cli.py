@@ -118,3 +118,55 @@ def test_train_sub_command_runs_the_training_script(tmp_path):
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------- misuse (issue 12)
+def pixelgpt(*argv):
+    """The installed entry point in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-c", "from pixelgpt.cli import run; run()", *argv], capture_output=True,
+                          text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300)
+
+
+def test_inputs_with_the_same_name_keep_every_output_and_nothing_is_overwritten(models, tmp_path):
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        image = np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / folder / "sub" / "same.png")
+    out = tmp_path / "out"
+    args = ["vary", "--model", models["inpaint"], "--output_dir", str(out), "--strength", "0.3"]
+    assert main([*args, str(tmp_path / "a" / "sub" / "same.png"), str(tmp_path / "b" / "sub" / "same.png")]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["same-0.png", "same_2-0.png"]
+    assert main([*args, str(tmp_path / "a")]) == 0  # a folder's images keep their path inside it
+    assert (out / "sub" / "same-0.png").is_file()
+    before = (out / "same-0.png").read_bytes()
+    result = pixelgpt(*args, "--seed", "5", str(tmp_path / "a" / "sub" / "same.png"))
+    assert result.returncode != 0 and "already exist; pass --overwrite" in result.stderr, result.stderr
+    assert (out / "same-0.png").read_bytes() == before
+    assert main([*args, "--seed", "5", "--overwrite", str(tmp_path / "a" / "sub" / "same.png")]) == 0
+
+
+def test_bad_model_output_device_and_numbers_are_one_line_messages(models, tmp_path):
+    image = str(models["images"] / "im0.png")
+    (tmp_path / "a_file").write_text("not a folder")
+    for argv, message in (
+        (["vary", "--model", str(tmp_path / "no-such-model"), image], "no such folder"),
+        (["vary", "--model", "./no-such-model", image], "no such folder"),
+        (["vary", "--model", str(models["root"] / "mask.png"), image], "is a file; give the model's folder"),
+        (["vary", "--model", models["inpaint"], "--output_dir", str(tmp_path / "a_file"), image],
+         "--output_dir " + str(tmp_path / "a_file") + " is a file"),
+        (["generate", "--model", models["generate"], "--temperature", "nan", "--output_dir", str(tmp_path / "n")],
+         "`temperature` must be a finite number"),
+        (["generate", "--model", models["generate"], "--device", "cuda", "--output_dir", str(tmp_path / "c")],
+         "asks for a GPU, but torch sees none"),
+        (["generate", "--model", models["generate"], "--device", "warp9", "--output_dir", str(tmp_path / "w")],
+         "is not a torch device"),
+        (["train", "--output_dir", str(tmp_path / "t"), "--resume_from_checkpoint", "latest", *TINY_TRAIN],
+         "there is no checkpoint in"),
+    ):
+        if "cuda" in argv and torch.cuda.is_available():
+            continue
+        result = pixelgpt(*argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in lines[-1] and lines[-1].startswith("pixelgpt: "), result.stderr[-2000:]
+    assert not (tmp_path / "n").exists()  # refused before anything was written

@@ -22,6 +22,7 @@ from transformers import AutoModel
 
 from pixelgpt import PixelGPTImageProcessor, training
 from pixelgpt.modeling import layouts_pixelgpt
+from pixelgpt.utils import TrainingError
 
 from conftest import REPO_ROOT
 
@@ -452,3 +453,103 @@ def test_the_example_script_trains_one_step_and_saves_a_loadable_model(tmp_path)
     assert json.loads((out / "eval_results.json").read_text())["steps"] == 1
     assert AutoModel.from_pretrained(out).config.image_size == 8
 
+
+
+# ------------------------------------------------------------------------------------- nothing lost (issue 12)
+@pytest.mark.parametrize("argv, message", [
+    (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
+    (["--max_train_steps", "-3"], "--max_train_steps must be >= 1, got -3"),
+    (["--checkpoints_total_limit", "-1"], "--checkpoints_total_limit must be >= 1, or 0 to keep every checkpoint"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number > 0"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
+])
+def test_impossible_step_limit_and_checkpoint_counts_are_refused(argv, message):
+    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
+        training.parse_args(argv)
+    assert message in "".join(c.args[0] for c in err.write.call_args_list)
+
+
+def test_latest_with_nothing_to_resume_fails_instead_of_starting_over(tmp_path):
+    with pytest.raises(TrainingError, match="there is no checkpoint in .* to resume from"):
+        run(tmp_path, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_resuming_an_older_checkpoint_is_refused_while_later_ones_exist(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3")
+    before = {p.name for p in training.list_checkpoints(out)}
+    with pytest.raises(TrainingError, match=r"checkpoint-2: this run already has later checkpoints "
+                                            r"\(checkpoint-4, checkpoint-6\)"):
+        run(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3",
+            "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert {p.name for p in training.list_checkpoints(out)} == before == {"checkpoint-2", "checkpoint-4",
+                                                                          "checkpoint-6"}
+
+
+def test_resuming_with_other_model_settings_is_refused_naming_them(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    with pytest.raises(TrainingError, match=r"--resolution 8 -> 12"):
+        run(tmp_path, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--resolution", "12")
+    with pytest.raises(TrainingError, match=r"--task 'generate' -> 'inpaint'"):
+        run(tmp_path, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--task", "inpaint")
+    assert [p.name for p in training.list_checkpoints(out)] == ["checkpoint-2"]
+
+
+def test_resuming_a_finished_run_trains_no_further_step(tmp_path):
+    out = run(tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "4")
+    finished = weights(out)
+    seen = []
+    original = training.task_loss
+
+    def spy(model, accelerator, batch, *args, reduction="mean", **kwargs):
+        if reduction == "mean":
+            seen.append(1)
+        return original(model, accelerator, batch, *args, reduction=reduction, **kwargs)
+
+    with mock.patch.object(training, "task_loss", spy):
+        run(tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "4", "--resume_from_checkpoint", "latest")
+    assert seen == [] and json.loads((out / "eval_results.json").read_text())["steps"] == 4
+    assert_same_weights(weights(out), finished)
+
+
+def test_the_hub_token_reaches_no_tracker_log_card_or_file(tmp_path):
+    secret = "hf_SeCrEtToKeN1234567890"
+    out = run(tmp_path, "--max_train_steps", "2", "--report_to", "tensorboard", "--hub_token", secret,
+              "--checkpointing_steps", "1")
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert any("events.out.tfevents" in f.name for f in files) and any(f.name == "hparams.yml" for f in files)
+    assert [f for f in files if secret.encode() in f.read_bytes()] == []
+
+
+def test_a_local_dataset_path_stays_off_the_model_card(tmp_path):
+    from pixelgpt.default_data import load_default_dataset
+
+    local = tmp_path / "my" / "private" / "dataset"
+    load_default_dataset()["train"].select(range(80)).to_parquet(str(local / "train.parquet"))
+    out = run(tmp_path, "--max_train_steps", "1", "--dataset_name", str(local), "--resolution", "8")
+    card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card and "private" not in card
+    assert ModelCard.load(out / "README.md").data.datasets is None
+
+
+def test_labels_are_read_only_when_used_and_must_be_class_indices(tmp_path):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    def save(name, labels, dtype):
+        images = [np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8) for i in range(len(labels))]
+        Dataset.from_dict({"image": images, "label": labels},
+                          features=Features({"image": ImageFeature(), "label": Value(dtype)})).save_to_disk(
+            str(tmp_path / name))
+
+    save("strings", ["cat", "dog"] * 8, "string")
+    save("huge", [0, 10**9] * 8, "int64")
+    for name, extra in (("strings", []), ("huge", [])):  # unconditional: the labels are never read
+        with mock.patch.object(training, "load_dataset", lambda *a, name=name, **k: __import__(
+                "datasets").load_from_disk(str(tmp_path / name))):
+            run(tmp_path, "--dataset_name", "x/y", "--max_train_steps", "1", "--train_batch_size", "4",
+                *extra, name=f"out-{name}")
+    with mock.patch.object(training, "load_dataset", lambda *a, **k: __import__("datasets").load_from_disk(
+            str(tmp_path / "huge"))), pytest.raises(ValueError, match=r"holds label 1000000000; labels must be "
+                                                                      r"class indices .* at most 100000 classes"):
+        run(tmp_path, "--dataset_name", "x/y", "--max_train_steps", "1", "--class_conditional", name="out-cc")

@@ -1,5 +1,7 @@
 """PixelGPT model configuration."""
 
+import operator
+
 from transformers import PreTrainedConfig
 
 # Named size presets (as DiT's): the training script offers these as `--model_size` choices, and any field can
@@ -36,8 +38,8 @@ DEFAULT_OPERATION = {"generate": "complete", "inpaint": "vary", "colorize": "col
 
 class PixelGPTConfig(PreTrainedConfig):
     r"""
-    Configuration of a PixelGPT model: a decoder-only transformer over the raster-order token sequence of a square
-    image, with 2-D rotary positions.
+    Configuration of a PixelGPT model: a decoder-only transformer over the token sequence of a square image (raster
+    order, or any order for inpainting models), with 2-D rotary positions.
 
     A sequence is `[condition tokens] + [start] + image tokens` (condition tokens only for the conditional tasks).
     The start token is `start_token_id` (= `vocab_size`) for unconditional images or
@@ -242,7 +244,13 @@ class PixelGPTConfig(PreTrainedConfig):
         return tuple(op for op, tasks in OPERATIONS.items() if self.task in tasks)
 
     def class_token_id(self, label: int) -> int:
-        """The start-token id that conditions on class `label`."""
+        """The start-token id that conditions on class `label` (an integer: 1.7 or "3" is refused, not rounded)."""
+        try:
+            if isinstance(label, bool):
+                raise TypeError
+            label = operator.index(label)
+        except TypeError:
+            raise ValueError(f"class labels must be integers, got {label!r}.") from None
         if not 0 <= label < self.num_classes:
             raise ValueError(f"class label {label} is out of range: this model has {self.num_classes} classes "
                              f"(labels 0..{self.num_classes - 1}).")

@@ -6,7 +6,7 @@ a model is scored in exactly the layout it was trained in.
 - any order ("inpaint"): row t holds token `order[t - 1]`, predicts `order[t]`, with a random order per image in
   which a random rectangle (the shape of inpainting masks) or the scored pixels come last.
 
-Every function returns keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
+The `*_inputs` functions return keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
 """
 
 import torch
@@ -30,6 +30,13 @@ def random_orders(last: torch.BoolTensor, tokens_per_pixel: int,
     pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
     t = tokens_per_pixel
     return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)
+
+
+def last_tokens_order(last: torch.BoolTensor, tokens_per_pixel: int,
+                      generator: torch.Generator | None = None) -> torch.LongTensor:
+    """`random_orders` from a `(B, N)` token mask (every sub-pixel token of a pixel marked alike): the marked
+    pixels last. Inpainting draws the unknown pixels last; scoring scores the masked ones last."""
+    return random_orders(last.view(len(last), -1, tokens_per_pixel)[..., 0], tokens_per_pixel, generator)
 
 
 def random_boxes(batch: int, image_size: int, probability: float, generator: torch.Generator | None = None,
@@ -73,16 +80,15 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
         if scored is not None:
             inputs["labels"] = inputs["labels"].masked_fill(~scored, -100)
         return inputs
-    size, t = config.image_size, config.tokens_per_pixel
     if scored is None:
-        last = random_boxes(input_ids.shape[0], size, box_probability, generator, input_ids.device)
+        boxes = random_boxes(input_ids.shape[0], config.image_size, box_probability, generator, input_ids.device)
+        order = random_orders(boxes, config.tokens_per_pixel, generator)  # (B, N)
     else:
-        last = scored.view(len(scored), -1, t)[..., 0]  # (B, pixels)
-    order = random_orders(last, t, generator)  # (B, N)
+        order = last_tokens_order(scored, config.tokens_per_pixel, generator)  # (B, N)
     inputs = any_order_inputs(input_ids, order)
     if scored is not None:
         inputs["labels"] = inputs["labels"].masked_fill(~scored.gather(1, order), -100)
     return inputs
 
 
-__all__ = ["any_order_inputs", "k_ahead_inputs", "random_boxes", "random_orders", "task_inputs"]
+__all__ = ["any_order_inputs", "k_ahead_inputs", "last_tokens_order", "random_boxes", "random_orders", "task_inputs"]

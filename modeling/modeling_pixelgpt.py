@@ -1,4 +1,5 @@
-"""PixelGPT: a decoder-only transformer that models an image as a raster-order sequence of tokens.
+"""PixelGPT: a decoder-only transformer that models an image as a sequence of tokens, in raster order or (inpainting
+models) in any order.
 
 Sequence layout: `[start, x_0, x_1, ..., x_{N-1}]`, where the start token is the unconditional `start_token_id` or
 a class token, and `x_i` are image tokens from the image processor. Logits at sequence index t predict `x_t`.
@@ -13,7 +14,6 @@ sampling loop is `sampling_pixelgpt.py`, and the image methods (`generate_images
 `PixelGPTImageTasksMixin` in `tasks_pixelgpt.py`.
 """
 
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -315,10 +315,8 @@ class PixelGPTPreTrainedModel(PreTrainedModel):
         pipeline_file = Path(sys.modules[PixelGPTPipeline.__module__].__file__)
         entry = {"impl": f"{pipeline_file.stem}.PixelGPTPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
         self.config.custom_pipelines = {task: dict(entry) for task in PIPELINE_TASKS}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if Path(save_directory, pipeline_file.name).resolve() != pipeline_file.resolve():
-            shutil.copy(pipeline_file, save_directory)
-        return result
+        # The pipeline file is saved beside the weights with the other code: this file imports it (relatively).
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class PixelGPTModel(PixelGPTPreTrainedModel):
@@ -457,7 +455,6 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
         super().__init__(config)
         self.model = PixelGPTModel(config)
         self.lm_head = PixelGPTLinear(config.hidden_size, config.vocab_size)
-        self.image_processor = None  # set by the user, or loaded on first use from `name_or_path`
         self.post_init()
 
     def forward(
@@ -559,6 +556,8 @@ class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
 
 
 PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
+# A saved classifier carries the code too, so it loads through remote code as well.
+PixelGPTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "PixelGPTLinear",

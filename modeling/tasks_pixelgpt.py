@@ -12,20 +12,21 @@ the loop.
 """
 
 import math
-import operator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .layouts_pixelgpt import random_orders, task_inputs
-from .sampling_pixelgpt import SamplingOptions, check_count, generate_reference, leading_known, sample_tokens
+from .layouts_pixelgpt import last_tokens_order, task_inputs
+from .sampling_pixelgpt import SamplingOptions, check_count, generate_reference, leading_known
+from .sampling_pixelgpt import sample_tokens as sampling_loop
 
 
 class PixelGPTImageTasksMixin:
     """`generate_images`, `complete_images`, `inpaint_images`, `outpaint_images`, `vary_images`,
-    `colorize_images`, `upscale_images`, `translate_images`, `score_images` and the loop `sample_tokens`.
+    `colorize_images`, `upscale_images`, `translate_images`, `score_images`, and `sample_tokens` (the loop on token
+    ids, last in this class).
 
     Every sampling method takes the keyword arguments of `SamplingOptions` (`temperature`, `top_k`, `top_p`,
     `guidance_scale`, `tokens_per_step`, `generator`, `batch_size`, `show_progress`, `use_generate`,
@@ -39,7 +40,7 @@ class PixelGPTImageTasksMixin:
         saved beside the model (loaded once). Raises if its token scheme does not match the model."""
         processor = image_processor or self.image_processor
         if processor is None:
-            source = self.config._name_or_path
+            source = self.config.name_or_path
             if not source:
                 raise ValueError(
                     "No image processor to turn tokens into images: pass `image_processor=` (a "
@@ -57,29 +58,6 @@ class PixelGPTImageTasksMixin:
             raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
                              f"{expected} for the model.")
         return processor
-
-    @torch.no_grad()
-    def sample_tokens(self, start_ids: torch.LongTensor, tokens_per_step: int = 1, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, progress=None,
-                      prefix: torch.LongTensor | None = None, guidance_scale: float = 1.0,
-                      known: torch.LongTensor | None = None, order: torch.LongTensor | None = None,
-                      condition_ids: torch.LongTensor | None = None) -> torch.LongTensor:
-        """PixelGPT's own sampling loop (static KV cache, one forward pass per `tokens_per_step` tokens) on token
-        ids, drawing from torch's global RNG: `(B,)` start tokens in, `(B, 1 + N)` ids out.
-
-        `prefix` `(B, P)`: known first image tokens (raster order); `known` `(B, N)`: tokens to keep, -1 where one
-        is drawn; `order` `(B, N)`: the generation order of any-order models (known tokens first);
-        `condition_ids` `(B, condition_size**2)`: the condition image of conditional models. See
-        `sampling_pixelgpt.sample_tokens`."""
-        if prefix is not None:
-            if known is None:
-                known = torch.full((len(start_ids), self.config.num_image_tokens), -1, dtype=torch.long,
-                                   device=start_ids.device)
-            known = known.clone()
-            known[:, : prefix.shape[1]] = prefix
-        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
-                                  tokens_per_step=tokens_per_step)
-        return sample_tokens(self, start_ids, options, known, order, condition_ids, progress)
 
     # ------------------------------------------------------------------------------------------ public methods
     @torch.no_grad()
@@ -120,7 +98,7 @@ class PixelGPTImageTasksMixin:
             raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
                              f"got {keep_rows!r}.")
         check_count("num_completions", num_completions)
-        known = self._encode(images, processor, num_completions)  # (B, N)
+        known = self._encode(images, processor, num_completions)  # (B * num_completions, N)
         known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
         return self._edit(known, num_completions, class_labels, processor, sampling)
 
@@ -139,7 +117,8 @@ class PixelGPTImageTasksMixin:
         check_count("num_samples", num_samples)
         known = self._encode(images, processor)  # (B, N)
         masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
-        known = known.masked_fill(self._token_mask(masks), -1).repeat_interleave(num_samples, dim=0)
+        known = known.masked_fill(self._token_mask(masks), -1)
+        known = known.repeat_interleave(num_samples, dim=0)  # (B * num_samples, N)
         return self._edit(known, num_samples, class_labels, processor, sampling)
 
     @torch.no_grad()
@@ -154,7 +133,7 @@ class PixelGPTImageTasksMixin:
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
         check_count("num_variations", num_variations)
-        known = self._encode(images, processor, num_variations)  # (B, N)
+        known = self._encode(images, processor, num_variations)  # (B * num_variations, N)
         size = self.config.image_size
         draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
         redraw = draws.argsort(dim=1).argsort(dim=1) < round(strength * size * size)  # exactly that many pixels
@@ -172,7 +151,9 @@ class PixelGPTImageTasksMixin:
         there. Every pass thus stays inside the grid the model was trained on (2-D rotary positions would accept a
         larger grid, but offsets beyond `image_size` were never trained); the price is that a window sees only the
         last `image_size` pixels, not the whole canvas. Returns PIL images of size
-        `(image_size + left + right) x (image_size + top + bottom)`; `batch_size` applies per window.
+        `(image_size + left + right) x (image_size + top + bottom)`; `batch_size` applies per window. With
+        `output_type="tokens"` the canvas's tokens `(B, height * width * tokens_per_pixel)`, without a start
+        column (it is no single sequence the model read).
         """
         self.config.check_operation("outpaint")
         processor = self.get_image_processor(image_processor)
@@ -296,24 +277,18 @@ class PixelGPTImageTasksMixin:
         """One start token per output image: unconditional, or each class label `repeats` times."""
         if class_labels is None:
             return [self.config.start_token_id] * repeats
-        labels = [class_labels] if not hasattr(class_labels, "__iter__") else list(class_labels)
-        return [self.config.class_token_id(self._class_index(c)) for c in labels for _ in range(repeats)]
+        return [self.config.class_token_id(c) for c in self._labels(class_labels) for _ in range(repeats)]
 
     @staticmethod
-    def _class_index(label) -> int:
-        """An integer class label as an int; 1.7 or "3" is refused rather than rounded or parsed."""
-        try:
-            if isinstance(label, bool):
-                raise TypeError
-            return operator.index(label)
-        except TypeError:
-            raise ValueError(f"class labels must be integers, got {label!r}.") from None
+    def _labels(class_labels) -> list:
+        """One class label or a sequence of them, as a list."""
+        return [class_labels] if not hasattr(class_labels, "__iter__") else list(class_labels)
 
     def _input_start_ids(self, class_labels, num_inputs: int, repeats: int) -> list[int]:
         """Start tokens for `num_inputs` input images drawn `repeats` times each: one class label per input."""
         if class_labels is None:
             return [self.config.start_token_id] * (num_inputs * repeats)
-        labels = [class_labels] if not hasattr(class_labels, "__iter__") else list(class_labels)
+        labels = self._labels(class_labels)
         if len(labels) != num_inputs:
             raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
         return self._start_ids(labels, repeats)
@@ -338,7 +313,7 @@ class PixelGPTImageTasksMixin:
         processor = self.get_image_processor(image_processor)
         check_count("num_samples", num_samples)
         condition = processor.encode_condition(images, return_tensors="pt").condition_ids
-        condition = condition.repeat_interleave(num_samples, dim=0)  # (B, C)
+        condition = condition.repeat_interleave(num_samples, dim=0)  # (B * num_samples, C)
         options = SamplingOptions.from_kwargs(sampling)
         tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition)
         return self._output(tokens, processor, options)
@@ -377,14 +352,35 @@ class PixelGPTImageTasksMixin:
                 else:
                     order = None
                     if self.config.task == "inpaint":  # known pixels first, the rest in a random order
-                        pixels = part.view(len(part), -1, self.config.tokens_per_pixel)[..., 0]
-                        order = random_orders(pixels < 0, self.config.tokens_per_pixel)
-                    out = self.sample_tokens(start, options.tokens_per_step, options.temperature, options.top_k,
-                                             options.top_p, progress=bar, guidance_scale=options.guidance_scale,
-                                             known=part, order=order, condition_ids=condition)
+                        order = last_tokens_order(part < 0, self.config.tokens_per_pixel)
+                    out = sampling_loop(self, start, options, known=part, order=order, condition_ids=condition,
+                                        progress=bar)
                 outputs.append(out.cpu())  # (b, 1 + N)
         bar.close()
         return torch.cat(outputs)
 
+
+    @torch.no_grad()
+    def sample_tokens(self, start_ids: torch.LongTensor, tokens_per_step: int = 1, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, progress=None,
+                      prefix: torch.LongTensor | None = None, guidance_scale: float = 1.0,
+                      known: torch.LongTensor | None = None, order: torch.LongTensor | None = None,
+                      condition_ids: torch.LongTensor | None = None) -> torch.LongTensor:
+        """PixelGPT's own sampling loop (static KV cache, one forward pass per `tokens_per_step` tokens) on token
+        ids, drawing from torch's global RNG: `(B,)` start tokens in, `(B, 1 + N)` ids out.
+
+        `prefix` `(B, P)`: known first image tokens (raster order); `known` `(B, N)`: tokens to keep, -1 where one
+        is drawn; `order` `(B, N)`: the generation order of any-order models (known tokens first);
+        `condition_ids` `(B, condition_size**2)`: the condition image of conditional models. See
+        `sampling_pixelgpt.sample_tokens`."""
+        if prefix is not None:
+            if known is None:
+                known = torch.full((len(start_ids), self.config.num_image_tokens), -1, dtype=torch.long,
+                                   device=start_ids.device)
+            known = known.clone()
+            known[:, : prefix.shape[1]] = prefix
+        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
+                                  tokens_per_step=tokens_per_step)
+        return sampling_loop(self, start_ids, options, known, order, condition_ids, progress)
 
 __all__ = ["PixelGPTImageTasksMixin"]

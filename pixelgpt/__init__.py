@@ -22,6 +22,7 @@ from .modeling import (
     PixelGPTPipeline,
     PixelGPTPreTrainedModel,
     PixelGPTStaticCache,
+    SamplingOptions,
 )
 from .processing import PixelGPTImageProcessor
 
@@ -44,4 +45,5 @@ __all__ = [
     "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
+    "SamplingOptions",
 ]

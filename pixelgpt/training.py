@@ -43,6 +43,7 @@ from .modeling import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGenerati
 from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, MAX_CLASSES, PIXELGPT_TASKS
 from .modeling.layouts_pixelgpt import task_inputs
 from .processing import PixelGPTImageProcessor
+from .processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUANTIZATIONS, RESAMPLE, RESIZE_MODES
 from .utils import IMAGE_EXTENSIONS, TrainingError, make_image_grid, open_image, write_model_card
 
 logger = get_logger(__name__)
@@ -79,15 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     proc = p.add_argument_group("image processor")
     proc.add_argument("--resolution", type=int, default=None, help="Side of the square training images (default: 28 "
                       "for the built-in data, else 32).")
-    proc.add_argument("--quantization", default="gray", choices=["gray", "rgb", "gray8", "rgb8", "palette"],
+    proc.add_argument("--quantization", default="gray", choices=QUANTIZATIONS,
                       help="Token scheme: N-level gray/rgb, lossless 8-bit gray8/rgb8, or a k-means palette.")
     proc.add_argument("--num_levels", type=int, default=8, help="Levels per channel for gray/rgb quantization.")
     proc.add_argument("--fit_palette", action="store_true", help="Learn a k-means palette from training images "
                       "(implies --quantization palette).")
     proc.add_argument("--palette_size", type=int, default=256, help="Colours in the learned palette.")
     proc.add_argument("--palette_samples", type=int, default=1000, help="Training images sampled to fit the palette.")
-    proc.add_argument("--resize_mode", default="crop", choices=["crop", "stretch"], help="Resize policy.")
-    proc.add_argument("--resample", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"],
+    proc.add_argument("--resize_mode", default="crop", choices=RESIZE_MODES, help="Resize policy.")
+    proc.add_argument("--resample", default="bicubic", choices=sorted(RESAMPLE),
                       help="Resampling filter used when resizing.")
 
     model = p.add_argument_group("model")
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "version; translate: learn targets from paired source images.")
     model.add_argument("--inpaint_box_probability", type=float, default=0.5,
                        help="--task inpaint: share of training orders that leave a random rectangle for last.")
-    model.add_argument("--condition_quantization", choices=["gray8", "gray", "rgb"], default=None,
+    model.add_argument("--condition_quantization", choices=CONDITION_QUANTIZATIONS, default=None,
                        help="How condition images are tokenized (default: gray8 for colorize, else gray8 for gray "
                        "quantizations and rgb otherwise).")
     model.add_argument("--condition_num_levels", type=int, default=8, help="Levels per channel of gray/rgb conditions.")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
-from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
+from pixelgpt import PixelGPTForImageClassification, PixelGPTForImageGeneration, PixelGPTImageProcessor
 
 from conftest import random_ids, run_without_pixelgpt, tiny_config
 
@@ -162,3 +162,22 @@ def test_image_to_image_pipeline_from_a_folder_matches_the_model(tmp_path):
             raise AssertionError("an inpainting model must refuse to upscale")
     """, env={"HF_HOME": str(tmp_path / "hf_home")})
     np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), expected.numpy())
+
+
+def test_a_saved_classifier_loads_through_remote_code_with_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    classifier = PixelGPTForImageClassification(tiny_config(vocab_size=27, num_labels=3)).eval()
+    classifier.save_pretrained(tmp_path / "classifier")
+    assert CODE_FILES - {"image_processing_pixelgpt.py"} <= {p.name for p in (tmp_path / "classifier").iterdir()}
+    ids = random_ids(classifier.config, batch=2)
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    run_without_pixelgpt(f"""
+        import numpy as np, torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "classifier")!r},
+                                                                trust_remote_code=True).eval()
+        assert type(model).__name__ == "PixelGPTForImageClassification"
+        ids = torch.from_numpy(np.load({str(tmp_path / "ids.npy")!r}))
+        np.save({str(tmp_path / "logits.npy")!r}, model(ids).logits.detach().numpy())
+    """, env={"HF_HOME": str(tmp_path / "hf_home")})
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), classifier(ids).logits.detach().numpy())

@@ -14,6 +14,7 @@ from pixelgpt import (
     PixelGPTForImageGeneration,
     PixelGPTImageProcessor,
 )
+from pixelgpt.modeling import tasks_pixelgpt
 from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, DEFAULT_OPERATION, OPERATIONS, PIXELGPT_TASKS
 from pixelgpt.modeling.sampling_pixelgpt import SamplingOptions
 
@@ -301,13 +302,13 @@ def test_inpainting_models_read_every_kept_pixel_before_drawing(inpaint_model):
     mask = np.zeros((6, 6), dtype=bool)
     mask[2:5, 1:4] = True
     calls = []
-    original = model.sample_tokens
+    original = tasks_pixelgpt.sampling_loop
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
-    with mock.patch.object(model, "sample_tokens", spy):
+    with mock.patch.object(tasks_pixelgpt, "sampling_loop", spy):
         model.inpaint_images(np.zeros((6, 6), np.uint8), mask, num_samples=3, image_processor=processor,
                              show_progress=False, generator=torch.Generator().manual_seed(0))
     order, known = calls[0]["order"], calls[0]["known"]

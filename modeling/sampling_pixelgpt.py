@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 
@@ -28,7 +29,11 @@ class SamplingOptions:
     top_k / top_p: optional top-k and nucleus filtering (None or 0 / 1.0 disable them).
     guidance_scale: classifier-free guidance towards class labels (1 = none), `uncond + s * (cond - uncond)` on the
         log-probabilities, as generate()'s `guidance_scale`.
-    tokens_per_step: 1, or the model's `parallel_tokens` (k-ahead parallel decoding, k times fewer passes).
+    tokens_per_step: 1, or the model's `parallel_tokens` k: k tokens per pass from the k-ahead predictions.
+    exact: with tokens_per_step = k > 1, exact speculative sampling: the k-ahead predictions are drafts that the
+        one-token predictions verify, so images are distributed exactly as one-token sampling draws them (1 to k
+        tokens per pass). Without it, k-ahead decoding is approximate: k tokens drawn independently per pass
+        (exactly k times fewer passes, at a measured cost in quality).
     generator: a `torch.Generator`; the same state gives the same images.
     batch_size: images sampled together (with a fixed generator, another batch size draws other images).
     show_progress: a tqdm bar over the image tokens to draw.
@@ -43,6 +48,7 @@ class SamplingOptions:
     top_p: float | None = None
     guidance_scale: float = 1.0
     tokens_per_step: int = 1
+    exact: bool = False
     generator: torch.Generator | None = None
     batch_size: int = 16
     show_progress: bool = True
@@ -81,6 +87,8 @@ class SamplingOptions:
         if self.guidance_scale != 1.0 and (class_labels is None or not config.num_classes):
             raise ValueError("`guidance_scale` guides towards class labels: it needs `class_labels` and a "
                              "class-conditional model (trained with --class_conditional).")
+        if not isinstance(self.exact, bool):
+            raise ValueError(f"`exact` must be True or False, got {self.exact!r}.")
         if self.use_generate and self.tokens_per_step != 1:
             raise ValueError("`use_generate=True` draws one token per pass; use tokens_per_step=1.")
         if self.use_generate and config.task != "generate":
@@ -131,16 +139,17 @@ class PixelGPTStaticCache:
         return allowed[None, None]  # (1, 1, new, total)
 
 
-def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                as_generate: bool = True) -> torch.LongTensor:
-    """Sample one token per row of `(B, m, V)` logits. Mirrors generate()'s temperature -> top-k -> top-p warpers
-    and, with `as_generate`, its `torch.multinomial` draw, so both paths give the same tokens under the same seed.
-    Without it (k-ahead decoding, which generate() cannot do) the draw inverts the cumulative distribution with one
-    uniform number per token: the same distribution, for a fraction of the cost of multinomial, which draws an
-    exponential number per vocabulary entry (~5% of a k = 8 pass on CPU)."""
+def warped_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None) -> torch.Tensor:
+    """The distribution one-token sampling draws from: softmax after generate()'s temperature -> top-k -> top-p
+    warpers, `(..., V)` float32; temperature 0 is the one-hot argmax."""
     scores = logits.float()
     if temperature == 0:
-        return scores.argmax(-1)
+        return F.one_hot(scores.argmax(-1), scores.shape[-1]).float()
+    return _warp(scores, temperature, top_k, top_p).softmax(-1)
+
+
+def _warp(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
     if temperature != 1.0:
         scores = scores / temperature
     if top_k:
@@ -151,14 +160,75 @@ def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         remove = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
         remove[..., -1:] = False  # always keep the most likely token
         scores = scores.masked_fill(remove.scatter(-1, order, remove), -float("inf"))
-    probs = scores.softmax(-1)
+    return scores
+
+
+def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                as_generate: bool = True) -> torch.LongTensor:
+    """Sample one token per row of `(B, m, V)` logits. Mirrors generate()'s temperature -> top-k -> top-p warpers
+    and, with `as_generate`, its `torch.multinomial` draw, so both paths give the same tokens under the same seed.
+    Without it (k-ahead decoding, which generate() cannot do) the draw inverts the cumulative distribution with one
+    uniform number per token: the same distribution, for a fraction of the cost of multinomial, which draws an
+    exponential number per vocabulary entry (~5% of a k = 8 pass on CPU)."""
+    scores = logits.float()
+    if temperature == 0:
+        return scores.argmax(-1)
+    probs = _warp(scores, temperature, top_k, top_p).softmax(-1)
     if as_generate:
         return torch.multinomial(probs.flatten(0, -2), 1).view(probs.shape[:-1])
-    cdf = probs.cumsum(-1)  # (B, m, V), non-decreasing
+    return draw_from(probs)
+
+
+def draw_from(probs: torch.Tensor) -> torch.LongTensor:
+    """One token per row of `(..., V)` probabilities (unnormalised is fine) by inverting the cumulative sum with
+    one uniform number per row."""
+    cdf = probs.cumsum(-1)  # (..., V), non-decreasing
     total = cdf[..., -1:]
     # u in [0, total): the first entry of the cdf above u is a token of non-zero probability.
     u = torch.minimum(torch.rand(total.shape, device=cdf.device) * total, total.nextafter(torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
+class PixelGPTRaggedCache(PixelGPTStaticCache):
+    """A static cache in which every batch row has its own length, for the exact speculative loop: the rows of one
+    batch accept different numbers of drafts, and each keeps only its accepted rows (`keep`).
+
+    A pass writes its `m` new rows at each batch row's own end and attends, per batch row, to that row's filled
+    slots and the new rows before it; slots past a row's length (rejected drafts, padding) are never seen and are
+    overwritten by the next pass.
+    """
+
+    def __init__(self, config, batch_size: int, max_length: int, device, dtype):
+        super().__init__(config, batch_size, max_length, device, dtype)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._slots = None  # (B, m): where this pass writes
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.lengths.max())
+
+    def causal_mask(self, num_new: int, attn_implementation: str):
+        self._slots = self.lengths[:, None] + torch.arange(num_new, device=self.lengths.device)  # (B, m)
+        width = int(self._slots.max()) + 1
+        if width > self.max_length:
+            raise ValueError(f"PixelGPTRaggedCache holds {self.max_length} positions; {width} were asked for.")
+        allowed = torch.arange(width, device=self.lengths.device) <= self._slots[..., None]  # (B, m, width)
+        if attn_implementation == "eager":
+            dtype = self.keys[0].dtype
+            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min)[:, None]
+        return allowed[:, None]  # (B, 1, m, width)
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
+        batch, heads, m, head_dim = key.shape
+        index = self._slots[:, None, :, None].expand(batch, heads, m, head_dim)
+        self.keys[layer_idx].scatter_(2, index, key)
+        self.values[layer_idx].scatter_(2, index, value)
+        width = int(self._slots.max()) + 1
+        return self.keys[layer_idx][:, :, :width], self.values[layer_idx][:, :, :width]  # (B, heads, width, hd)
+
+    def keep(self, counts: torch.LongTensor) -> None:
+        """Make the first `counts[b]` rows of the last pass part of batch row b; the others are dropped."""
+        self.lengths += counts
 
 
 @contextmanager
@@ -166,7 +236,8 @@ def packed_weights(model):
     """For one sampling loop, every layer that can pre-arrange its weight for repeated inference does so
     (`PixelGPTLinear.pack`: oneDNN's layout on CPU in float32, ~15 ms for a 256-wide, 8-layer model); released
     afterwards, so no stale copy outlives a weight update."""
-    layers = [module for module in model.modules() if hasattr(module, "pack")]
+    # Only layers not packed yet: a caller that packs once for many loops keeps its packing.
+    layers = [module for module in model.modules() if hasattr(module, "pack") and module.packed is None]
     try:
         for layer in layers:
             layer.pack()
@@ -242,6 +313,126 @@ def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, 
     return torch.cat([start_ids[:, None], tokens], dim=1)
 
 
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, drafts: torch.LongTensor,
+                       uniforms: torch.Tensor) -> torch.BoolTensor:
+    """Accept each draft with probability min(1, p(y) / q(y)) (Leviathan et al. 2023; Chen et al. 2023): `p`, `q`
+    `(..., V)` the target and draft distributions, `drafts` `(...)` drawn from `q`, `uniforms` `(...)` in [0, 1)."""
+    p_y = p.gather(-1, drafts[..., None])[..., 0]
+    q_y = q.gather(-1, drafts[..., None])[..., 0]
+    return uniforms * q_y < p_y
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What replaces a rejected draft: max(0, p - q), normalised. Together with `speculative_accept` every token
+    is distributed exactly as `p`. Where p <= q everywhere (p == q) no draft is ever rejected; `p` is returned."""
+    remainder = (p - q).clamp(min=0)
+    total = remainder.sum(-1, keepdim=True)
+    return torch.where(total > 0, remainder / total.clamp(min=torch.finfo(p.dtype).tiny), p)
+
+
+def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions,
+                        known: torch.LongTensor | None = None, progress=None) -> torch.LongTensor:
+    """Exact speculative sampling from a model trained with `parallel_tokens = k`: images distributed exactly as
+    one-token sampling draws them, in fewer forward passes. Raster order; draws from torch's global RNG.
+
+    The model is read in two views at once, each with its own cache rows (one batch, `PixelGPTRaggedCache`): the
+    one-token view (row holds token t, predicts t + 1) gives the target distributions p, the k-ahead view (row
+    holds t, predicts t + k) the drafts' q. A pass feeds the last accepted token and up to k - 1 drafts drawn from q
+    to both views. The one-token rows score the drafts: each is kept with probability min(1, p/q) until the first
+    rejection, which is redrawn from max(0, p - q); if all are kept, the last row adds one more token from p. The
+    k-ahead rows of the kept tokens give q for the next drafts, which thus depend only on accepted tokens. Every
+    pass fixes between 1 and k tokens per image, and the images of a batch advance at their own pace.
+    `known` `(B, N)`: tokens to keep (-1 where drawn). Returns `(B, 1 + N)`.
+    """
+    config, device = model.config, start_ids.device
+    n, k, batch, vocab = config.num_image_tokens, options.tokens_per_step, start_ids.shape[0], config.vocab_size
+    if k < 2 or k != config.parallel_tokens:
+        raise ValueError(f"Exact speculative sampling drafts with the model's k-ahead predictions: it needs "
+                         f"tokens_per_step = parallel_tokens > 1 (this model: {config.parallel_tokens}), got {k}.")
+    if known is None:
+        known = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    is_known = known >= 0
+    seq = known.clamp(min=0).clone()  # accepted tokens before each image's frontier, current drafts after it
+    guided = options.guidance_scale != 1.0
+    views = [start_ids, torch.full_like(start_ids, config.start_token_id)] if guided else [start_ids]
+    lane_starts = torch.cat(views * 2)  # one-token view (cond[, uncond]), then the k-ahead view
+    q_store = torch.zeros(batch, n + k, vocab, device=device)  # draft distribution q for each position
+    rows = torch.arange(batch, device=device)
+
+    def run(cache, held_p, held_q):
+        """One pass; `held_*` `(B, m)` the token index each row holds (negative: start rows) in each view.
+        Returns the warped distributions of both views, `(B, m, V)` each."""
+        held = torch.cat([held_p] * len(views) + [held_q] * len(views))  # (L * B, m)
+        tokens = seq.repeat(2 * len(views), 1).gather(1, held.clamp(0, n - 1))
+        ids = torch.where(held < 0, lane_starts[:, None], tokens)
+        targets = torch.cat([held_p + 1] * len(views) + [held_q + k] * len(views))
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
+                       target_positions=targets).logits.float()  # (L * B, m, V)
+        logits = logits.view(2, len(views), batch, *logits.shape[1:])
+        if guided:
+            cond, uncond = logits[:, 0].log_softmax(-1), logits[:, 1].log_softmax(-1)
+            logits = uncond + options.guidance_scale * (cond - uncond)  # (2, B, m, V)
+        else:
+            logits = logits[:, 0]
+        probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
+        return probs[0], probs[1]
+
+    def keep(cache, counts_p, counts_q):
+        cache.keep(torch.cat([counts_p] * len(views) + [counts_q] * len(views)))
+
+    prefix = leading_known(known)
+    if prefix == n:
+        return torch.cat([start_ids[:, None], seq], dim=1)
+    with torch.inference_mode(), packed_weights(model):
+        cache = PixelGPTRaggedCache(config, len(lane_starts), n + 2 * k + 1, device, model.dtype)
+        # First pass: the start row and the known prefix in the one-token view (then padding), the k start rows and
+        # the prefix in the k-ahead view; it draws the first free token and q for the next k - 1 positions.
+        m = k + prefix
+        index = torch.arange(m, device=device).expand(batch, m)
+        p, q = run(cache, (index - 1).clamp(max=prefix - 1), index - k)
+        keep(cache, torch.full((batch,), prefix + 1, device=device), torch.full((batch,), m, device=device))
+        q_store[:, :m] = q
+        first = draw_from(p[:, prefix])
+        seq[:, prefix] = torch.where(is_known[:, prefix], known[:, prefix], first)
+        frontier = torch.full((batch,), prefix + 1, device=device)  # tokens fixed so far, per image
+        if progress is not None:
+            progress.update(int((~is_known[:, : prefix + 1]).sum()))
+        while bool((frontier < n).any()):
+            active = frontier < n
+            num_drafts = (n - 1 - frontier).clamp(min=0, max=k - 1) * active  # (B,)
+            m = int(num_drafts.max()) + 1
+            steps = torch.arange(m - 1, device=device)
+            draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (B, m - 1)
+            drafting = steps < num_drafts[:, None]
+            q_drafts = q_store[rows[:, None], draft_pos]  # (B, m - 1, V)
+            drafts = torch.where(is_known.gather(1, draft_pos), known.gather(1, draft_pos), draw_from(q_drafts))
+            seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
+            held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (B, m)
+            p, q = run(cache, held, held)
+            accepted = speculative_accept(p[:, : m - 1], q_drafts, drafts, torch.rand(drafts.shape, device=device))
+            accepted = (accepted | is_known.gather(1, draft_pos)) & drafting
+            num_accepted = accepted.long().cumprod(1).sum(1)  # (B,): drafts kept before the first rejection
+            rejected = num_accepted < num_drafts
+            q_next = q_drafts[rows, num_accepted.clamp(max=max(m - 2, 0))] if m > 1 else torch.zeros_like(p[:, 0])
+            # A rejected draft is redrawn from the residual; after all drafts, the last row's p gives one more.
+            new = draw_from(residual(p[rows, num_accepted], q_next * rejected[:, None]))
+            new_pos = (frontier + num_accepted).clamp(max=n - 1)
+            new = torch.where(is_known[rows, new_pos], known[rows, new_pos], new)
+            seq[rows[active], new_pos[active]] = new[active]
+            kept_rows = (torch.arange(m, device=device) <= num_accepted[:, None]) & active[:, None]  # (B, m)
+            q_pos = held + k
+            store = kept_rows & (q_pos < n)
+            q_store[rows[:, None].expand_as(q_pos)[store], q_pos[store]] = q[store]
+            counts = torch.where(active, num_accepted + 1, 0)
+            keep(cache, counts, counts)
+            if progress is not None:
+                span = (torch.arange(n, device=device) >= frontier[:, None]) & (
+                    torch.arange(n, device=device) < (frontier + counts)[:, None])
+                progress.update(int((span & ~is_known).sum()))
+            frontier = frontier + counts
+    return torch.cat([start_ids[:, None], seq], dim=1)
+
+
 def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTensor | None,
                        options: SamplingOptions, progress=None) -> torch.LongTensor:
     """The same draw through transformers' `generate()` (raster order, one token per pass, a known raster
@@ -276,5 +467,6 @@ def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTen
     )
 
 
-__all__ = ["PixelGPTStaticCache", "SamplingOptions", "check_count", "draw_tokens", "generate_reference",
-           "leading_known", "packed_weights", "sample_tokens"]
+__all__ = ["PixelGPTRaggedCache", "PixelGPTStaticCache", "SamplingOptions", "check_count", "draw_from", "draw_tokens",
+           "exact_sample_tokens", "generate_reference", "leading_known", "packed_weights", "residual", "sample_tokens",
+           "speculative_accept", "warped_probs"]

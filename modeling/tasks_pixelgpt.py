@@ -19,7 +19,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .layouts_pixelgpt import last_tokens_order, task_inputs
-from .sampling_pixelgpt import SamplingOptions, check_count, generate_reference, leading_known
+from .sampling_pixelgpt import (
+    SamplingOptions,
+    check_count,
+    exact_sample_tokens,
+    generate_reference,
+    leading_known,
+    packed_weights,
+)
 from .sampling_pixelgpt import sample_tokens as sampling_loop
 
 
@@ -67,9 +74,11 @@ class PixelGPTImageTasksMixin:
 
         `class_labels`: a class id or a list of ids for a class-conditional model (None draws unconditionally);
         `guidance_scale` > 1 guides towards them (classifier-free guidance, the model trained with class dropout).
-        `tokens_per_step=k` draws k tokens per pass with a model trained with `parallel_tokens=k` (k times fewer
-        passes, at some cost in quality). `output_type="tokens"` returns the ids `(num_images, 1 + N)`. Other
-        keywords: see `SamplingOptions` (extra keywords go to `generate()` with `use_generate=True`).
+        `tokens_per_step=k` uses a model trained with `parallel_tokens=k`: with `exact=True`, exact speculative
+        sampling (the same distribution as one token per pass, in fewer passes); without, approximate k-ahead
+        decoding (k tokens per pass, at a measured cost in quality). `output_type="tokens"` returns the ids
+        `(num_images, 1 + N)`. Other keywords: see `SamplingOptions` (extra keywords go to `generate()` with
+        `use_generate=True`).
         """
         check_count("num_images", num_images)
         if self.config.is_conditional:
@@ -339,7 +348,8 @@ class PixelGPTImageTasksMixin:
         outputs = []
         # Both paths draw from torch's global generator: fork it so that a `generator` gives reproducible images
         # without disturbing the caller's global random state.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Weights are packed once for every batch of the call (the loops inside find them packed).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), packed_weights(self):
             if seed is not None:
                 torch.manual_seed(seed)
             for i in range(0, len(start_ids), options.batch_size):
@@ -349,6 +359,8 @@ class PixelGPTImageTasksMixin:
                 if options.use_generate:
                     prefix = part[:, : leading_known(part)]
                     out = generate_reference(self, start, prefix if prefix.shape[1] else None, options, bar)
+                elif options.exact and options.tokens_per_step > 1:
+                    out = exact_sample_tokens(self, start, options, known=part, progress=bar)
                 else:
                     order = None
                     if self.config.task == "inpaint":  # known pixels first, the rest in a random order

@@ -33,6 +33,15 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="Replace output files that already exist.")
 
 
+def _parallel_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens_per_step", type=int, default=1,
+                   help="k tokens per forward pass, for a model trained with --parallel_tokens k. APPROXIMATE "
+                   "unless --exact is given: k tokens drawn independently (k times fewer passes, lower quality).")
+    p.add_argument("--exact", action="store_true",
+                   help="With --tokens_per_step k: exact speculative sampling, images distributed exactly as one "
+                   "token per pass would draw them, in 1 to k tokens per pass.")
+
+
 def _inputs_flag(p: argparse.ArgumentParser, what: str = "Input image files or folders of images.") -> None:
     p.add_argument("inputs", nargs="+", help=what)
 
@@ -49,13 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_images", type=int, default=8, help="Images to draw (per class label).")
     p.add_argument("--class_label", type=int, action="append", help="Class id (repeat for several classes).")
     p.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance towards the class.")
-    p.add_argument("--tokens_per_step", type=int, default=1, help="Tokens per pass (the model's parallel_tokens).")
+    _parallel_flags(p)
 
     p = sub.add_parser("complete", help="Keep the top rows of images and draw the rest.")
     _sampling_flags(p)
     _inputs_flag(p)
     p.add_argument("--keep_rows", type=int, required=True, help="Pixel rows kept from the top (model grid).")
     p.add_argument("--num_samples", type=int, default=1, help="Completions per input.")
+    _parallel_flags(p)
 
     p = sub.add_parser("inpaint", help="Redraw the masked part of images (an inpainting model).")
     _sampling_flags(p)
@@ -202,11 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         images = model.generate_images(args.num_images, class_labels=args.class_label,
                                        guidance_scale=args.guidance_scale, tokens_per_step=args.tokens_per_step,
-                                       **sampling)
+                                       exact=args.exact, **sampling)
     else:
         inputs = [_open(f) for f in files]
         if args.command == "complete":
-            images = model.complete_images(inputs, args.keep_rows, num_completions=repeats, **sampling)
+            images = model.complete_images(inputs, args.keep_rows, num_completions=repeats,
+                                           tokens_per_step=args.tokens_per_step, exact=args.exact, **sampling)
         elif args.command == "inpaint":
             images = model.inpaint_images(inputs, _open(Path(args.mask)), num_samples=repeats, **sampling)
         elif args.command == "outpaint":

@@ -170,3 +170,15 @@ def test_bad_model_output_device_and_numbers_are_one_line_messages(models, tmp_p
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert message in lines[-1] and lines[-1].startswith("pixelgpt: "), result.stderr[-2000:]
     assert not (tmp_path / "n").exists()  # refused before anything was written
+
+
+def test_generate_exact_k_ahead_matches_the_model_method(tmp_path):
+    folder = save_model(tmp_path / "k2", parallel_tokens=2)
+    assert main(["generate", "--model", folder, "--num_images", "3", "--tokens_per_step", "2", "--exact",
+                 "--seed", "4", "--output_dir", str(tmp_path / "out")]) == 0
+    model = PixelGPTForImageGeneration.from_pretrained(folder)
+    expected = model.generate_images(3, tokens_per_step=2, exact=True, generator=torch.Generator().manual_seed(4),
+                                     show_progress=False)
+    written = read(tmp_path / "out")
+    assert [np.array_equal(written[f"sample-{i:04d}.png"], np.asarray(image)) for i, image in enumerate(expected)] \
+        == [True] * 3

@@ -1,13 +1,24 @@
 """The sampling engine (sampling_pixelgpt.py): the static-cache loop against generate() and against recomputing
 everything, the draw, guidance, progress."""
 
+import itertools
+import math
 from unittest import mock
 
 import pytest
 import torch
 
+from pixelgpt.modeling import sampling_pixelgpt
 from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_orders
-from pixelgpt.modeling.sampling_pixelgpt import draw_tokens, leading_known
+from pixelgpt.modeling.sampling_pixelgpt import (
+    SamplingOptions,
+    draw_tokens,
+    exact_sample_tokens,
+    leading_known,
+    residual,
+    speculative_accept,
+    warped_probs,
+)
 
 from conftest import make_conditional, make_model, random_ids
 
@@ -190,3 +201,110 @@ def test_conditional_cached_loop_matches_recomputing_everything(task):
     fast = model.sample_tokens(start, condition_ids=condition)
     torch.manual_seed(3)
     assert torch.equal(fast[:, 1:], reference_fill(model, start, known, order, condition))
+
+
+# ------------------------------------------------------------------------------------- exact speculative sampling
+def test_accept_and_resample_rule_against_hand_computed_distributions():
+    p, q = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.5, 0.3])
+    # min(1, p/q) = 1, 0.6, 2/3: accepted exactly when u < that
+    drafts = torch.tensor([0, 1, 1, 2, 2])
+    u = torch.tensor([0.999, 0.59, 0.61, 0.66, 0.67])
+    assert speculative_accept(p.expand(5, 3), q.expand(5, 3), drafts, u).tolist() == [True, True, False, True, False]
+    torch.testing.assert_close(residual(p, q), torch.tensor([1.0, 0.0, 0.0]))  # max(0, p - q) = (0.3, 0, 0)
+    torch.testing.assert_close(residual(p, p), p)  # nothing is ever rejected there
+    # One step as a whole: draft y ~ q, keep it with min(1, p/q), else the residual. Integrated over u: exactly p.
+    uniforms = (torch.arange(3000) + 0.5) / 3000
+    out = torch.zeros(3)
+    for y in range(3):
+        kept = speculative_accept(p.expand(3000, 3), q.expand(3000, 3), torch.full((3000,), y), uniforms).float()
+        out[y] += q[y] * kept.mean()
+        out += q[y] * (1 - kept.mean()) * residual(p, q)
+    torch.testing.assert_close(out, p, atol=1e-3, rtol=0)
+
+
+def tiny_k_ahead_model(**overrides):
+    """Three token values, four tokens per image (81 images), logits scaled up so that the one-token and the
+    k-ahead distributions are sharp and differ: a wrong rule shows at once."""
+    model = make_model(vocab_size=3, image_size=2, hidden_size=16, num_attention_heads=2, intermediate_size=24,
+                       parallel_tokens=2, **overrides)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    return model
+
+
+def one_token_distribution(model, options, start):
+    """Probability of each of the 81 images under one-token sampling with these options (warpers, guidance)."""
+    images = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    ids = torch.cat([torch.full((len(images), 1), start), images], 1)
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].float()
+        if options.guidance_scale != 1.0:
+            uncond = model(ids.index_fill(1, torch.tensor([0]), model.config.start_token_id)).logits[:, :-1].float()
+            cond, uncond = logits.log_softmax(-1), uncond.log_softmax(-1)
+            logits = uncond + options.guidance_scale * (cond - uncond)
+    probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
+    return images, probs.gather(-1, images[..., None])[..., 0].prod(1)
+
+
+def chi_square(model, options, start, draws=20000):
+    """Pearson's statistic of `draws` exact-mode images against the one-token distribution, and its 0.1% critical
+    value (Wilson-Hilferty)."""
+    images, expected = one_token_distribution(model, options, start)
+    torch.manual_seed(1)
+    out = exact_sample_tokens(model, torch.full((draws,), start), options)[:, 1:]
+    counts = (out[:, None, :] == images[None]).all(-1).sum(0).float()  # (81,)
+    expected = expected * draws
+    cells = expected > 5
+    stat = float(((counts - expected) ** 2 / expected)[cells].sum())
+    dof = int(cells.sum()) - 1
+    critical = dof * (1 - 2 / (9 * dof) + 3.09 * math.sqrt(2 / (9 * dof))) ** 3
+    return stat, critical
+
+
+@pytest.mark.parametrize("options", [dict(), dict(temperature=0.7, top_k=2), dict(top_p=0.8),
+                                     dict(guidance_scale=2.0)], ids=["plain", "temperature_top_k", "top_p", "cfg"])
+def test_exact_mode_draws_images_with_the_one_token_distribution(options):
+    model = tiny_k_ahead_model(num_classes=2)
+    start = model.config.class_token_id(1) if "guidance_scale" in options else model.config.start_token_id
+    stat, critical = chi_square(model, SamplingOptions(tokens_per_step=2, exact=True, **options), start)
+    assert stat < critical, (stat, critical)
+
+
+@pytest.mark.parametrize("broken", ["always_accept", "resample_from_p", "accept_where_p_exceeds_q"])
+def test_the_statistical_test_fails_a_broken_rule(broken):
+    model = tiny_k_ahead_model()
+    rules = {
+        "always_accept": ("speculative_accept", lambda p, q, drafts, u: torch.ones_like(drafts, dtype=torch.bool)),
+        "resample_from_p": ("residual", lambda p, q: p),
+        "accept_where_p_exceeds_q": ("speculative_accept", lambda p, q, drafts, u: (
+            p.gather(-1, drafts[..., None]) >= q.gather(-1, drafts[..., None]))[..., 0]),
+    }
+    name, rule = rules[broken]
+    with mock.patch.object(sampling_pixelgpt, name, rule):
+        stat, critical = chi_square(model, SamplingOptions(tokens_per_step=2, exact=True),
+                                    model.config.start_token_id)
+    assert stat > 10 * critical, (stat, critical)
+
+
+def test_exact_mode_keeps_known_tokens_and_takes_between_n_over_k_and_n_passes():
+    model = make_model(vocab_size=64, image_size=5, parallel_tokens=4)
+    calls = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    known = torch.full((6, 25), -1)
+    known[:, :7] = torch.arange(7)  # a known prefix (completion) and one known token further on
+    known[:, 15] = 9
+    with mock.patch.object(model, "forward", counting):
+        out = exact_sample_tokens(model, torch.full((6,), model.config.start_token_id),
+                                  SamplingOptions(tokens_per_step=4, exact=True), known=known)
+    assert out.shape == (6, 26) and (out[:, 1:8] == torch.arange(7)).all() and (out[:, 16] == 9).all()
+    assert math.ceil(18 / 4) + 1 <= len(calls) <= 18 + 1  # 18 free tokens, 1 to 4 per pass, plus the first pass
+    images = model.generate_images(3, tokens_per_step=4, exact=True, output_type="tokens", show_progress=False,
+                                   generator=torch.Generator().manual_seed(0))
+    again = model.generate_images(3, tokens_per_step=4, exact=True, output_type="tokens", show_progress=False,
+                                  generator=torch.Generator().manual_seed(0))
+    assert torch.equal(images, again)

@@ -200,6 +200,9 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
 
     def __init__(self, config, batch_size: int, max_length: int, device, dtype):
         super().__init__(config, batch_size, max_length, device, dtype)
+        # Masked slots still meet the softmax's zero weights: 0 * NaN is NaN, so unwritten slots must be finite.
+        for buffer in self.keys + self.values:
+            buffer.zero_()
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._slots = None  # (B, m): where this pass writes
 
@@ -405,7 +408,9 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
             draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (B, m - 1)
             drafting = steps < num_drafts[:, None]
             q_drafts = q_store[rows[:, None], draft_pos]  # (B, m - 1, V)
+            # Padding positions (past an image's drafts) have no q yet: their "drafts" are placeholders, never used.
             drafts = torch.where(is_known.gather(1, draft_pos), known.gather(1, draft_pos), draw_from(q_drafts))
+            drafts = torch.where(drafting, drafts, 0)
             seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
             held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (B, m)
             p, q = run(cache, held, held)

@@ -11,6 +11,7 @@ import torch
 from pixelgpt.modeling import sampling_pixelgpt
 from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_orders
 from pixelgpt.modeling.sampling_pixelgpt import (
+    PixelGPTRaggedCache,
     SamplingOptions,
     draw_tokens,
     exact_sample_tokens,
@@ -308,3 +309,25 @@ def test_exact_mode_keeps_known_tokens_and_takes_between_n_over_k_and_n_passes()
     again = model.generate_images(3, tokens_per_step=4, exact=True, output_type="tokens", show_progress=False,
                                   generator=torch.Generator().manual_seed(0))
     assert torch.equal(images, again)
+
+
+def test_ragged_cache_rows_of_different_lengths_match_recomputing_each_image():
+    """Images of one batch keep different numbers of rows; what a later pass sees must be each image's own rows:
+    the dropped ones, and the never-written slots of shorter rows (zeros), are invisible."""
+    model = make_model(vocab_size=13, image_size=4)
+    ids = random_ids(model.config, batch=2)  # (2, 17)
+    positions = torch.arange(17).expand(2, 17) - 1  # row t holds token t - 1 (start: -1)
+    cache = PixelGPTRaggedCache(model.config, 2, 12, torch.device("cpu"), torch.float32)
+    assert all(buffer.isfinite().all() for buffer in cache.keys + cache.values)  # masked slots still get 0 * v
+
+    def step(rows):  # (2, m) sequence indices fed to each image
+        return model(input_ids=ids.gather(1, rows), past_key_values=cache, use_cache=True,
+                     input_positions=positions.gather(1, rows), target_positions=positions.gather(1, rows) + 1).logits
+
+    with torch.no_grad():
+        step(torch.tensor([[0, 1, 2], [0, 1, 2]]))
+        cache.keep(torch.tensor([3, 1]))  # image 1 drops its rows 1 and 2 (a rejected draft)
+        later = step(torch.tensor([[3, 4], [1, 2]]))
+        full = model(ids[:, :5]).logits
+    torch.testing.assert_close(later[0], full[0, 3:5])
+    torch.testing.assert_close(later[1], full[1, 1:3])

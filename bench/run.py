@@ -17,6 +17,8 @@ B2 generation images/s and ms per token, KV cache, batches 1/8/64 at 16x16 and 3
    matmuls and attention alone), which bounds what any one-token loop at this size could gain over ImageGPT.
 B3 peak memory (RSS; CUDA max allocated on GPU) in training and generation.
 B4 scaling: training time and memory per image at 8x8 .. 64x64.
+B6 exact speculative sampling on a trained k-ahead model (--exact_model): images/s, forward passes per image and
+   tokens per pass against one token per pass, approximate k-ahead decoding and ImageGPT at the same size.
 B5 quality per compute: both trained by the same loop for the same wall-clock on Fashion-MNIST (../shared/data),
    held-out bits/dim (lossless 8-bit gray tokens).
 """
@@ -112,20 +114,38 @@ def work_train(p):
 
 @torch.no_grad()
 def work_generate(p):
+    """Images/s of one model: an untimed warm-up run first (both libraries are slower on their first call in a
+    process; ImageGPT's generate() much more so), then the best of `repeats` timed runs. PixelGPT samples one token
+    per pass, k per pass approximately (`tokens_per_step`), or exactly (`exact`: speculative, passes counted).
+    `model_path` loads a trained model instead of a random one (speculative acceptance depends on the weights)."""
     device, kind = p["device"], p["kind"]
-    k = p.get("tokens_per_step", 1)
-    model = build(kind, p["size"], p["image_size"], p["vocab"], device, parallel_tokens=k).eval()
+    k, exact = p.get("tokens_per_step", 1), p.get("exact", False)
+    if p.get("model_path") and kind == "pixelgpt":
+        from pixelgpt import PixelGPTForImageGeneration
+
+        model = PixelGPTForImageGeneration.from_pretrained(p["model_path"]).to(device).eval()
+    else:
+        model = build(kind, p["size"], p["image_size"], p["vocab"], device, parallel_tokens=k).eval()
     if device == "cuda":
         model = model.to(torch.bfloat16)
     n = p["image_size"] ** 2
+    passes = []
+    forward = model.forward
+
+    def counted(*args, **kwargs):
+        passes[-1] += 1
+        return forward(*args, **kwargs)
+
+    model.forward = counted
     times = []
-    for _ in range(p["repeats"]):
-        torch.manual_seed(0)
+    for run in range(p.get("warmup", 1) + p["repeats"]):
+        torch.manual_seed(run)
+        passes.append(0)
         sync(device)
         t = time.perf_counter()
         if kind == "pixelgpt":
-            out = model.generate_images(p["batch"], batch_size=p["batch"], tokens_per_step=k, output_type="tokens",
-                                        show_progress=False)
+            out = model.generate_images(p["batch"], batch_size=p["batch"], tokens_per_step=k, exact=exact,
+                                        output_type="tokens", show_progress=False)
         else:
             start = torch.full((p["batch"], 1), p["vocab"], device=device)
             out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
@@ -133,9 +153,12 @@ def work_generate(p):
         sync(device)
         times.append(time.perf_counter() - t)
         assert out.shape == (p["batch"], 1 + n), out.shape
-    seconds = min(times)
-    return {"seconds": seconds, "images_per_s": p["batch"] / seconds, "ms_per_token": 1000 * seconds / n,
-            "forward_passes": math.ceil(n / k), "peak_mb": peak_memory_mb(device)}
+    warmup = p.get("warmup", 1)
+    seconds = min(times[warmup:])
+    forward_passes = sum(passes[warmup:]) / len(passes[warmup:])
+    return {"seconds": seconds, "first_call_seconds": times[0], "images_per_s": p["batch"] / seconds,
+            "ms_per_token": 1000 * seconds / n, "forward_passes": forward_passes,
+            "tokens_per_pass": n / forward_passes, "peak_mb": peak_memory_mb(device)}
 
 
 @torch.no_grad()
@@ -273,7 +296,7 @@ def suite(args):
     device = args.device
     vocab = 512
     rows, report = [], {"machine": machine(device), "size": size, "vocab": vocab, "quick": quick, "rows": {}}
-    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5"}
+    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5", "B6"}
     peaks = run_worker("peak", device=device)
     peak = peaks["gflops"]
     report["matmul_peak_gflops"], report["matmul_gflops_by_kernel"] = peak, peaks["by_kernel"]
@@ -330,6 +353,34 @@ def suite(args):
                 if batch == 8:
                     add(f"B3 generate peak memory {image_size}x{image_size} b8", "MB", ours["peak_mb"],
                         ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"])
+
+    if "B6" in only and args.exact_model:
+        # Exact speculative sampling needs trained weights (acceptance is how far the k-ahead drafts agree with
+        # the one-token predictions); ImageGPT's speed does not depend on its weights.
+        from pixelgpt import PixelGPTConfig
+
+        trained = PixelGPTConfig.from_pretrained(args.exact_model)
+        k, image_size = trained.parallel_tokens, trained.image_size
+        trained_size = {name: getattr(trained, name) for name in ("hidden_size", "num_hidden_layers",
+                                                                   "num_attention_heads")}
+        report["rows"]["B6_exact"] = {"model": str(args.exact_model), "k": k}
+        for batch in (1, 8, 64):
+            params = dict(device=device, size=trained_size, vocab=trained.vocab_size, image_size=image_size,
+                          batch=batch, repeats=1 if batch == 64 else 2, model_path=str(args.exact_model))
+            best = alternate("generate", 1, **params)
+            best["exact"] = run_worker("generate", kind="pixelgpt", tokens_per_step=k, exact=True, **params)
+            best["approximate"] = run_worker("generate", kind="pixelgpt", tokens_per_step=k, **params)
+            report["rows"]["B6_exact"][f"b{batch}"] = best
+            ref, one, exact, approx = best["imagegpt"], best["pixelgpt"], best["exact"], best["approximate"]
+            name = f"B6 trained k={k} {image_size}x{image_size} b{batch}"
+            add(name + " one token", "images/s", one["images_per_s"], ref["images_per_s"],
+                one["images_per_s"] / ref["images_per_s"], f"({one['forward_passes']:.0f} passes)")
+            add(name + " exact", "images/s", exact["images_per_s"], ref["images_per_s"],
+                exact["images_per_s"] / ref["images_per_s"],
+                f"({exact['forward_passes']:.0f} passes, {exact['tokens_per_pass']:.2f} tokens/pass, "
+                f"{one['forward_passes'] / exact['forward_passes']:.2f}x fewer than one token)")
+            add(name + " approximate", "images/s", approx["images_per_s"], ref["images_per_s"],
+                approx["images_per_s"] / ref["images_per_s"], f"({approx['forward_passes']:.0f} passes)")
 
     if "B4" in only:
         report["rows"]["B4_scaling"] = {}
@@ -389,6 +440,8 @@ def main():
     parser.add_argument("--only", help="Comma-separated rows to run, e.g. B1,B2 (default: all).")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where to run.")
     parser.add_argument("--b5_seconds", type=int, default=180, help="Training budget per model in B5.")
+    parser.add_argument("--exact_model", help="B6: a trained k-ahead model folder (train.py --parallel_tokens k) for "
+                        "exact speculative sampling; B6 is skipped without it.")
     parser.add_argument("--out", default=str(HERE / "results"), help="Folder for report.json and report.md.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

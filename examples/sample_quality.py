@@ -32,7 +32,10 @@ def build_parser():
     p.add_argument("--confidence", type=float, default=0.8, help="Top probability that counts as 'confident'.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for the model's samples.")
     p.add_argument("--tokens_per_step", type=int, default=1,
-                   help="Tokens drawn per forward pass (the model's parallel_tokens for parallel decoding).")
+                   help="Tokens drawn per forward pass (the model's parallel_tokens): approximate parallel decoding "
+                   "unless --exact.")
+    p.add_argument("--exact", action="store_true",
+                   help="With --tokens_per_step k: exact speculative sampling (the one-token distribution).")
     p.add_argument("--guidance_scale", type=float, default=1.0,
                    help="Classifier-free guidance of a class-conditional model's samples (1 = none).")
     p.add_argument("--classifier_epochs", type=int, default=4, help="Epochs of classifier training.")
@@ -108,7 +111,7 @@ def sample(model, processor, args):
     guidance = args.guidance_scale if labels else 1.0
     images = model.generate_images(1 if labels else args.num_samples, class_labels=labels, image_processor=processor,
                                    temperature=args.temperature, tokens_per_step=args.tokens_per_step,
-                                   guidance_scale=guidance,
+                                   exact=args.exact, guidance_scale=guidance,
                                    generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size)
     return images, labels
 
@@ -122,7 +125,9 @@ def main(args):
     with torch.no_grad():
         test_x = as_input(quantized(processor, data["test"]["image"]))
         test_accuracy = float((net(test_x).argmax(-1) == torch.tensor(data["test"]["label"])).float().mean())
-    report = {"classifier_test_accuracy": test_accuracy,
+    report = {"sampling": {"temperature": args.temperature, "tokens_per_step": args.tokens_per_step,
+                           "exact": args.exact, "guidance_scale": args.guidance_scale, "seed": args.seed},
+              "classifier_test_accuracy": test_accuracy,
               "real_test_images": describe(net, quantized(processor, data["test"]["image"]), args.confidence)}
     images, requested = sample(model, processor, args)
     report["trained_model_samples"] = describe(net, images, args.confidence, requested)

@@ -22,6 +22,7 @@ def test_train_and_generate_workers_measure_both_models(kind):
     generated = bench.work_generate(dict(device="cpu", kind=kind, size=SIZE, vocab=7, image_size=4, batch=3,
                                          repeats=1))
     assert generated["forward_passes"] == 16 and generated["images_per_s"] > 0
+    assert generated["first_call_seconds"] > 0 and generated["tokens_per_pass"] == 1
 
 
 def test_parallel_decoding_needs_k_times_fewer_passes():
@@ -70,3 +71,14 @@ def test_alternate_runs_both_models_with_worker_repeats(monkeypatch):
     best = bench.alternate("generate", 2, repeats=3)
     assert calls == ["pixelgpt", "imagegpt", "pixelgpt", "imagegpt"]
     assert best["pixelgpt"] == {"seconds": 1, "repeats_seen": 3}  # the faster of its two rounds
+
+
+def test_exact_generation_counts_its_passes(tmp_path):
+    from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration
+
+    PixelGPTForImageGeneration(PixelGPTConfig(vocab_size=7, image_size=4, parallel_tokens=4, **SIZE)).save_pretrained(
+        tmp_path)
+    result = bench.work_generate(dict(device="cpu", kind="pixelgpt", size=SIZE, vocab=7, image_size=4, batch=2,
+                                      repeats=1, tokens_per_step=4, exact=True, model_path=str(tmp_path)))
+    assert 16 / 4 < result["forward_passes"] <= 16 + 1  # 1 to k tokens per pass, plus the first pass
+    assert result["tokens_per_pass"] == pytest.approx(16 / result["forward_passes"])

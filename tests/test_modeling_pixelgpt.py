@@ -304,3 +304,13 @@ def test_condition_pixels_sit_on_the_image_pixels_they_cover():
     expected_cos, expected_sin = model.model.rotary_emb._cos_sin(row, col, torch.float32)
     torch.testing.assert_close(cos[0, :, 5], expected_cos[:, 0])  # condition pixel (1, 2) = index 5
     torch.testing.assert_close(sin[0, :, 5], expected_sin[:, 0])
+
+
+def test_rotary_tables_are_looked_up_bit_for_bit_and_far_positions_still_computed():
+    rotary = make_model(vocab_size=11, image_size=3, tokens_per_pixel=3).model.rotary_emb
+    near = torch.randint(-64, 27 + 64, (4, 9))
+    far = torch.tensor([[-100, 0, 500]])
+    for index in (near, far):
+        looked_up, computed = rotary._pixel_cos_sin(index, torch.float32), rotary._compute_cos_sin(index, torch.float32)
+        assert all(torch.equal(a, b) for a, b in zip(looked_up, computed))
+    assert list(rotary._tables) == [(torch.device("cpu"), torch.float32)]

@@ -185,6 +185,16 @@ def parse_args(argv=None):
                 f"{args.checkpoints_total_limit}")
     if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
         p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    for name in ("weight_decay", "max_grad_norm"):  # NaN fails every comparison, so test for what is accepted
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            p.error(f"--{name} must be a finite number >= 0 (0 turns it off), got {getattr(args, name)}")
+    if args.lr_warmup_steps < 0:
+        p.error(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
+    if not 0 <= args.ema_decay < 1:
+        p.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            p.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if args.resolution is None:
         args.resolution = 28 if not (args.train_data_dir or args.dataset_name) else 32
     if not 0 < args.eval_fraction < 1:
@@ -380,6 +390,18 @@ SECRET_ARGS = ("hub_token",)
 LOCK_NAME = ".pixelgpt-train.lock"
 
 
+def run_settings(args) -> dict:
+    """The RESUME_SETTINGS of this run, with the model size as it resolves (a preset's width given explicitly, or
+    the derived MLP width, is the same model)."""
+    settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+    sizes = dict(PIXELGPT_PRESETS[args.model_size], **{k: settings[k] for k in ("hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "intermediate_size") if settings[k] is not None})
+    resolved = PixelGPTConfig(**sizes)
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        settings[name] = getattr(resolved, name)
+    return settings
+
+
 def all_ranks(accelerator, flag: bool) -> bool:
     """True when `flag` holds on every process (a decision every rank must take alike, or the others hang)."""
     flags = accelerator.gather(torch.tensor([flag], device=accelerator.device))
@@ -416,8 +438,12 @@ def output_dir_lock(output_dir):
             try:
                 owner = json.loads(path.read_text())
             except (OSError, ValueError):
-                owner = {}
-            if owner.get("host") == host and not _pid_alive(owner.get("pid", -1)):
+                owner = None
+            owner = owner if isinstance(owner, dict) else {}
+            # A lock that names no owner was left by a run killed between creating and writing it (a starting
+            # run writes it within milliseconds): stale once it is a few seconds old.
+            unowned = "pid" not in owner and time.time() - path.stat().st_mtime > 10
+            if unowned or owner.get("host") == host and not _pid_alive(owner.get("pid", -1)):
                 logger.warning(f"Taking over {path}: its run (pid {owner.get('pid')}) is gone.")
                 path.unlink(missing_ok=True)
                 continue
@@ -459,9 +485,16 @@ def check_output_dir(output_dir, bytes_needed: int = 0):
                             "trained. Pick a folder you can write to.") from err
     free = shutil.disk_usage(folder).free
     if bytes_needed and free < 2 * bytes_needed:
-        raise TrainingError(f"--output_dir {folder} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
-                            f"{bytes_needed / 2**20:.0f} MiB (twice that while the next is written). Free space or "
-                            "pick another folder.")
+        raise TrainingError(f"--output_dir {folder} has {_size(free)} free; one checkpoint needs about "
+                            f"{_size(bytes_needed)} (twice that while the next is written). Free space or pick "
+                            "another folder.")
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -485,18 +518,21 @@ def save_checkpoint(accelerator, args, step, ema):
     final = Path(args.output_dir, f"checkpoint-{step}")
     tmp = final.with_name(final.name + ".tmp")
     model = accelerator._models[0]
-    if not all_ranks(accelerator, weights_are_finite(model)):
-        raise TrainingError(diverged_message(args, step, "the weights hold NaN or infinite values"))
+    finite = weights_are_finite(model) and (ema is None or weights_are_finite(ema))
+    if not all_ranks(accelerator, finite):
+        raise TrainingError(diverged_message(args, step, "the weights or their moving average (EMA) hold NaN or "
+                                                         "infinite values"))
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():  # refused up front (find_resume_checkpoint); never overwrite a checkpoint
+            raise TrainingError(f"{final} already exists; this run would overwrite it. Nothing was changed.")
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         if ema is not None:
             # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
-        settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
-        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings}))
+        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": run_settings(args)}))
         os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
         if args.checkpoints_total_limit:
             existing = list_checkpoints(args.output_dir)
@@ -509,9 +545,10 @@ def save_checkpoint(accelerator, args, step, ema):
 
 
 def diverged_message(args, step, what) -> str:
-    found = list_checkpoints(args.output_dir)
-    last = f"the last good checkpoint is {found[-1].name}" if found else "no checkpoint was saved before it"
-    return (f"Training diverged at step {step}: {what}. Nothing from this step on was saved; {last}. Lower "
+    # Every listed checkpoint was checked finite when it was written (`save_checkpoint`).
+    found = [p for p in list_checkpoints(args.output_dir) if int(p.name.split("-")[1]) <= step]
+    last = f"the last good checkpoint is {found[-1].name}" if found else "no good checkpoint was saved before it"
+    return (f"Training diverged at step {step}: {what}. Nothing non-finite was saved; {last}. Lower "
             f"--learning_rate (now {args.learning_rate}), or keep --max_grad_norm > 0 and raise --lr_warmup_steps, "
             "then resume with --resume_from_checkpoint latest.")
 
@@ -519,9 +556,13 @@ def diverged_message(args, step, what) -> str:
 def find_resume_checkpoint(args) -> Path | None:
     """The checkpoint `--resume_from_checkpoint` names, after checking that resuming from it loses nothing and
     means something; None when not resuming."""
-    if not args.resume_from_checkpoint:
-        return None
     found = list_checkpoints(args.output_dir)
+    if not args.resume_from_checkpoint:
+        if found:  # a new run would mix its checkpoints with these, and rotation would delete the wrong ones
+            raise TrainingError(f"--output_dir {args.output_dir} already holds checkpoints of a run "
+                                f"({', '.join(p.name for p in found)}): continue it with --resume_from_checkpoint "
+                                "latest, or start afresh in another --output_dir (or move them away).")
+        return None
     if args.resume_from_checkpoint == "latest":
         if not found:
             raise TrainingError(f"--resume_from_checkpoint latest: there is no checkpoint in {args.output_dir} to "
@@ -529,19 +570,32 @@ def find_resume_checkpoint(args) -> Path | None:
         path = found[-1]
     else:
         path = Path(args.resume_from_checkpoint)
+        if not path.exists() and Path(args.output_dir, path).is_dir():  # a bare name: inside --output_dir
+            path = Path(args.output_dir, path)
         if not CHECKPOINT_RE.match(path.name) or not path.is_dir():
             raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint-<step> folder.")
+        # Any later checkpoint in --output_dir (wherever the resumed one lives) would be replaced by this run.
         later = [p.name for p in found if int(p.name.split("-")[1]) > int(path.name.split("-")[1])]
-        if later and path.resolve().parent == Path(args.output_dir).resolve():
-            raise TrainingError(f"--resume_from_checkpoint {path.name}: this run already has later checkpoints "
-                                f"({', '.join(later)}), which resuming would replace. Resume from 'latest', or "
-                                "move those checkpoints away first.")
-    saved = json.loads((path / "pixelgpt_step.json").read_text()).get("settings")
+        if later:
+            raise TrainingError(f"--resume_from_checkpoint {path.name}: {args.output_dir} already has later "
+                                f"checkpoints ({', '.join(later)}), which resuming would replace. Resume from "
+                                "'latest', or move those checkpoints away first.")
+    try:
+        saved = json.loads((path / "pixelgpt_step.json").read_text())
+        step = saved["step"]
+        saved = saved.get("settings")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TrainingError(f"--resume_from_checkpoint {path}: its pixelgpt_step.json is missing or damaged "
+                            f"({type(err).__name__}: {err}), so the step to resume from is unknown; resume from "
+                            "another checkpoint.") from None
+    if not isinstance(step, int):
+        raise TrainingError(f"--resume_from_checkpoint {path}: pixelgpt_step.json holds no step number.")
     if saved is None:
         logger.warning(f"{path.name} predates recorded settings: make sure the model flags match it.")
     else:
-        changed = [f"--{name} {saved[name]!r} -> {getattr(args, name)!r}" for name in RESUME_SETTINGS
-                   if name in saved and saved[name] != getattr(args, name)]
+        current = run_settings(args)
+        changed = [f"--{name} {saved[name]!r} -> {current[name]!r}" for name in RESUME_SETTINGS
+                   if name in saved and saved[name] != current[name]]
         if changed:
             raise TrainingError(f"Cannot resume from {path}: it was trained with other settings "
                                 f"({'; '.join(changed)}). Resume with the checkpoint's settings, or start a new run "
@@ -804,7 +858,7 @@ def run_training(args, accelerator, started):
     final_model = accelerator.unwrap_model(model)
     if ema is not None:
         final_model.load_state_dict(ema.module.state_dict())
-    if not all_ranks(accelerator, weights_are_finite(model)):  # never a NaN model as the result
+    if not all_ranks(accelerator, weights_are_finite(final_model)):  # never a NaN model as the result
         raise TrainingError(diverged_message(args, global_step, "the final weights hold NaN or infinite values"))
     state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
     eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)

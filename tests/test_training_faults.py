@@ -219,7 +219,7 @@ def test_too_little_free_space_for_one_checkpoint_is_refused_up_front(tmp_path):
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    with pytest.raises(TrainingError, match=r"has 0 MiB free; one checkpoint needs about"), \
+    with pytest.raises(TrainingError, match=r"has 1000 bytes free; one checkpoint needs about \d+\.\d KiB"), \
             pytest.MonkeyPatch.context() as patch:
         patch.setattr(training.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
         train_here(argv(tmp_path / "out", 2))
@@ -236,3 +236,16 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_g
     for tensor in load_file(str(out / "checkpoint-2" / "model.safetensors")).values():
         assert tensor.isfinite().all()
     assert not (out / training.LOCK_NAME).exists()
+
+
+def test_an_empty_lock_left_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / training.LOCK_NAME
+    lock.touch()  # killed between creating the lock and writing its owner
+    with pytest.raises(TrainingError, match=r"in use by another training run \(pid \? on \?"):
+        train_here(argv(out, 2)[:-2] + ["--max_train_steps", "1"])  # a fresh empty lock may be a run starting now
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    train_here(argv(out, 2)[:-2] + ["--max_train_steps", "1"])
+    assert (out / "model.safetensors").is_file() and not lock.exists()
+

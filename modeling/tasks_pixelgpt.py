@@ -36,7 +36,7 @@ class PixelGPTImageTasksMixin:
     ids, last in this class).
 
     Every sampling method takes the keyword arguments of `SamplingOptions` (`temperature`, `top_k`, `top_p`,
-    `guidance_scale`, `tokens_per_step`, `generator`, `batch_size`, `show_progress`, `use_generate`,
+    `guidance_scale`, `tokens_per_step`, `exact`, `generator`, `batch_size`, `show_progress`, `use_generate`,
     `output_type`), plus `image_processor=` (default: `model.image_processor` or the one saved beside the model).
     """
 

@@ -888,7 +888,8 @@ def run_training(args, accelerator, started):
             repo_id = api.create_repo(args.hub_model_id or out.resolve().name, private=args.hub_private_repo,
                                       exist_ok=True).repo_id
             api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"PixelGPT, step {global_step}",
-                              ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*"])
+                              # the lock names this machine and is still held here
+                              ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME])
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
     # Release the DDP wrapper (and its gradient reducer) while the process group still exists: freed after
     # end_training() destroys the group, it could hang a CPU/gloo run on its way out.

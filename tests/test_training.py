@@ -243,6 +243,7 @@ def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path):
             "modeling_pixelgpt.py", "configuration_pixelgpt.py", "image_processing_pixelgpt.py"} <= uploaded
     assert (tmp_path / "out" / "checkpoint-2").is_dir()  # present locally, never uploaded:
     assert not [n for n in uploaded if n.startswith(("checkpoint-", "samples/", "logs/"))]
+    assert training.LOCK_NAME not in uploaded  # it names this machine (host, pid) and is held during the push
     assert "hf_secret_token" not in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -18,6 +18,8 @@ MAX_CLASSES = 100_000
 # What a model can be trained for (`train.py --task`); the last three read a condition image first.
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
+# How an inpainting model orders the pixels it draws last (`inpaint_fill_order`).
+FILL_ORDERS = ("random", "raster")
 
 # The one table of which image operation a model of each task can do: the model's `<operation>_images` methods,
 # `pipeline()` and the `pixelgpt` command all ask `config.check_operation`.
@@ -93,6 +95,21 @@ class PixelGPTConfig(PreTrainedConfig):
             on the target grid by scaling, so a low-resolution condition lines up with the pixels it covers.
         condition_vocab_size (`int`, defaults to 0):
             Distinct condition tokens (the image processor's `condition_vocab_size`; conditional tasks only).
+        aligned_condition (`bool`, defaults to `False`):
+            Conditional tasks: every image row also adds the embedding of the condition at the pixel it predicts
+            (the pixel's own gray value or source pixel; for a smaller condition grid, the low-resolution pixels
+            around it, bilinearly weighted), so no row has to find its condition pixel through attention.
+            `train.py` turns it on; models saved before it existed load with it off and behave as they did.
+        condition_prefix (`bool`, defaults to `True`):
+            Conditional tasks: the condition tokens also come first in the sequence, where attention reads them.
+            At least one of `condition_prefix` and `aligned_condition` must be on.
+        class_embedding (`bool`, defaults to `False`):
+            Class-conditional models: a class embedding (the unconditional start token has one too, for guidance)
+            is added to every row, not only read once from the start token. Needs `num_classes` > 0.
+        inpaint_fill_order (`str`, defaults to `"random"`):
+            Task "inpaint": the order in which the pixels left for last (training rectangles, inpainting holes,
+            scored pixels) are drawn: `"random"`, or `"raster"` (known pixels in any order, then the hole row by
+            row, which learns and scores better at the same budget; `train.py`'s default).
     """
 
     model_type = "pixelgpt"
@@ -116,6 +133,10 @@ class PixelGPTConfig(PreTrainedConfig):
     task: str = "generate"
     condition_size: int = 0
     condition_vocab_size: int = 0
+    aligned_condition: bool = False
+    condition_prefix: bool = True
+    class_embedding: bool = False
+    inpaint_fill_order: str = "random"
 
     def __post_init__(self, **kwargs):
         self.validate_architecture()  # before the derived defaults are computed from possibly bad values
@@ -184,6 +205,20 @@ class PixelGPTConfig(PreTrainedConfig):
             check(self.condition_size == 0 and self.condition_vocab_size == 0,
                   f"`condition_size` / `condition_vocab_size` are for the conditional tasks {CONDITIONAL_TASKS}; "
                   f"task {self.task!r} takes 0 for both.")
+        for name in ("aligned_condition", "condition_prefix", "class_embedding"):
+            value = getattr(self, name)
+            check(isinstance(value, bool), f"`{name}` must be True or False, got {value!r}.")
+        if self.is_conditional:
+            check(self.aligned_condition or self.condition_prefix,
+                  "a conditional model needs `condition_prefix` or `aligned_condition` (or both): with neither it "
+                  "never reads its condition image.")
+        else:
+            check(not self.aligned_condition, f"`aligned_condition` is for the conditional tasks {CONDITIONAL_TASKS}; "
+                  f"task {self.task!r} has no condition image.")
+        check(not self.class_embedding or self.num_classes > 0,
+              "`class_embedding` needs a class-conditional model (`num_classes` > 0).")
+        check(self.inpaint_fill_order in FILL_ORDERS,
+              f"`inpaint_fill_order` must be one of {FILL_ORDERS}, got {self.inpaint_fill_order!r}.")
         check(self.parallel_tokens == 1 or self.task == "generate",
               f"`parallel_tokens` > 1 (k-ahead decoding) needs task 'generate', got task {self.task!r}.")
 
@@ -201,7 +236,12 @@ class PixelGPTConfig(PreTrainedConfig):
     @property
     def max_position_embeddings(self) -> int:
         """Every position a sequence can have: condition tokens, the start token and every image token."""
-        return self.num_condition_tokens + 1 + self.num_image_tokens
+        return self.num_prefix_tokens + 1 + self.num_image_tokens
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Condition tokens placed before the start token: `num_condition_tokens` with `condition_prefix`, else 0."""
+        return self.num_condition_tokens if self.condition_prefix else 0
 
     @property
     def num_condition_tokens(self) -> int:
@@ -260,5 +300,5 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "OPERATIONS",
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "FILL_ORDERS", "OPERATIONS",
            "DEFAULT_OPERATION"]

@@ -346,9 +346,15 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         # Which sub-pixel (R, G or B) the next token is; only needed when a pixel takes several tokens.
         self.channel_embed = (nn.Embedding(config.tokens_per_pixel, config.hidden_size)
                               if config.tokens_per_pixel > 1 else None)
-        # Conditional tasks read a condition image first, with its own token table.
+        # Conditional tasks read a condition image first, with its own token table ...
         self.embed_condition = (nn.Embedding(config.condition_vocab_size, config.hidden_size)
-                                if config.is_conditional else None)
+                                if config.is_conditional and config.condition_prefix else None)
+        # ... and/or add the condition under each row's target pixel (bilinearly read) to that row: attention then
+        # never has to find it (a separate table: "the pixel I draw lies over this" is not "a pixel I can look at").
+        self.embed_aligned = (nn.Embedding(config.condition_vocab_size, config.hidden_size)
+                              if config.is_conditional and config.aligned_condition else None)
+        # The class (or the unconditional start, for guidance) added to every row, not only read once at the start.
+        self.embed_class = nn.Embedding(config.num_start_tokens, config.hidden_size) if config.class_embedding else None
         self.layers = nn.ModuleList(PixelGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = PixelGPTRotaryEmbedding(config)
@@ -368,6 +374,46 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         start = self.embed_start((input_ids - vocab).clamp(min=0))
         return torch.where(is_image, image, start)  # (B, T, D)
 
+    def sequence_context(self, input_ids, past_key_values, start_ids, condition_ids):
+        """The start ids `(B,)` and condition ids `(B, C)` of the sequences being extended: as given, else as the
+        cache remembers them from the call that began the sequences (so transformers' `generate()`, its guidance
+        processor and our loops need not repeat them), else (start ids) the first rows' tokens."""
+        if start_ids is None:
+            start_ids = getattr(past_key_values, "pixelgpt_start_ids", None)
+        if condition_ids is None:
+            condition_ids = getattr(past_key_values, "pixelgpt_condition_ids", None)
+        if self.embed_class is not None and start_ids is None:
+            if input_ids is None or bool((input_ids[:, 0] < self.config.vocab_size).any()):
+                raise ValueError("This model adds a class embedding to every row: pass `start_ids` (the start or "
+                                 "class token of each sequence) when the first row is not a start token and no "
+                                 "cache began the sequences.")
+            start_ids = input_ids[:, 0]
+        if self.embed_aligned is not None and condition_ids is None:
+            raise ValueError(f"This model (task {self.config.task!r}) reads a condition image at every row: pass "
+                             "`condition_ids` (once per sequence when a cache is used).")
+        if past_key_values is not None:
+            past_key_values.pixelgpt_start_ids, past_key_values.pixelgpt_condition_ids = start_ids, condition_ids
+        return start_ids, condition_ids
+
+    def aligned_condition_weights(self, target_positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition at each target token's pixel, read bilinearly off the condition grid: the indices of the
+        four condition pixels around the pixel's centre and their weights, `(..., 4)` each. On a grid of the
+        image's own size (colorize, same-size translation) that is the pixel itself with weight 1; under a smaller
+        grid (upscale) the covering pixel weighs most and its neighbours say which way the image changes."""
+        size, side = self.config.image_size, self.config.condition_size
+        pixel = (target_positions // self.config.tokens_per_pixel).clamp(0, size * size - 1)
+
+        def axis(coordinate):  # the pixel centre in condition-grid coordinates, between two condition pixels
+            u = ((coordinate.float() + 0.5) * side / size - 0.5).clamp(0, side - 1)
+            low = u.floor().long()
+            return low, (low + 1).clamp(max=side - 1), u - low
+
+        top, bottom, down = axis(pixel // size)
+        left, right, across = axis(pixel % size)
+        index = torch.stack([top * side + left, top * side + right, bottom * side + left, bottom * side + right], -1)
+        weight = torch.stack([(1 - down) * (1 - across), (1 - down) * across, down * (1 - across), down * across], -1)
+        return index, weight
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -381,6 +427,7 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
+        start_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
@@ -390,8 +437,12 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             (row holds token j - k, predicts token j) for parallel decoding, or any generation order (row holds
             token `order[t - 1]`, predicts `order[t]`) for any-order models.
         condition_ids (`torch.LongTensor` of shape `(batch_size, condition_size**2)`, *optional*):
-            Condition-image tokens (conditional tasks), placed before the rows of `input_ids`; the returned hidden
-            states start with their rows. Pass them once: with a cache, later calls continue after them.
+            Condition-image tokens (conditional tasks). With `condition_prefix` they are placed before the rows of
+            `input_ids` and the returned hidden states start with their rows; with `aligned_condition` each row
+            also adds the one under the pixel it predicts. Pass them once per sequence: a cache remembers them.
+        start_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            For `class_embedding` models, each sequence's start or class token. Default: the first row's token, or
+            what the cache remembers from the call that began the sequence.
         cache (`Cache`, *optional*):
             The name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
@@ -414,14 +465,26 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         if self.channel_embed is not None:
             # Tell each row which sub-pixel (R, G or B) it predicts.
             inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
-        position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
         if condition_ids is not None:
-            if self.embed_condition is None:
+            if not self.config.is_conditional:
                 raise ValueError(f"`condition_ids` were given, but this model (task {self.config.task!r}) was not "
                                  "trained with a condition image.")
             if condition_ids.shape[1] != self.config.num_condition_tokens:
                 raise ValueError(f"`condition_ids` must have {self.config.num_condition_tokens} tokens per image "
                                  f"({self.config.condition_size}^2), got shape {tuple(condition_ids.shape)}.")
+        if self.embed_class is not None or self.embed_aligned is not None:
+            start_ids, context = self.sequence_context(input_ids, past_key_values, start_ids, condition_ids)
+            if self.embed_class is not None:
+                classes = self.embed_class(start_ids.to(inputs_embeds.device) - self.config.vocab_size)  # (B, D)
+                inputs_embeds = inputs_embeds + classes[:, None]
+            if self.embed_aligned is not None:
+                batch, rows = inputs_embeds.shape[:2]
+                index, weight = self.aligned_condition_weights(target_positions.expand(batch, rows))  # (B, T, 4)
+                values = context.gather(1, index.flatten(1)).view(batch, rows, 4)  # (B, T, 4) condition tokens
+                aligned = (weight.to(inputs_embeds.dtype)[..., None] * self.embed_aligned(values)).sum(2)  # (B, T, D)
+                inputs_embeds = inputs_embeds + aligned
+        position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
+        if condition_ids is not None and self.embed_condition is not None:
             batch = inputs_embeds.shape[0]
             inputs_embeds = torch.cat([self.embed_condition(condition_ids), inputs_embeds], dim=1)  # (B, C + T, D)
             condition = self.rotary_emb.condition(self.config.condition_size, inputs_embeds.device, inputs_embeds.dtype)
@@ -487,6 +550,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
         input_positions: torch.LongTensor | None = None,
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
+        start_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -499,6 +563,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
             row t predicts.
         condition_ids: condition-image tokens of conditional models (see `PixelGPTModel.forward`). Their rows
             predict nothing: `logits` and `labels` cover the rows of `input_ids` only.
+        start_ids: each sequence's start or class token, for `class_embedding` models (see `PixelGPTModel.forward`).
         cache: the name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
         past_key_values = past_key_values if past_key_values is not None else cache
@@ -513,10 +578,11 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
             input_positions=input_positions,
             target_positions=target_positions,
             condition_ids=condition_ids,
+            start_ids=start_ids,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if condition_ids is not None:
+        if condition_ids is not None and self.config.condition_prefix:
             hidden_states = hidden_states[:, condition_ids.shape[1] :]  # (B, T, D): drop the condition rows
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])  # (B, T_kept, V)

@@ -283,7 +283,7 @@ def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, 
         if condition_ids is not None:
             raise ValueError("Classifier-free guidance is for class labels, not condition images.")
         starts = torch.cat([start_ids, torch.full_like(start_ids, config.start_token_id)])
-    num_condition = 0 if condition_ids is None else condition_ids.shape[1]
+    num_condition = 0 if condition_ids is None else config.num_prefix_tokens
     # Inference mode skips autograd's per-op bookkeeping (~5% of a pass on CPU); the tensors returned are made
     # after it, so callers get ordinary tensors.
     with torch.inference_mode(), packed_weights(model):

@@ -73,6 +73,13 @@ def test_presets_are_valid(name):
         (dict(task="upscale", condition_size=8), r"needs `condition_vocab_size` >= 2"),
         (dict(task="inpaint", condition_size=8), r"take[s]? 0 for both"),
         (dict(task="inpaint", parallel_tokens=4), r"needs task 'generate'"),
+        (dict(task="upscale", condition_size=2, condition_vocab_size=8, condition_prefix=False),
+         r"needs `condition_prefix` or `aligned_condition`"),
+        (dict(aligned_condition=True), r"`aligned_condition` is for the conditional tasks"),
+        (dict(class_embedding=True), r"`class_embedding` needs a class-conditional model"),
+        (dict(task="inpaint", inpaint_fill_order="spiral"),
+         r"`inpaint_fill_order` must be one of \('random', 'raster'\)"),
+        (dict(num_classes=2, class_embedding="yes"), r"`class_embedding` must be True or False"),
     ],
 )
 def test_task_fields_are_checked_together(fields, message):
@@ -84,6 +91,9 @@ def test_conditional_sequences_are_longer_by_the_condition_grid():
     config = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256)
     assert config.is_conditional and config.num_condition_tokens == 4
     assert config.max_position_embeddings == 4 + 1 + 64
+    aligned_only = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256,
+                                  aligned_condition=True, condition_prefix=False)
+    assert aligned_only.num_prefix_tokens == 0 and aligned_only.max_position_embeddings == 1 + 64
 
 
 def test_from_pretrained_overrides_are_checked_like_constructor_arguments(tmp_path):

@@ -1,5 +1,6 @@
 """The network (modeling_pixelgpt.py): shapes, causality, caches, save/load, the oneDNN linear layer, learning."""
 
+import json
 from unittest import mock
 
 import pytest
@@ -23,6 +24,7 @@ CONFIGS = {
     "one_token_per_pixel": dict(),
     "rgb8_subpixels": dict(vocab_size=11, image_size=3, tokens_per_pixel=3),
     "classes_tied": dict(num_classes=3, tie_word_embeddings=True),
+    "class_every_row": dict(num_classes=3, class_embedding=True),
 }
 
 
@@ -314,3 +316,78 @@ def test_rotary_tables_are_looked_up_bit_for_bit_and_far_positions_still_compute
         looked_up, computed = rotary._pixel_cos_sin(index, torch.float32), rotary._compute_cos_sin(index, torch.float32)
         assert all(torch.equal(a, b) for a, b in zip(looked_up, computed))
     assert list(rotary._tables) == [(torch.device("cpu"), torch.float32)]
+
+
+def test_aligned_condition_is_read_bilinearly_and_is_the_pixel_itself_on_a_same_size_grid():
+    targets = torch.arange(36)[None]
+    colorize, _ = make_conditional("colorize", condition_size=6, aligned_condition=True)
+    index, weight = colorize.model.aligned_condition_weights(targets)  # (1, 36, 4)
+    assert torch.equal(index[..., 0], targets) and torch.equal(weight, torch.tensor([1.0, 0, 0, 0]).expand(1, 36, 4))
+    rgb8 = make_model(task="translate", vocab_size=256, image_size=3, tokens_per_pixel=3, condition_size=3,
+                      condition_vocab_size=256, aligned_condition=True)
+    index, weight = rgb8.model.aligned_condition_weights(torch.arange(27)[None])
+    assert torch.equal(index[..., 0], torch.arange(27)[None] // 3) and (weight[..., 0] == 1).all()
+    upscale, _ = make_conditional("upscale", condition_size=3, aligned_condition=True)  # 3x3 under 6x6
+    index, weight = upscale.model.aligned_condition_weights(targets)
+    torch.testing.assert_close(weight.sum(-1), torch.ones(1, 36))
+    # Bilinear weights reproduce a linear function: the weighted condition-grid coordinates are each pixel
+    # centre's, (r + 0.5) / 2 - 0.5, clamped to the grid.
+    expected = ((torch.arange(6) + 0.5) / 2 - 0.5).clamp(0, 2)
+    torch.testing.assert_close((weight * (index // 3)).sum(-1), expected.repeat_interleave(6)[None])
+    torch.testing.assert_close((weight * (index % 3)).sum(-1), expected.repeat(6)[None])
+    assert index[0, 0, 0] == 0 and torch.equal(weight[0, 0], torch.tensor([1.0, 0, 0, 0]))  # corner: pixel 0 only
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["with_prefix", "aligned_only"])
+def test_aligned_condition_reaches_the_rows_over_its_pixel_and_no_earlier_row(prefix):
+    model, _ = make_conditional("upscale", condition_size=3, aligned_condition=True, condition_prefix=prefix)
+    ids = random_ids(model.config)
+    condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    out = model(ids, condition_ids=condition)
+    assert out.logits.shape == (2, 37, 64)
+    hidden = model.model(ids, condition_ids=condition).last_hidden_state
+    assert hidden.shape == (2, 9 * prefix + 37, model.config.hidden_size)
+    other = condition.clone()
+    other[:, 5] = (other[:, 5] + 50) % 256  # condition pixel (1, 2): first read by image pixel (1, 3) = index 9
+    changed = (model(ids, condition_ids=other).logits - out.logits).abs().amax(dim=(0, 2)) > 0  # (37,) per row
+    if prefix:  # attention to the prefix reaches every row
+        assert changed.all()
+    else:  # only the row predicting pixel 9 and the rows after it (their keys include it) can see the change
+        assert not changed[:9].any() and changed[9:].all()
+
+
+def test_class_embedding_is_added_to_every_row_and_remembered_by_the_cache():
+    model = make_model(num_classes=3, class_embedding=True)
+    ids = random_ids(model.config, start=model.config.class_token_id(1))
+    full = model(ids).logits
+    other = ids.clone()
+    other[:, 0] = model.config.class_token_id(2)
+    assert ((model(other).logits - full).abs().amax(dim=(0, 2)) > 0).all()
+    # later calls carry no start token: the cache supplies it (so generate() and its guidance processor work)
+    first = model(ids[:, :3], use_cache=True)
+    rest = model(ids[:, 3:], past_key_values=first.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(rest, full[:, 3:], rtol=1e-4, atol=1e-5)
+    # explicit start ids win over the first row's token
+    torch.testing.assert_close(model(ids, start_ids=ids[:, 0]).logits, full, rtol=0, atol=0)
+    assert not torch.allclose(model(ids, start_ids=other[:, 0]).logits, full)
+    with pytest.raises(ValueError, match="pass `start_ids`"):
+        model(ids[:, 1:])
+
+
+def test_a_checkpoint_saved_before_the_conditioning_fields_loads_and_behaves_as_before(tmp_path):
+    """Models saved before `aligned_condition`, `condition_prefix`, `class_embedding` and `inpaint_fill_order`
+    existed have none of them in config.json: they load with the old architecture and the old outputs."""
+    model, _ = make_conditional("upscale", condition_size=3)
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    for name in ("aligned_condition", "condition_prefix", "class_embedding", "inpaint_fill_order"):
+        saved.pop(name, None)
+    config_file.write_text(json.dumps(saved))
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert not loaded.config.aligned_condition and loaded.config.condition_prefix
+    assert loaded.config.inpaint_fill_order == "random" and loaded.model.embed_aligned is None
+    ids = random_ids(model.config)
+    condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(ids, condition_ids=condition).logits, model(ids, condition_ids=condition).logits,
+                               rtol=0, atol=0)

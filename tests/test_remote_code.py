@@ -23,7 +23,7 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pixelgpt-model")
     torch.manual_seed(0)
-    model = PixelGPTForImageGeneration(tiny_config(vocab_size=27, num_classes=2)).eval()
+    model = PixelGPTForImageGeneration(tiny_config(vocab_size=27, num_classes=2, class_embedding=True)).eval()
     processor = PixelGPTImageProcessor(quantization="rgb", num_levels=3, image_size=5)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_images", type=int, default=200, help="Held-out images to measure on.")
     p.add_argument("--batch_size", type=int, default=64, help="Images sampled together.")
     p.add_argument("--seed", type=int, default=0, help="Seed of masks and samples.")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="Sampling temperature of the samples (greedy rows use 0); below 1 trades variety for "
+                   "pixel error.")
     p.add_argument("--output", help="Write the report as JSON here.")
     p.add_argument("--grid", help="Write a PNG grid of examples here.")
     return p
@@ -70,8 +73,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sampling(args, seed_offset: int = 0, **extra) -> dict:
-    return dict(generator=torch.Generator().manual_seed(args.seed + seed_offset), batch_size=args.batch_size,
-                show_progress=False, **extra)
+    options = dict(generator=torch.Generator().manual_seed(args.seed + seed_offset), batch_size=args.batch_size,
+                   show_progress=False, temperature=args.temperature)
+    return {**options, **extra}
 
 
 def masks_for(size: int, count: int, kind: str, seed: int) -> np.ndarray:
@@ -176,7 +180,7 @@ def main(args):
     model.get_image_processor()  # loads the processor saved beside the model
     measure = measure_inpaint if args.task == "inpaint" else measure_conditional
     report, examples, cols = measure(args, model)
-    report = {"task": args.task, "num_images": args.num_images, **report}
+    report = {"task": args.task, "num_images": args.num_images, "temperature": args.temperature, **report}
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))

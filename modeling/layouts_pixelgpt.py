@@ -4,7 +4,8 @@ a model is scored in exactly the layout it was trained in.
 
 - raster / k-ahead ("generate", and the conditional tasks with k = 1): row t holds token t - k, predicts token t;
 - any order ("inpaint"): row t holds token `order[t - 1]`, predicts `order[t]`, with a random order per image in
-  which a random rectangle (the shape of inpainting masks) or the scored pixels come last.
+  which a random rectangle (the shape of inpainting masks) or the scored pixels come last (in random or raster
+  order: the config's `inpaint_fill_order`).
 
 The `*_inputs` functions return keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
 """
@@ -21,22 +22,24 @@ def k_ahead_inputs(input_ids: torch.LongTensor, k: int) -> dict:
     return dict(input_ids=rows, input_positions=targets - k, target_positions=targets, labels=input_ids[:, 1:])
 
 
-def random_orders(last: torch.BoolTensor, tokens_per_pixel: int,
-                  generator: torch.Generator | None = None) -> torch.LongTensor:
-    """Random generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False
-    come first, then those where it is True, each group in random order. A pixel's sub-pixel tokens stay together
-    in R, G, B order."""
-    noise = torch.rand(last.shape, generator=generator, device=last.device)
+def random_orders(last: torch.BoolTensor, tokens_per_pixel: int, generator: torch.Generator | None = None,
+                  fill_order: str = "random") -> torch.LongTensor:
+    """Generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False come
+    first in random order, then those where it is True, in random order or (`fill_order="raster"`) row by row. A
+    pixel's sub-pixel tokens stay together in R, G, B order."""
+    noise = torch.rand(last.shape, generator=generator, device=last.device)  # (B, P) in [0, 1)
+    if fill_order == "raster":  # keys in [1, 2) rising with the pixel index sort the last group in raster order
+        noise = torch.where(last, torch.arange(last.shape[1], device=last.device) / last.shape[1], noise)
     pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
     t = tokens_per_pixel
     return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)
 
 
-def last_tokens_order(last: torch.BoolTensor, tokens_per_pixel: int,
-                      generator: torch.Generator | None = None) -> torch.LongTensor:
+def last_tokens_order(last: torch.BoolTensor, tokens_per_pixel: int, generator: torch.Generator | None = None,
+                      fill_order: str = "random") -> torch.LongTensor:
     """`random_orders` from a `(B, N)` token mask (every sub-pixel token of a pixel marked alike): the marked
     pixels last. Inpainting draws the unknown pixels last; scoring scores the masked ones last."""
-    return random_orders(last.view(len(last), -1, tokens_per_pixel)[..., 0], tokens_per_pixel, generator)
+    return random_orders(last.view(len(last), -1, tokens_per_pixel)[..., 0], tokens_per_pixel, generator, fill_order)
 
 
 def random_boxes(batch: int, image_size: int, probability: float, generator: torch.Generator | None = None,
@@ -80,11 +83,12 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
         if scored is not None:
             inputs["labels"] = inputs["labels"].masked_fill(~scored, -100)
         return inputs
+    fill_order = config.inpaint_fill_order
     if scored is None:
         boxes = random_boxes(input_ids.shape[0], config.image_size, box_probability, generator, input_ids.device)
-        order = random_orders(boxes, config.tokens_per_pixel, generator)  # (B, N)
+        order = random_orders(boxes, config.tokens_per_pixel, generator, fill_order)  # (B, N)
     else:
-        order = last_tokens_order(scored, config.tokens_per_pixel, generator)  # (B, N)
+        order = last_tokens_order(scored, config.tokens_per_pixel, generator, fill_order)  # (B, N)
     inputs = any_order_inputs(input_ids, order)
     if scored is not None:
         inputs["labels"] = inputs["labels"].masked_fill(~scored.gather(1, order), -100)

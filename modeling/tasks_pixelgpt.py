@@ -99,7 +99,7 @@ class PixelGPTImageTasksMixin:
         `len(images) * num_completions` images, the completions of the first input first. The kept rows come back
         exactly as the processor quantized them (pixel for pixel the input in lossless modes). `class_labels`: one
         per input, for class-conditional models. Raster models see only the rows above what they draw; inpainting
-        models (task "inpaint") draw the rest in a random order.
+        models (task "inpaint") draw the rest in their fill order (`config.inpaint_fill_order`).
         """
         self.config.check_operation("complete")
         processor = self.get_image_processor(image_processor)
@@ -119,7 +119,8 @@ class PixelGPTImageTasksMixin:
         `mask_image`: one mask for all images or one per image: PIL (white = redraw, black = keep, as diffusers),
         or a boolean/0-1 array, at the model's grid size or at the image's own size (then resized and cropped as
         the image). Pixels outside the mask come back as the processor quantized them. Needs a model trained with
-        `--task inpaint`: it reads every kept pixel first, then draws the masked ones in a random order.
+        `--task inpaint`: it reads every kept pixel first, then draws the masked ones in its fill order (raster
+        for models trained since `inpaint_fill_order` exists, random before).
         """
         self.config.check_operation("inpaint")
         processor = self.get_image_processor(image_processor)
@@ -363,8 +364,9 @@ class PixelGPTImageTasksMixin:
                     out = exact_sample_tokens(self, start, options, known=part, progress=bar)
                 else:
                     order = None
-                    if self.config.task == "inpaint":  # known pixels first, the rest in a random order
-                        order = last_tokens_order(part < 0, self.config.tokens_per_pixel)
+                    if self.config.task == "inpaint":  # known pixels first, the rest in the fill order
+                        order = last_tokens_order(part < 0, self.config.tokens_per_pixel,
+                                                  fill_order=self.config.inpaint_fill_order)
                     out = sampling_loop(self, start, options, known=part, order=order, condition_ids=condition,
                                         progress=bar)
                 outputs.append(out.cpu())  # (b, 1 + N)

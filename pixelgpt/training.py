@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "version; translate: learn targets from paired source images.")
     model.add_argument("--inpaint_box_probability", type=float, default=0.5,
                        help="--task inpaint: share of training orders that leave a random rectangle for last.")
+    model.add_argument("--inpaint_fill_order", default="raster", choices=["raster", "random"],
+                       help="--task inpaint: order of the pixels left for last (rectangles in training, holes when "
+                       "inpainting): raster (row by row; better likelihood at the same budget) or random.")
+    model.add_argument("--aligned_condition", action=argparse.BooleanOptionalAction, default=True,
+                       help="Conditional tasks: add the condition pixel under each predicted pixel to its row "
+                       "(--no-aligned_condition: attention alone finds it).")
+    model.add_argument("--condition_prefix", action=argparse.BooleanOptionalAction, default=True,
+                       help="Conditional tasks: also put the condition tokens before the image, for attention to read.")
     model.add_argument("--condition_quantization", choices=CONDITION_QUANTIZATIONS, default=None,
                        help="How condition images are tokenized (default: gray8 for colorize, else gray8 for gray "
                        "quantizations and rgb otherwise).")
@@ -110,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_attention_heads", type=int, help="Override the preset's head count.")
     model.add_argument("--intermediate_size", type=int, help="Override the MLP width.")
     model.add_argument("--class_conditional", action="store_true", help="Condition on the label column (class tokens).")
+    model.add_argument("--class_embedding", action=argparse.BooleanOptionalAction, default=True,
+                       help="With --class_conditional: add a class embedding to every row (--no-class_embedding: the "
+                       "class is only the start token).")
     model.add_argument("--class_dropout_prob", type=float, default=0.1,
                        help="With --class_conditional: share of images trained with the unconditional start token, "
                             "which classifier-free guidance (generate_images(guidance_scale=...)) needs.")
@@ -231,6 +242,8 @@ def parse_args(argv=None):
             args.condition_size = max(1, args.resolution // 4) if args.task == "upscale" else args.resolution
         if not 1 <= args.condition_size <= 256:
             p.error("--condition_size must be in [1, 256]")
+        if not (args.aligned_condition or args.condition_prefix):
+            p.error("--no-aligned_condition with --no-condition_prefix leaves the model no way to read its condition")
     return args
 
 
@@ -384,7 +397,8 @@ def make_transform(processor, config, args, label_column):
 RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "palette_size", "resize_mode",
                    "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
                    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
-                   "parallel_tokens", "use_ema")
+                   "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
+                   "class_embedding")
 # Arguments that never reach a tracker, a log, a card or a file.
 SECRET_ARGS = ("hub_token",)
 LOCK_NAME = ".pixelgpt-train.lock"
@@ -722,13 +736,16 @@ def run_training(args, accelerator, started):
                                                 "intermediate_size") if getattr(args, k) is not None}
     config_kwargs = dict(PIXELGPT_PRESETS[args.model_size], **overrides)
     if args.class_conditional:
-        config_kwargs["num_classes"] = num_classes
+        config_kwargs.update(num_classes=num_classes, class_embedding=args.class_embedding)
         if class_names:
             config_kwargs["id2label"] = dict(enumerate(class_names))
     config = PixelGPTConfig(vocab_size=processor.vocab_size, image_size=args.resolution,
                             tokens_per_pixel=processor.tokens_per_pixel, parallel_tokens=args.parallel_tokens,
                             task=args.task, condition_size=processor.condition_size,
-                            condition_vocab_size=processor.condition_vocab_size, **config_kwargs)
+                            condition_vocab_size=processor.condition_vocab_size,
+                            aligned_condition=args.aligned_condition and args.task in CONDITIONAL_TASKS,
+                            condition_prefix=args.condition_prefix, inpaint_fill_order=args.inpaint_fill_order,
+                            **config_kwargs)
     model = PixelGPTForImageGeneration(config)
     # One checkpoint holds the weights, two Adam moments and the EMA copy, 4 bytes each.
     checkpoint_bytes = 4 * sum(p.numel() for p in model.parameters()) * (3 + bool(args.use_ema))

@@ -51,6 +51,22 @@ def test_any_order_inputs_are_a_shifted_permutation_with_boxes_last():
         assert in_box.any() and not in_box[: len(pixels) - int(in_box.sum())].any()
 
 
+def test_raster_fill_order_draws_the_last_pixels_row_by_row_after_the_rest_in_random_order():
+    last = torch.rand(4, 36, generator=torch.Generator().manual_seed(0)) < 0.4  # (B, pixels), scattered
+    order = random_orders(last, 3, torch.Generator().manual_seed(1), fill_order="raster")  # (B, 108)
+    for row, marked in zip(order, last):
+        pixels = row[::3] // 3
+        count = int(marked.sum())
+        assert torch.equal(pixels[len(pixels) - count :], marked.nonzero()[:, 0])  # marked ones last, ascending
+        assert not marked[pixels[: len(pixels) - count]].any()
+        assert torch.equal(order[0].sort().values, torch.arange(108))
+    # the known pixels keep a random order (not raster), and the random fill order shuffles the marked ones
+    unmarked = order[0, ::3][: int((~last[0]).sum())] // 3
+    assert not torch.equal(unmarked, unmarked.sort().values)
+    shuffled = random_orders(last, 1, torch.Generator().manual_seed(1))[0][-int(last[0].sum()) :]
+    assert not torch.equal(shuffled, shuffled.sort().values)
+
+
 def test_any_order_loss_scores_every_token_once():
     model = make_model(task="inpaint")
     ids = random_ids(model.config)

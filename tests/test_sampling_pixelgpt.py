@@ -30,6 +30,7 @@ from conftest import make_conditional, make_model, random_ids
         (dict(), dict(temperature=1.0)),
         (dict(tokens_per_pixel=3, vocab_size=11, image_size=3), dict(temperature=0.7, top_k=5)),
         (dict(num_classes=2), dict(temperature=1.3, top_p=0.8, class_labels=[1, 0])),
+        (dict(num_classes=2, class_embedding=True), dict(temperature=1.3, class_labels=[1, 0])),
     ],
 )
 def test_static_cache_loop_draws_the_same_tokens_as_generate(overrides, sampling):
@@ -54,9 +55,9 @@ def reference_k_ahead(model, start_ids, k):
     return torch.cat([start_ids[:, None], tokens], 1)
 
 
-@pytest.mark.parametrize("k", [2, 4, 7])
-def test_k_ahead_cached_loop_matches_recomputing_everything(k):
-    model = make_model(parallel_tokens=k, num_classes=2)
+@pytest.mark.parametrize("k, class_embedding", [(2, False), (4, False), (7, False), (4, True)])
+def test_k_ahead_cached_loop_matches_recomputing_everything(k, class_embedding):
+    model = make_model(parallel_tokens=k, num_classes=2, class_embedding=class_embedding)
     start = torch.tensor([model.config.class_token_id(0), model.config.start_token_id, model.config.class_token_id(1)])
     torch.manual_seed(5)
     fast = model.sample_tokens(start, tokens_per_step=k)
@@ -112,8 +113,9 @@ def test_progress_bar_counts_every_image_token(model_and_processor):
         assert bar.n == 3 * model.config.num_image_tokens, kwargs
 
 
-def test_guided_static_cache_loop_matches_generate_with_cfg():
-    model = make_model(num_classes=3)
+@pytest.mark.parametrize("class_embedding", [False, True], ids=["start_token_only", "class_every_row"])
+def test_guided_static_cache_loop_matches_generate_with_cfg(class_embedding):
+    model = make_model(num_classes=3, class_embedding=class_embedding)
     kwargs = dict(num_images=2, class_labels=[2, 0], guidance_scale=2.5, temperature=0.9, output_type="tokens",
                   show_progress=False, batch_size=3)
     fast = model.generate_images(generator=torch.Generator().manual_seed(8), **kwargs)
@@ -192,8 +194,10 @@ def test_any_order_cached_loop_matches_recomputing_everything(overrides):
 
 
 @pytest.mark.parametrize("task", ["colorize", "upscale"])
-def test_conditional_cached_loop_matches_recomputing_everything(task):
-    model, _ = make_conditional(task)
+@pytest.mark.parametrize("aligned, prefix", [(False, True), (True, True), (True, False)],
+                         ids=["prefix", "aligned_and_prefix", "aligned_only"])
+def test_conditional_cached_loop_matches_recomputing_everything(task, aligned, prefix):
+    model, _ = make_conditional(task, aligned_condition=aligned, condition_prefix=prefix)
     start = torch.full((2,), model.config.start_token_id)
     condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
     known = torch.full((2, 36), -1)
@@ -262,10 +266,12 @@ def chi_square(model, options, start, draws=20000):
     return stat, critical
 
 
-@pytest.mark.parametrize("options", [dict(), dict(temperature=0.7, top_k=2), dict(top_p=0.8),
-                                     dict(guidance_scale=2.0)], ids=["plain", "temperature_top_k", "top_p", "cfg"])
-def test_exact_mode_draws_images_with_the_one_token_distribution(options):
-    model = tiny_k_ahead_model(num_classes=2)
+@pytest.mark.parametrize("options, class_embedding", [
+    (dict(), False), (dict(temperature=0.7, top_k=2), False), (dict(top_p=0.8), False),
+    (dict(guidance_scale=2.0), False), (dict(guidance_scale=2.0), True),
+], ids=["plain", "temperature_top_k", "top_p", "cfg", "cfg_class_every_row"])
+def test_exact_mode_draws_images_with_the_one_token_distribution(options, class_embedding):
+    model = tiny_k_ahead_model(num_classes=2, class_embedding=class_embedding)
     start = model.config.class_token_id(1) if "guidance_scale" in options else model.config.start_token_id
     stat, critical = chi_square(model, SamplingOptions(tokens_per_step=2, exact=True, **options), start)
     assert stat < critical, (stat, critical)

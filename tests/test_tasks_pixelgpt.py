@@ -316,6 +316,13 @@ def test_inpainting_models_read_every_kept_pixel_before_drawing(inpaint_model):
     assert order.shape == (3, 36) and (known.gather(1, order)[:, :kept] >= 0).all()  # kept pixels come first
     assert (known.gather(1, order)[:, kept:] < 0).all()
     assert not torch.equal(order[0], order[1])  # each sample draws the hole in its own random order
+    hole = torch.from_numpy(mask.flatten()).nonzero()[:, 0]
+    model.config.inpaint_fill_order = "raster"  # models trained since the field exists: the hole row by row
+    calls.clear()
+    with mock.patch.object(tasks_pixelgpt, "sampling_loop", spy):
+        model.inpaint_images(np.zeros((6, 6), np.uint8), mask, num_samples=2, image_processor=processor,
+                             show_progress=False)
+    assert all(torch.equal(row[kept:], hole) for row in calls[0]["order"])
 
 
 # ------------------------------------------------------------------------------------- which task does what

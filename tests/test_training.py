@@ -274,6 +274,7 @@ def test_image_folder_with_class_subfolders_trains_class_conditionally(tmp_path)
     training.main(folder_args(tmp_path, root, "--class_conditional", "--quantization", "rgb", "--num_levels", "4"))
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.num_classes == 2 and model.config.id2label == {0: "cats", 1: "dogs"}
+    assert model.config.class_embedding  # the class reaches every row by default
     assert ModelCard.load(tmp_path / "out" / "README.md").data.to_dict().get("datasets") is None
 
 
@@ -335,7 +336,9 @@ def test_bad_arguments_are_rejected():
                             "--source_column", "c"],
                            "--source_column or --source_dir, not both"),
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
-                          (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize")):
+                          (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize"),
+                          (["--task", "upscale", "--no-aligned_condition", "--no-condition_prefix"],
+                           "leaves the model no way to read its condition")):
         assert message in parse_error(argv)
 
 
@@ -371,7 +374,7 @@ def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["bits_per_token"] < 0.8 * results["untrained_bits_per_token"], results
     model = AutoModel.from_pretrained(out)
-    assert model.config.task == "inpaint"
+    assert model.config.task == "inpaint" and model.config.inpaint_fill_order == "raster"
     image = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     mask = np.zeros((8, 8), dtype=bool)
     mask[2:6, 2:6] = True
@@ -399,6 +402,7 @@ def test_upscale_task_reads_a_quarter_resolution_condition(tmp_path):
     out = run(tmp_path, "--task", "upscale", "--quantization", "gray8", "--max_train_steps", "2")
     model = AutoModel.from_pretrained(out)
     assert (model.config.task, model.config.condition_size) == ("upscale", 2)
+    assert model.config.aligned_condition and model.config.condition_prefix  # both by default
     big = model.upscale_images(np.zeros((2, 2), dtype=np.uint8), show_progress=False)[0]
     assert big.size == (8, 8)
 

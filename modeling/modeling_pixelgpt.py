@@ -3,6 +3,9 @@ models) in any order.
 
 Sequence layout: `[start, x_0, x_1, ..., x_{N-1}]`, where the start token is the unconditional `start_token_id` or
 a class token, and `x_i` are image tokens from the image processor. Logits at sequence index t predict `x_t`.
+Class-conditional models may also add a class embedding to every row (`class_embedding`); conditional tasks put a
+condition image's tokens before the start token (`condition_prefix`) and/or add to each row the condition under the
+pixel it predicts (`aligned_condition`).
 
 Positions are 2-D rotary embeddings of (row, column). A query is rotated by the position of the token it predicts
 and a key by the position of the token it holds, so every attention score sees the offset between "the pixel being

@@ -56,7 +56,8 @@ def test_conditional_tasks_report_psnr_against_the_naive_baseline(tmp_path, task
     psnr = report["psnr_db"]
     baseline = "bicubic_upsampling" if task == "upscale" else "grayscale_input"
     extra = {"model_sample_without_keep_luminance"} if task == "colorize" else set()
-    assert set(psnr) == {"model_sample", "model_greedy", "model_mean_of_4_samples", baseline,
+    assert set(psnr) == {"model_sample", "model_sample_mean_over_4_draws", "model_greedy", "model_mean_of_4_samples",
+                         baseline,
                          "quantized_original_ceiling"} | extra
     assert all(0 < v < 100 for v in psnr.values())
     if task == "upscale":  # an untrained model is far from the ceiling

@@ -12,8 +12,9 @@ is pasted back) and of mean-fill (the mean of the image's kept pixels), plus the
 squared-error-optimal estimate a sampler can give).
 upscale / colorize: PSNR (dB) against the original of a sample (and that figure averaged over 4 draws), of greedy
 decoding and of the mean of 4 samples, against the naive baseline (bicubic upsampling of the low-resolution input /
-the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized). Colorization keeps the input's
-luminance (`keep_luminance=True`); a sample without it is reported too.
+the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized).
+Colorization keeps the input's luminance (`keep_luminance=True`); a sample without it is reported too.
+--temperature below 1 (e.g. 0.9) trades variety for pixel error in the samples.
 
 Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it.
 """

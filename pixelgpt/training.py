@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generate: raster-order model; inpaint: random-order model (inpainting, outpainting, "
                        "variations); colorize / upscale: learn images from their own grayscale / low-resolution "
                        "version; translate: learn targets from paired source images.")
-    model.add_argument("--inpaint_box_probability", type=float, default=0.5,
-                       help="--task inpaint: share of training orders that leave a random rectangle for last.")
+    model.add_argument("--inpaint_box_probability", type=float, default=1.0,
+                       help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
+                       "image per side) for last; the rest are wholly random orders.")
     model.add_argument("--inpaint_fill_order", default="raster", choices=["raster", "random"],
                        help="--task inpaint: order of the pixels left for last (rectangles in training, holes when "
                        "inpainting): raster (row by row; better likelihood at the same budget) or random.")

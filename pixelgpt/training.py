@@ -40,7 +40,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .default_data import DEFAULT_DATASET_NAME, load_default_dataset
 from .modeling import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration
-from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, MAX_CLASSES, PIXELGPT_TASKS
+from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, FILL_ORDERS, MAX_CLASSES, PIXELGPT_TASKS
 from .modeling.layouts_pixelgpt import task_inputs
 from .processing import PixelGPTImageProcessor
 from .processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUANTIZATIONS, RESAMPLE, RESIZE_MODES
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--inpaint_box_probability", type=float, default=1.0,
                        help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
                        "image per side) for last; the rest are wholly random orders.")
-    model.add_argument("--inpaint_fill_order", default="raster", choices=["raster", "random"],
+    model.add_argument("--inpaint_fill_order", default="raster", choices=FILL_ORDERS,
                        help="--task inpaint: order of the pixels left for last (rectangles in training, holes when "
                        "inpainting): raster (row by row; better likelihood at the same budget) or random.")
     model.add_argument("--aligned_condition", action=argparse.BooleanOptionalAction, default=True,

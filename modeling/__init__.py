@@ -1,10 +1,12 @@
 from .configuration_pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig
+from .configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
 from .modeling_pixelgpt import (
     PixelGPTForImageClassification,
     PixelGPTForImageGeneration,
     PixelGPTModel,
     PixelGPTPreTrainedModel,
 )
+from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline
 from .sampling_pixelgpt import PixelGPTStaticCache, SamplingOptions
 
@@ -17,5 +19,7 @@ __all__ = [
     "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
+    "PixelGPTVQVAE",
+    "PixelGPTVQVAEConfig",
     "SamplingOptions",
 ]

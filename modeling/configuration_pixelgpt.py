@@ -4,6 +4,8 @@ import operator
 
 from transformers import PreTrainedConfig
 
+from .configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
+
 # Named size presets (as DiT's): the training script offers these as `--model_size` choices, and any field can
 # still be overridden one by one. Widths are multiples of 4 * heads so the 2-D rotary split is exact.
 PIXELGPT_PRESETS = {
@@ -18,6 +20,8 @@ MAX_CLASSES = 100_000
 # What a model can be trained for (`train.py --task`); the last three read a condition image first.
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
+# Tasks a model on an image tokenizer's grid can be trained for (condition images are pixel grids, not yet tokens).
+TOKENIZER_TASKS = ("generate", "inpaint")
 # How an inpainting model orders the pixels it draws last (`inpaint_fill_order`).
 FILL_ORDERS = ("random", "raster")
 
@@ -137,8 +141,14 @@ class PixelGPTConfig(PreTrainedConfig):
     condition_prefix: bool = True
     class_embedding: bool = False
     inpaint_fill_order: str = "random"
+    tokenizer_config: dict | PixelGPTVQVAEConfig | None = None
 
     def __post_init__(self, **kwargs):
+        tokenizer = self.tokenizer_config
+        if isinstance(tokenizer, PreTrainedConfig) and not isinstance(tokenizer, PixelGPTVQVAEConfig):
+            tokenizer = tokenizer.to_dict()  # the same class loaded from another module (remote code)
+        if isinstance(tokenizer, dict):  # as read from config.json
+            self.tokenizer_config = PixelGPTVQVAEConfig(**tokenizer)
         self.validate_architecture()  # before the derived defaults are computed from possibly bad values
         # Derived defaults, all in one place.
         if self.intermediate_size is None:
@@ -221,6 +231,17 @@ class PixelGPTConfig(PreTrainedConfig):
               f"`inpaint_fill_order` must be one of {FILL_ORDERS}, got {self.inpaint_fill_order!r}.")
         check(self.parallel_tokens == 1 or self.task == "generate",
               f"`parallel_tokens` > 1 (k-ahead decoding) needs task 'generate', got task {self.task!r}.")
+        tokenizer = self.tokenizer_config
+        if tokenizer is not None:
+            check(isinstance(tokenizer, PixelGPTVQVAEConfig),
+                  f"`tokenizer_config` must be a PixelGPTVQVAEConfig or a dict of one, got {type(tokenizer)}.")
+            check(self.task in TOKENIZER_TASKS, f"a model on an image tokenizer's grid does tasks {TOKENIZER_TASKS}; "
+                  f"got task {self.task!r} (conditional tasks read a pixel grid: train them without --tokenizer).")
+            check(self.vocab_size == tokenizer.codebook_size,
+                  f"`vocab_size` ({self.vocab_size}) must equal the tokenizer's codebook size "
+                  f"({tokenizer.codebook_size}).")
+            check(self.tokens_per_pixel == 1, "a model on an image tokenizer's grid reads one token per grid cell: "
+                  f"`tokens_per_pixel` must be 1, got {self.tokens_per_pixel}.")
 
     # Purely derived sizes are properties, so they stay right when a field is changed after construction
     # (`from_pretrained(path, image_size=...)` sets attributes after `__post_init__`).
@@ -237,6 +258,12 @@ class PixelGPTConfig(PreTrainedConfig):
     def max_position_embeddings(self) -> int:
         """Every position a sequence can have: condition tokens, the start token and every image token."""
         return self.num_prefix_tokens + 1 + self.num_image_tokens
+
+    @property
+    def pixel_size(self) -> int:
+        """Side of the images in pixels: `image_size` times the tokenizer's downsampling factor (if any)."""
+        factor = self.tokenizer_config.downsample_factor if self.tokenizer_config is not None else 1
+        return self.image_size * factor
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -300,5 +327,5 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "FILL_ORDERS", "OPERATIONS",
-           "DEFAULT_OPERATION"]
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "TOKENIZER_TASKS",
+           "FILL_ORDERS", "OPERATIONS", "DEFAULT_OPERATION"]

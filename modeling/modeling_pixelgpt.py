@@ -32,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_pixelgpt import PixelGPTConfig
+from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
 from .sampling_pixelgpt import PixelGPTStaticCache
 from .tasks_pixelgpt import PixelGPTImageTasksMixin
@@ -536,7 +537,23 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
         super().__init__(config)
         self.model = PixelGPTModel(config)
         self.lm_head = PixelGPTLinear(config.hidden_size, config.vocab_size)
+        # A model on a tokenizer's grid carries the tokenizer (frozen, trained first), as Janus carries its VQ
+        # model: one from_pretrained loads both, one safetensors file holds both.
+        self.image_tokenizer = None
+        if config.tokenizer_config is not None:
+            self.image_tokenizer = PixelGPTVQVAE._from_config(config.tokenizer_config)
+            self.image_tokenizer.requires_grad_(False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materializes fresh parameters (trainable by default): keep a carried tokenizer frozen, so that
+        # fine-tuning a loaded model never changes the codes its data was encoded with.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.image_tokenizer is not None:
+            model.image_tokenizer.requires_grad_(False)
+        return loaded
 
     def forward(
         self,

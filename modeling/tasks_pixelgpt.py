@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .layouts_pixelgpt import last_tokens_order, task_inputs
+from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .sampling_pixelgpt import (
     SamplingOptions,
     check_count,
@@ -58,9 +59,13 @@ class PixelGPTImageTasksMixin:
 
             processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
             self.image_processor = processor
-        names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
-        expected = tuple(getattr(self.config, name) for name in names)
-        found = tuple(getattr(processor, name) for name in names)
+        if self.config.tokenizer_config is not None:  # the processor only resizes; the tokenizer makes the tokens
+            names = ("quantization", "image_size")
+            expected, found = ("rgb8", self.config.pixel_size), (processor.quantization, processor.image_size)
+        else:
+            names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
+            expected = tuple(getattr(self.config, name) for name in names)
+            found = tuple(getattr(processor, name) for name in names)
         if found != expected:
             raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
                              f"{expected} for the model.")
@@ -103,13 +108,19 @@ class PixelGPTImageTasksMixin:
         """
         self.config.check_operation("complete")
         processor = self.get_image_processor(image_processor)
-        if not isinstance(keep_rows, int) or not 0 <= keep_rows <= self.config.image_size:
-            raise ValueError(f"`keep_rows` must be an int in [0, {self.config.image_size}] (the image height), "
-                             f"got {keep_rows!r}.")
+        height = self.config.pixel_size
+        if not isinstance(keep_rows, int) or isinstance(keep_rows, bool) or not 0 <= keep_rows <= height:
+            raise ValueError(f"`keep_rows` must be an int in [0, {height}] (the image height), got {keep_rows!r}.")
         check_count("num_completions", num_completions)
         known = self._encode(images, processor, num_completions)  # (B * num_completions, N)
-        known[:, keep_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
-        return self._edit(known, num_completions, class_labels, processor, sampling)
+        # On a tokenizer's grid a token row covers `factor` pixel rows: one only partly kept is redrawn, and the
+        # kept pixel rows are put back exactly afterwards.
+        token_rows = keep_rows * self.config.image_size // height
+        known[:, token_rows * self.config.image_size * self.config.tokens_per_pixel :] = -1
+        redraw = torch.zeros(len(known), height, height, dtype=torch.bool)
+        redraw[:, keep_rows:] = True
+        return self._edit(known, num_completions, class_labels, processor, sampling,
+                          paste=self._paste(images, processor, redraw, num_completions))
 
     @torch.no_grad()
     def inpaint_images(self, images, mask_image, num_samples: int = 1, class_labels=None, image_processor=None,
@@ -126,10 +137,12 @@ class PixelGPTImageTasksMixin:
         processor = self.get_image_processor(image_processor)
         check_count("num_samples", num_samples)
         known = self._encode(images, processor)  # (B, N)
-        masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, S, S) True = redraw
+        masks = torch.from_numpy(processor.prepare_mask(mask_image, images))  # (B, H, W) True = redraw
         known = known.masked_fill(self._token_mask(masks), -1)
         known = known.repeat_interleave(num_samples, dim=0)  # (B * num_samples, N)
-        return self._edit(known, num_samples, class_labels, processor, sampling)
+        masks = masks.repeat_interleave(num_samples, dim=0)
+        return self._edit(known, num_samples, class_labels, processor, sampling,
+                          paste=self._paste(images, processor, masks, num_samples))
 
     @torch.no_grad()
     def vary_images(self, images, strength: float = 0.5, num_variations: int = 1, class_labels=None,
@@ -147,7 +160,8 @@ class PixelGPTImageTasksMixin:
         size = self.config.image_size
         draws = torch.rand(len(known), size * size, generator=sampling.get("generator"))
         redraw = draws.argsort(dim=1).argsort(dim=1) < round(strength * size * size)  # exactly that many pixels
-        known = known.masked_fill(self._token_mask(redraw.view(-1, size, size)), -1)
+        # Drawn on the model's grid: pixels, or tokenizer cells.
+        known = known.masked_fill(redraw.repeat_interleave(self.config.tokens_per_pixel, dim=1), -1)
         return self._edit(known, num_variations, class_labels, processor, sampling)
 
     @torch.no_grad()
@@ -161,16 +175,20 @@ class PixelGPTImageTasksMixin:
         there. Every pass thus stays inside the grid the model was trained on (2-D rotary positions would accept a
         larger grid, but offsets beyond `image_size` were never trained); the price is that a window sees only the
         last `image_size` pixels, not the whole canvas. Returns PIL images of size
-        `(image_size + left + right) x (image_size + top + bottom)`; `batch_size` applies per window. With
+        `(pixel_size + left + right) x (pixel_size + top + bottom)`; `batch_size` applies per window. With
         `output_type="tokens"` the canvas's tokens `(B, height * width * tokens_per_pixel)`, without a start
-        column (it is no single sequence the model read).
+        column (it is no single sequence the model read). On a tokenizer's grid the margins are drawn in whole
+        tokens (rounded up, the surplus cropped) and the input's pixels come back exactly.
         """
         self.config.check_operation("outpaint")
         processor = self.get_image_processor(image_processor)
-        size, t = self.config.image_size, self.config.tokens_per_pixel
-        for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4 * size:
-                raise ValueError(f"`{name}` must be an int in [0, {4 * size}] (pixels to add), got {value!r}.")
+        size, t, pixels = self.config.image_size, self.config.tokens_per_pixel, self.config.pixel_size
+        margins = {"left": left, "right": right, "top": top, "bottom": bottom}
+        for name, value in margins.items():
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4 * pixels:
+                raise ValueError(f"`{name}` must be an int in [0, {4 * pixels}] (pixels to add), got {value!r}.")
+        factor = pixels // size
+        left, right, top, bottom = (-(-value // factor) for value in margins.values())  # in grid cells
         tokens = self._encode(images, processor)  # (B, N)
         batch, height, width = len(tokens), size + top + bottom, size + left + right
         canvas = torch.full((batch, height, width, t), -1, dtype=torch.long)
@@ -197,7 +215,14 @@ class PixelGPTImageTasksMixin:
             window.copy_(filled[:, 1:].view(batch, size, size, t))
         if options.output_type == "tokens":
             return canvas.flatten(1)
-        return processor.to_pil(processor.dequantize(canvas.flatten(1).numpy(), height=height, width=width))
+        if self.image_tokenizer is None:
+            return processor.to_pil(processor.dequantize(canvas.flatten(1).numpy(), height=height, width=width))
+        out = self._decode_grid(canvas[..., 0])  # (B, height * factor, width * factor, 3)
+        y, x = top * factor, left * factor  # where the input lies; the margins asked for start before it
+        out[:, y : y + pixels, x : x + pixels] = self._pixels(images, processor)
+        rows = slice(y - margins["top"], y + pixels + margins["bottom"])
+        out = out[:, rows, x - margins["left"] : x + pixels + margins["right"]]
+        return processor.to_pil(out.numpy())
 
     @torch.no_grad()
     def translate_images(self, images, num_samples: int = 1, image_processor=None, **sampling):
@@ -248,10 +273,11 @@ class PixelGPTImageTasksMixin:
         in training (`layouts_pixelgpt.task_inputs`)."""
         processor = self.get_image_processor(image_processor)
         check_count("batch_size", batch_size)
-        ids = processor(images, return_tensors="pt").input_ids  # (B, 1 + N)
+        tokens = self._encode(images, processor)  # (B, N)
+        ids = torch.cat([torch.full((len(tokens), 1), self.config.start_token_id), tokens], dim=1)  # (B, 1 + N)
         if class_labels is not None:
             ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
-        scored = torch.ones(len(ids), self.config.image_size, self.config.image_size, dtype=torch.bool)
+        scored = torch.ones(len(ids), self.config.pixel_size, self.config.pixel_size, dtype=torch.bool)
         if mask_image is not None:
             scored = torch.from_numpy(processor.prepare_mask(mask_image, images))
         empty = [i for i, image_mask in enumerate(scored) if not image_mask.any()]
@@ -303,20 +329,51 @@ class PixelGPTImageTasksMixin:
             raise ValueError(f"Give one class label per input image: {num_inputs} images, {len(labels)} labels.")
         return self._start_ids(labels, repeats)
 
+    # Encoding and decoding: the processor's tokens, or (`config.tokenizer_config`) the image tokenizer's codes of
+    # the processor's 8-bit RGB pixels. The tokenizer runs in chunks so a large batch never holds every activation.
+    _TOKENIZER_CHUNK = 64
+
+    @staticmethod
+    def _pixels(images, processor) -> torch.Tensor:
+        """The processor's uint8 pixels of `images`: `(B, H, W, C)`."""
+        return torch.from_numpy(processor.to_array(images))
+
     def _encode(self, images, processor, repeats: int = 1) -> torch.LongTensor:
-        """Processor tokens of `images`, each repeated `repeats` times: `(B * repeats, N)`."""
-        return processor(images, return_tensors="pt").input_ids[:, 1:].repeat_interleave(repeats, dim=0)
+        """Tokens of `images`, each repeated `repeats` times: `(B * repeats, N)`."""
+        if self.image_tokenizer is None:
+            tokens = processor(images, return_tensors="pt").input_ids[:, 1:]
+        else:
+            pixels = PixelGPTVQVAE.to_pixel_values(self._pixels(images, processor))  # (B, 3, H, W)
+            tokens = torch.cat([self.image_tokenizer.encode(chunk).flatten(1).cpu()  # (b, h * w)
+                                for chunk in pixels.split(self._TOKENIZER_CHUNK)])
+        return tokens.repeat_interleave(repeats, dim=0)
+
+    def _decode_grid(self, grid: torch.LongTensor) -> torch.Tensor:
+        """Tokenizer codes `(B, h, w)` -> uint8 pixels `(B, h * factor, w * factor, C)`."""
+        return torch.cat([PixelGPTVQVAE.to_uint8(self.image_tokenizer.decode(chunk)).cpu()
+                          for chunk in grid.split(self._TOKENIZER_CHUNK)])
 
     def _token_mask(self, pixel_mask: torch.BoolTensor) -> torch.BoolTensor:
-        """`(B, S, S)` pixel mask -> `(B, N)` token mask (every sub-pixel token of a masked pixel)."""
+        """`(B, H, W)` pixel mask -> `(B, N)` token mask: every sub-pixel token of a masked pixel, or every
+        tokenizer cell that covers a masked pixel."""
+        if self.image_tokenizer is not None:
+            factor = self.config.pixel_size // self.config.image_size
+            return F.max_pool2d(pixel_mask[:, None].float(), factor).flatten(1).bool()  # (B, h * w)
         return pixel_mask.flatten(1).repeat_interleave(self.config.tokens_per_pixel, dim=1)
 
-    def _edit(self, known, repeats, class_labels, processor, sampling):
+    def _paste(self, images, processor, redraw: torch.BoolTensor, repeats: int):
+        """For tokenizer models: the input pixels and `(B * repeats, H, W)` redraw mask, so that `_output` puts
+        every pixel outside the mask back exactly (the tokenizer only approximates them). None otherwise."""
+        if self.image_tokenizer is None:
+            return None
+        return self._pixels(images, processor).repeat_interleave(repeats, dim=0), redraw
+
+    def _edit(self, known, repeats, class_labels, processor, sampling, paste=None):
         """Fill the unknown (-1) tokens of `known` `(B * repeats, N)`: completion, inpainting, variations."""
         start_ids = self._input_start_ids(class_labels, len(known) // repeats, repeats)
         options = SamplingOptions.from_kwargs(sampling)
         tokens = self._sample_batches(start_ids, options, known, class_labels=class_labels)
-        return self._output(tokens, processor, options)
+        return self._output(tokens, processor, options, paste)
 
     def _conditional(self, operation, images, num_samples, image_processor, sampling):
         self.config.check_operation(operation)
@@ -328,9 +385,18 @@ class PixelGPTImageTasksMixin:
         tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition)
         return self._output(tokens, processor, options)
 
-    @staticmethod
-    def _output(tokens, processor, options: SamplingOptions):
-        return tokens if options.output_type == "tokens" else processor.decode(tokens)
+    def _output(self, tokens, processor, options: SamplingOptions, paste=None):
+        """`(B, 1 + N)` sampled ids -> PIL images (or the ids, for `output_type="tokens"`)."""
+        if options.output_type == "tokens":
+            return tokens
+        if self.image_tokenizer is None:
+            return processor.decode(tokens)
+        size = self.config.image_size
+        pixels = self._decode_grid(tokens[:, 1:].reshape(len(tokens), size, size))  # (B, H, W, 3)
+        if paste is not None:
+            original, redraw = paste
+            pixels = torch.where(redraw[..., None], pixels, original)
+        return processor.to_pil(pixels.numpy())
 
     def _sample_batches(self, start_ids: list[int], options: SamplingOptions, known: torch.LongTensor | None = None,
                 condition_ids: torch.LongTensor | None = None, class_labels=None) -> torch.LongTensor:

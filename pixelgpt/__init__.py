@@ -22,6 +22,8 @@ from .modeling import (
     PixelGPTPipeline,
     PixelGPTPreTrainedModel,
     PixelGPTStaticCache,
+    PixelGPTVQVAE,
+    PixelGPTVQVAEConfig,
     SamplingOptions,
 )
 from .processing import PixelGPTImageProcessor
@@ -34,6 +36,11 @@ AutoModel.register(PixelGPTConfig, PixelGPTForImageGeneration, exist_ok=True)
 AutoModelForCausalLM.register(PixelGPTConfig, PixelGPTForImageGeneration, exist_ok=True)
 AutoModelForImageClassification.register(PixelGPTConfig, PixelGPTForImageClassification, exist_ok=True)
 AutoImageProcessor.register(PixelGPTConfig, image_processor_classes={"pil": PixelGPTImageProcessor}, exist_ok=True)
+# The image tokenizer (stage one of a model on tokens) has its own model type.
+AutoConfig.register(PixelGPTVQVAEConfig.model_type, PixelGPTVQVAEConfig, exist_ok=True)
+AutoModel.register(PixelGPTVQVAEConfig, PixelGPTVQVAE, exist_ok=True)
+AutoImageProcessor.register(PixelGPTVQVAEConfig, image_processor_classes={"pil": PixelGPTImageProcessor},
+                            exist_ok=True)
 
 __all__ = [
     "PIXELGPT_PRESETS",
@@ -45,5 +52,7 @@ __all__ = [
     "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
     "PixelGPTStaticCache",
+    "PixelGPTVQVAE",
+    "PixelGPTVQVAEConfig",
     "SamplingOptions",
 ]

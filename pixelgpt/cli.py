@@ -1,6 +1,7 @@
 """The `pixelgpt` command: train, generate and transform images from the shell.
 
     pixelgpt train --output_dir pixelgpt-fashion                 # same flags as examples/train.py
+    pixelgpt train-tokenizer --train_data_dir emoji              # same flags as examples/train_tokenizer.py
     pixelgpt generate --model pixelgpt-fashion --num_images 16 --output_dir samples
     pixelgpt inpaint --model inpaint-model --mask mask.png photo.png --num_samples 4
     pixelgpt eval --model pixelgpt-fashion held_out/            # bits per token of image files
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     sub.add_parser("train", help="Train a model (`pixelgpt train --help` lists the flags, as examples/train.py).",
                    add_help=False)
+    sub.add_parser("train-tokenizer", help="Train an image tokenizer for `train --tokenizer` (`pixelgpt "
+                   "train-tokenizer --help` lists the flags, as examples/train_tokenizer.py).", add_help=False)
 
     p = sub.add_parser("generate", help="Draw new images.")
     _sampling_flags(p)
@@ -186,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         from pixelgpt import training
 
         training.main(training.parse_args(argv[1:]))
+        return 0
+    if argv[:1] == ["train-tokenizer"]:
+        from pixelgpt import tokenizer_training
+
+        tokenizer_training.main(tokenizer_training.parse_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
     # Bad input paths and output files fail before the model loads.

@@ -14,6 +14,7 @@ mixed precision.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -40,8 +41,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .default_data import DEFAULT_DATASET_NAME, load_default_dataset
 from .modeling import PIXELGPT_PRESETS, PixelGPTConfig, PixelGPTForImageGeneration
-from .modeling.configuration_pixelgpt import CONDITIONAL_TASKS, FILL_ORDERS, MAX_CLASSES, PIXELGPT_TASKS
+from .modeling.configuration_pixelgpt import (
+    CONDITIONAL_TASKS,
+    FILL_ORDERS,
+    MAX_CLASSES,
+    PIXELGPT_TASKS,
+    TOKENIZER_TASKS,
+)
 from .modeling.layouts_pixelgpt import task_inputs
+from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .processing import PixelGPTImageProcessor
 from .processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUANTIZATIONS, RESAMPLE, RESIZE_MODES
 from .utils import IMAGE_EXTENSIONS, TrainingError, make_image_grid, open_image, write_model_card
@@ -50,8 +58,8 @@ logger = get_logger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser):
+    """The data flags both training scripts share (this one and the tokenizer's); returns the group."""
     data = p.add_argument_group("data (default: the built-in Fashion-MNIST subset)")
     data.add_argument("--train_data_dir",
                       help="Folder of images (datasets 'imagefolder'); sub-folders become class labels.")
@@ -59,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_config_name", help="Configuration name of --dataset_name.")
     data.add_argument("--cache_dir", help="Where datasets caches downloads.")
     data.add_argument("--image_column", default="image", help="Column holding the images.")
-    data.add_argument("--label_column", default=None,
-                      help="Column of integer or ClassLabel labels (default: 'label' when the data has it).")
     data.add_argument("--split", default="train", help="Split to train on.")
     data.add_argument("--eval_split", default=None,
                       help="Held-out split (default: 'test' or 'validation' if present, else --eval_fraction of "
@@ -70,12 +76,94 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_train_samples", type=int, help="Use only this many training images.")
     data.add_argument("--max_eval_samples", type=int, default=500,
                       help="Evaluate on at most this many held-out images.")
+    data.add_argument("--skip_bad_images", action="store_true",
+                      help="Skip unreadable/too-small images (and report how many) instead of stopping.")
+    return data
+
+
+def add_run_arguments(p: argparse.ArgumentParser, learning_rate: float, batch_size: int) -> None:
+    """Optimisation, logging, checkpoint and Hub flags both training scripts share."""
+    train = p.add_argument_group("training")
+    train.add_argument("--output_dir", default="pixelgpt-output", help="Where model, card, samples and checkpoints go.")
+    train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and sampling.")
+    train.add_argument("--train_batch_size", type=int, default=batch_size, help="Images per device per step.")
+    train.add_argument("--eval_batch_size", type=int, default=64, help="Images per device per evaluation step.")
+    train.add_argument("--num_epochs", type=int, default=2, help="Passes over the training set.")
+    train.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides epochs).")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    train.add_argument("--learning_rate", type=float, default=learning_rate, help="Peak learning rate.")
+    train.add_argument("--lr_warmup_steps", type=int, default=100, help="Linear warm-up steps before cosine decay.")
+    train.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    train.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2.")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only).")
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
+    train.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
+    train.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay per optimizer step.")
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                      help="Mixed precision (default: accelerate's config).")
+    train.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
+
+    ev = p.add_argument_group("evaluation, samples, logging")
+    ev.add_argument("--eval_steps", type=int, default=500,
+                    help="Evaluate on the held-out images every N steps (and at the end).")
+    ev.add_argument("--sample_steps", type=int, default=1000, help="Save an image grid every N steps (and at the end).")
+    ev.add_argument("--num_samples", type=int, default=16, help="Images in each grid.")
+    ev.add_argument("--report_to", default="none", help="accelerate trackers: tensorboard, wandb, all or none.")
+    ev.add_argument("--logging_steps", type=int, default=10, help="Log training metrics every N steps.")
+
+    ck = p.add_argument_group("checkpoints")
+    ck.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    ck.add_argument("--checkpoints_total_limit", type=int, default=2,
+                    help="Keep at most this many checkpoints (0 keeps every one). Older ones are deleted only after "
+                    "a new one is complete.")
+    ck.add_argument("--resume_from_checkpoint",
+                    help="'latest' (fails if there is none) or a checkpoint-<step> folder to resume from; the model "
+                    "and data settings must match the checkpoint's.")
+
+    hub = p.add_argument_group("Hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model folder to the Hub.")
+    hub.add_argument("--hub_model_id", help="Repository id (default: the output folder's name).")
+    hub.add_argument("--hub_token", help="Hub token (default: the saved login).")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
+
+
+def check_run_arguments(p: argparse.ArgumentParser, args) -> None:
+    """Refuse impossible values of the shared flags (argparse errors, before anything runs)."""
+    if args.train_data_dir and args.dataset_name:
+        p.error("give --train_data_dir or --dataset_name, not both")
+    for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps", "eval_steps",
+                 "sample_steps", "checkpointing_steps", "logging_steps", "num_samples", "max_eval_samples",
+                 "max_train_steps", "max_train_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.checkpoints_total_limit < 0:
+        p.error(f"--checkpoints_total_limit must be >= 1, or 0 to keep every checkpoint; got "
+                f"{args.checkpoints_total_limit}")
+    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
+        p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    for name in ("weight_decay", "max_grad_norm"):  # NaN fails every comparison, so test for what is accepted
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            p.error(f"--{name} must be a finite number >= 0 (0 turns it off), got {getattr(args, name)}")
+    if args.lr_warmup_steps < 0:
+        p.error(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
+    if not 0 <= args.ema_decay < 1:
+        p.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            p.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    if not 0 < args.eval_fraction < 1:
+        p.error("--eval_fraction must be in (0, 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = add_data_arguments(p)
+    data.add_argument("--label_column", default=None,
+                      help="Column of integer or ClassLabel labels (default: 'label' when the data has it).")
     data.add_argument("--source_column", help="--task translate: the column of source images (the image column "
                       "holds the targets).")
     data.add_argument("--source_dir", help="--task translate with --train_data_dir: a folder of source images with "
                       "the same relative file names as the target images.")
-    data.add_argument("--skip_bad_images", action="store_true",
-                      help="Skip unreadable/too-small images (and report how many) instead of stopping.")
 
     proc = p.add_argument_group("image processor")
     proc.add_argument("--resolution", type=int, default=None, help="Side of the square training images (default: 28 "
@@ -90,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--resize_mode", default="crop", choices=RESIZE_MODES, help="Resize policy.")
     proc.add_argument("--resample", default="bicubic", choices=sorted(RESAMPLE),
                       help="Resampling filter used when resizing.")
+    proc.add_argument("--tokenizer", help="A trained image tokenizer (folder or Hub id, from train_tokenizer.py): "
+                      "model its token grid instead of pixels (images are encoded once, before training; the saved "
+                      "model carries the tokenizer). --resolution defaults to the tokenizer's; --quantization and "
+                      "--num_levels are unused. Tasks generate and inpaint.")
 
     model = p.add_argument_group("model")
     model.add_argument("--task", default="generate", choices=PIXELGPT_TASKS,
@@ -132,85 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--parallel_fraction", type=float, default=0.5,
                        help="Share of training steps that use k-ahead prediction when --parallel_tokens > 1.")
 
-    train = p.add_argument_group("training")
-    train.add_argument("--output_dir", default="pixelgpt-output", help="Where model, card, samples and checkpoints go.")
-    train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and sampling.")
-    train.add_argument("--train_batch_size", type=int, default=32, help="Images per device per step.")
-    train.add_argument("--eval_batch_size", type=int, default=64, help="Images per device per evaluation step.")
-    train.add_argument("--num_epochs", type=int, default=2, help="Passes over the training set.")
-    train.add_argument("--max_train_steps", type=int, help="Stop after this many optimizer steps (overrides epochs).")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    train.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
-    train.add_argument("--lr_warmup_steps", type=int, default=100, help="Linear warm-up steps before cosine decay.")
-    train.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    train.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2.")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only).")
-    train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    train.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
-    train.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay per optimizer step.")
-    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
-                      help="Mixed precision (default: accelerate's config).")
-    train.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
-
-    ev = p.add_argument_group("evaluation, samples, logging")
-    ev.add_argument("--eval_steps", type=int, default=500,
-                    help="Evaluate held-out bits/dim every N steps (and at the end).")
-    ev.add_argument("--sample_steps", type=int, default=1000, help="Save a sample grid every N steps (and at the end).")
-    ev.add_argument("--num_samples", type=int, default=16, help="Images in each sample grid.")
-    ev.add_argument("--report_to", default="none", help="accelerate trackers: tensorboard, wandb, all or none.")
-    ev.add_argument("--logging_steps", type=int, default=10, help="Log training metrics every N steps.")
-
-    ck = p.add_argument_group("checkpoints")
-    ck.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    ck.add_argument("--checkpoints_total_limit", type=int, default=2,
-                    help="Keep at most this many checkpoints (0 keeps every one). Older ones are deleted only after "
-                    "a new one is complete.")
-    ck.add_argument("--resume_from_checkpoint",
-                    help="'latest' (fails if there is none) or a checkpoint-<step> folder to resume from; the model, "
-                    "tokenization and task settings must match the checkpoint's.")
-
-    hub = p.add_argument_group("Hub")
-    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model folder to the Hub.")
-    hub.add_argument("--hub_model_id", help="Repository id (default: the output folder's name).")
-    hub.add_argument("--hub_token", help="Hub token (default: the saved login).")
-    hub.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
-
+    add_run_arguments(p, learning_rate=2e-3, batch_size=32)
     return p
 
 
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if args.train_data_dir and args.dataset_name:
-        p.error("give --train_data_dir or --dataset_name, not both")
+    check_run_arguments(p, args)
     if args.fit_palette:
         args.quantization = "palette"
     elif args.quantization == "palette":
         p.error("--quantization palette needs --fit_palette (the palette is learned from the training images)")
-    for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps", "eval_steps",
-                 "sample_steps", "checkpointing_steps", "logging_steps", "num_samples", "max_eval_samples",
-                 "max_train_steps", "max_train_samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.checkpoints_total_limit < 0:
-        p.error(f"--checkpoints_total_limit must be >= 1, or 0 to keep every checkpoint; got "
-                f"{args.checkpoints_total_limit}")
-    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
-        p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
-    for name in ("weight_decay", "max_grad_norm"):  # NaN fails every comparison, so test for what is accepted
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
-            p.error(f"--{name} must be a finite number >= 0 (0 turns it off), got {getattr(args, name)}")
-    if args.lr_warmup_steps < 0:
-        p.error(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
-    if not 0 <= args.ema_decay < 1:
-        p.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(args, name) < 1:
-            p.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
-    if args.resolution is None:
+    if args.tokenizer:
+        if args.task not in TOKENIZER_TASKS:
+            p.error(f"--tokenizer trains tasks {', '.join(TOKENIZER_TASKS)}; --task {args.task} reads a pixel "
+                    "condition grid (train it without --tokenizer)")
+        if args.fit_palette:
+            p.error("--fit_palette does not combine with --tokenizer (the tokenizer makes the tokens)")
+    elif args.resolution is None:  # with a tokenizer: the tokenizer's own, once it is loaded
         args.resolution = 28 if not (args.train_data_dir or args.dataset_name) else 32
-    if not 0 < args.eval_fraction < 1:
-        p.error("--eval_fraction must be in (0, 1)")
     if not 1 <= args.parallel_tokens <= 64:
         p.error("--parallel_tokens must be in [1, 64]")
     if not 0 < args.parallel_fraction <= 1:
@@ -376,15 +409,53 @@ def check_images(dataset, column, processor, resolution, split_name, skip_bad, o
     return dataset.select(good)
 
 
+def load_tokenizer(args) -> PixelGPTVQVAE:
+    """The `--tokenizer` model (a folder or Hub id); settles `--resolution` (default: the tokenizer's own)."""
+    try:
+        tokenizer = PixelGPTVQVAE.from_pretrained(args.tokenizer).eval()
+    except OSError as err:
+        raise ValueError(f"--tokenizer {args.tokenizer}: no PixelGPT tokenizer could be loaded from it ({err}). Give "
+                         "the output folder (or Hub id) of examples/train_tokenizer.py.") from None
+    factor = tokenizer.config.downsample_factor
+    args.resolution = args.resolution or tokenizer.config.image_size
+    if args.resolution % factor:
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of the tokenizer's downsampling factor "
+                         f"({factor}).")
+    return tokenizer
+
+
+def encode_with_tokenizer(dataset, tokenizer, processor, column, split_name, batch_size: int = 64):
+    """Add a `token_ids` column: every image encoded once by the tokenizer, not at every step. `datasets` caches
+    the result beside a file-backed dataset under a fingerprint of the data, the tokenizer's weights and the
+    resizing, so a second run on the same data and tokenizer reads it back."""
+    digest = hashlib.sha256(dataset._fingerprint.encode())
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    digest.update(json.dumps([processor.image_size, processor.resize_mode, processor.resample]).encode())
+
+    def encode(batch):
+        pixels = torch.from_numpy(processor.to_array([open_image(v, "image") for v in batch[column]]))
+        ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(pixels))  # (b, h, w)
+        return {"token_ids": ids.flatten(1).to(torch.int32).numpy()}
+
+    return dataset.map(encode, batched=True, batch_size=batch_size, new_fingerprint=digest.hexdigest()[:32],
+                       desc=f"Encoding {split_name} images with the tokenizer")
+
+
 def make_transform(processor, config, args, label_column):
     def transform(batch):
-        images = [open_image(v, "image") for v in batch[args.image_column]]
-        input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
+        if "token_ids" in batch:  # encoded once by the image tokenizer (`encode_with_tokenizer`)
+            tokens = torch.as_tensor(np.asarray(batch["token_ids"]), dtype=torch.long)  # (b, N)
+            start = torch.full((len(tokens), 1), config.start_token_id)
+            input_ids = torch.cat([start, tokens], dim=1)  # (b, 1 + N)
+        else:
+            images = [open_image(v, "image") for v in batch[args.image_column]]
+            input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
         if args.class_conditional:
             input_ids[:, 0] = torch.tensor([config.class_token_id(label) for label in batch[label_column]])
         out = {"input_ids": input_ids}
         if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
-            sources = images
+            sources = images  # decoded above: conditional tasks never run on a tokenizer's codes
             if args.task == "translate":
                 sources = [open_image(v, "source") for v in batch[args.source_column]]
             out["condition_ids"] = processor.encode_condition(sources, return_tensors="pt").condition_ids
@@ -399,7 +470,7 @@ RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "p
                    "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
                    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
                    "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
-                   "class_embedding")
+                   "class_embedding", "tokenizer")
 # Arguments that never reach a tracker, a log, a card or a file.
 SECRET_ARGS = ("hub_token",)
 LOCK_NAME = ".pixelgpt-train.lock"
@@ -527,9 +598,10 @@ def remove_partial_checkpoints(output_dir):
             shutil.rmtree(leftover)
 
 
-def save_checkpoint(accelerator, args, step, ema):
-    """Write `checkpoint-<step>` atomically (into a temporary folder, renamed only once complete); only then delete
-    the oldest ones beyond `--checkpoints_total_limit`, so a kill at any moment leaves a complete checkpoint."""
+def save_checkpoint(accelerator, args, step, ema, settings: dict):
+    """Write `checkpoint-<step>` with the run's `settings` (which a resume must match) atomically (into a temporary
+    folder, renamed only once complete); only then delete the oldest ones beyond `--checkpoints_total_limit`, so a
+    kill at any moment leaves a complete checkpoint."""
     final = Path(args.output_dir, f"checkpoint-{step}")
     tmp = final.with_name(final.name + ".tmp")
     model = accelerator._models[0]
@@ -547,7 +619,7 @@ def save_checkpoint(accelerator, args, step, ema):
         if ema is not None:
             # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
-        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": run_settings(args)}))
+        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings}))
         os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
         if args.checkpoints_total_limit:
             existing = list_checkpoints(args.output_dir)
@@ -568,9 +640,9 @@ def diverged_message(args, step, what) -> str:
             "then resume with --resume_from_checkpoint latest.")
 
 
-def find_resume_checkpoint(args) -> Path | None:
+def find_resume_checkpoint(args, current: dict) -> Path | None:
     """The checkpoint `--resume_from_checkpoint` names, after checking that resuming from it loses nothing and
-    means something; None when not resuming."""
+    means something (its recorded settings equal `current`); None when not resuming."""
     found = list_checkpoints(args.output_dir)
     if not args.resume_from_checkpoint:
         if found:  # a new run would mix its checkpoints with these, and rotation would delete the wrong ones
@@ -608,8 +680,7 @@ def find_resume_checkpoint(args) -> Path | None:
     if saved is None:
         logger.warning(f"{path.name} predates recorded settings: make sure the model flags match it.")
     else:
-        current = run_settings(args)
-        changed = [f"--{name} {saved[name]!r} -> {current[name]!r}" for name in RESUME_SETTINGS
+        changed = [f"--{name} {saved[name]!r} -> {current[name]!r}" for name in current
                    if name in saved and saved[name] != current[name]]
         if changed:
             raise TrainingError(f"Cannot resume from {path}: it was trained with other settings "
@@ -679,6 +750,12 @@ def save_samples(model, processor, args, step, num_classes, accelerator, held_ou
 
 # ----------------------------------------------------------------------------------------------------- main
 def main(args):
+    return launch(args, run_training)
+
+
+def launch(args, run):
+    """Start accelerate, secure `--output_dir` (writable, locked for this run, unfinished checkpoints removed), then
+    `run(args, accelerator, started)`: the start of both training scripts."""
     started = time.time()
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -690,7 +767,7 @@ def main(args):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logger.logger.setLevel(logging.INFO)  # our progress lines, without accelerate's per-file save messages
+    logging.getLogger("pixelgpt").setLevel(logging.INFO)  # our progress lines, not accelerate's per-file saves
     with ExitStack() as held:
 
         def secure_output_dir():  # writable, and this run's alone (the main process holds the lock for all)
@@ -699,13 +776,15 @@ def main(args):
             remove_partial_checkpoints(args.output_dir)
 
         on_main_process(accelerator, secure_output_dir)  # before any data is read
-        return run_training(args, accelerator, started)
+        return run(args, accelerator, started)
 
 
 def run_training(args, accelerator, started):
     """Everything after the output folder is secured: data, model, (resumed) training, evaluation, saving."""
     set_seed(args.seed)
-    resume_path = find_resume_checkpoint(args)  # refuse a bad resume before spending time on data
+    tokenizer = load_tokenizer(args) if args.tokenizer else None  # also settles --resolution, a resume setting
+    settings = run_settings(args)
+    resume_path = find_resume_checkpoint(args, settings)  # refuse a bad resume before spending time on data
 
     # ---- data and processor
     train, held_out, dataset_name = load_splits(args)
@@ -716,7 +795,8 @@ def run_training(args, accelerator, started):
     if args.task in CONDITIONAL_TASKS:
         condition = dict(condition_quantization=args.condition_quantization,
                          condition_num_levels=args.condition_num_levels, condition_size=args.condition_size)
-    processor = PixelGPTImageProcessor(quantization="rgb8" if args.fit_palette else args.quantization,
+    # With a tokenizer, the processor only resizes to 8-bit RGB pixels; the tokenizer makes the tokens.
+    processor = PixelGPTImageProcessor(quantization="rgb8" if args.fit_palette or tokenizer else args.quantization,
                                        num_levels=args.num_levels, image_size=args.resolution,
                                        resize_mode=args.resize_mode, resample=args.resample, **condition)
     train = check_images(train, args.image_column, processor, args.resolution, "train", args.skip_bad_images,
@@ -732,6 +812,12 @@ def run_training(args, accelerator, started):
         processor.fit_palette([open_image(v, "image") for v in sample[args.image_column]], args.palette_size,
                               seed=args.seed)
         logger.info(f"Fitted a {processor.vocab_size}-colour palette on {len(sample)} images")
+    vocab_size, grid_size = processor.vocab_size, args.resolution
+    if tokenizer is not None:
+        vocab_size, grid_size = tokenizer.config.codebook_size, args.resolution // tokenizer.config.downsample_factor
+        with accelerator.main_process_first():  # the main process encodes and caches; the others read the cache
+            train = encode_with_tokenizer(train, tokenizer, processor, args.image_column, "train")
+            held_out = encode_with_tokenizer(held_out, tokenizer, processor, args.image_column, "eval")
 
     overrides = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "intermediate_size") if getattr(args, k) is not None}
@@ -740,14 +826,17 @@ def run_training(args, accelerator, started):
         config_kwargs.update(num_classes=num_classes, class_embedding=args.class_embedding)
         if class_names:
             config_kwargs["id2label"] = dict(enumerate(class_names))
-    config = PixelGPTConfig(vocab_size=processor.vocab_size, image_size=args.resolution,
-                            tokens_per_pixel=processor.tokens_per_pixel, parallel_tokens=args.parallel_tokens,
+    config = PixelGPTConfig(vocab_size=vocab_size, image_size=grid_size,
+                            tokens_per_pixel=1 if tokenizer else processor.tokens_per_pixel,
+                            parallel_tokens=args.parallel_tokens,
                             task=args.task, condition_size=processor.condition_size,
                             condition_vocab_size=processor.condition_vocab_size,
                             aligned_condition=args.aligned_condition and args.task in CONDITIONAL_TASKS,
                             condition_prefix=args.condition_prefix, inpaint_fill_order=args.inpaint_fill_order,
-                            **config_kwargs)
+                            tokenizer_config=tokenizer.config if tokenizer is not None else None, **config_kwargs)
     model = PixelGPTForImageGeneration(config)
+    if tokenizer is not None:  # carried frozen: saved with the model, never trained here
+        model.image_tokenizer.load_state_dict(tokenizer.state_dict())
     # One checkpoint holds the weights, two Adam moments and the EMA copy, 4 bytes each.
     checkpoint_bytes = 4 * sum(p.numel() for p in model.parameters()) * (3 + bool(args.use_ema))
     on_main_process(accelerator, lambda: check_output_dir(args.output_dir, checkpoint_bytes))
@@ -766,8 +855,9 @@ def run_training(args, accelerator, started):
         raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
 
     # ---- optimisation: decay matrices only (not norms or embeddings' biases), warm-up then cosine
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
@@ -787,7 +877,7 @@ def run_training(args, accelerator, started):
         ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
                             use_buffers=True)
 
-    bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim else "bits_per_token"
+    bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim and not tokenizer else "bits_per_token"
     if accelerator.is_main_process:
         accelerator.init_trackers("pixelgpt", config={k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, bool))
@@ -807,7 +897,8 @@ def run_training(args, accelerator, started):
             logger.info(f"The run is already at step {global_step} of {max_steps}: nothing left to train.")
 
     logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
-                f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{sum(p.numel() for p in trained) / 1e6:.2f}M trained parameters"
+                f"{' (and the frozen tokenizer)' if tokenizer is not None else ''}, "
                 f"{config.num_image_tokens} tokens per image")
     untrained_bits = evaluate(model, eval_loader, accelerator, seed=args.seed) if global_step == 0 else None
     if untrained_bits is not None:
@@ -858,7 +949,7 @@ def run_training(args, accelerator, started):
                 accelerator.log({"train/loss": loss.item(), f"train/{bits_name}": bits, "train/tokens_per_s": rate,
                                  "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args, global_step, ema)
+                save_checkpoint(accelerator, args, global_step, ema, settings)
             if global_step % args.eval_steps == 0 and global_step < max_steps:
                 eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
                 accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)

@@ -104,6 +104,11 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                     "gray": f"{processor.num_levels} gray levels, one token per pixel",
                     "palette": f"a {processor.vocab_size}-colour k-means palette, one token per pixel",
                     }[processor.quantization]
+    tokenizer = config.tokenizer_config
+    if tokenizer is not None:
+        token_scheme = (f"the codes ({tokenizer.codebook_size:,}) of a learned image tokenizer carried in the model, "
+                        f"one token per {tokenizer.downsample_factor}x{tokenizer.downsample_factor} pixels "
+                        f"({config.image_size}x{config.image_size} tokens)")
     bits = metrics[bits_name]
     untrained = metrics.get("untrained_" + bits_name)
     card_data = ModelCardData(
@@ -122,8 +127,9 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                        f"{config.num_attention_heads} heads)"),
         ("task", config.task + (f" (condition: {config.condition_size}x{config.condition_size} "
                                 f"{processor.condition_quantization})" if config.is_conditional else "")),
-        ("resolution", args.resolution), ("quantization", processor.quantization),
-        ("vocabulary", processor.vocab_size),
+        ("resolution", args.resolution),
+        ("quantization", "image tokenizer" if tokenizer is not None else processor.quantization),
+        ("vocabulary", config.vocab_size),
         ("class conditional", f"yes, class dropout {args.class_dropout_prob}" if config.num_classes else "no"),
         ("steps", metrics["steps"]), ("batch size per device", args.train_batch_size),
         ("gradient accumulation", args.gradient_accumulation_steps), ("learning rate", args.learning_rate),
@@ -144,7 +150,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         template_str=CARD_TEMPLATE,
         repo_id=repo_id,
         model_name=repo_id,
-        resolution=config.image_size,
+        resolution=config.pixel_size,
         token_scheme=token_scheme,
         dataset_text=dataset_text,
         class_example=", class_labels=[0]" if config.num_classes else "",

@@ -52,8 +52,8 @@ def read(folder):
 def test_every_sub_command_documents_every_flag():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "generate", "complete", "inpaint", "outpaint", "colorize", "upscale",
-                             "translate", "vary", "eval"}
+    assert set(commands) == {"train", "train-tokenizer", "generate", "complete", "inpaint", "outpaint", "colorize",
+                             "upscale", "translate", "vary", "eval"}
     for name, sub in commands.items():
         undocumented = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
         assert undocumented == [], name
@@ -118,6 +118,29 @@ def test_train_sub_command_runs_the_training_script(tmp_path):
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_train_tokenizer_sub_command_and_generate_from_a_model_on_its_tokens(tmp_path, models):
+    """Both stages from the command line, then `pixelgpt generate` and `eval` on the stage-two model."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    folder = models["images"].parent / "folder"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    try:
+        assert main(["train-tokenizer", "--train_data_dir", str(folder), "--output_dir", str(tmp_path / "tok"),
+                     "--resolution", "8", "--base_channels", "8", "--fsq_levels", "3", "3", "--max_train_steps", "1",
+                     "--train_batch_size", "2", "--eval_fraction", "0.25"]) == 0
+        AcceleratorState._reset_state(reset_partial_state=True)
+        assert main(["train", "--train_data_dir", str(folder), "--tokenizer", str(tmp_path / "tok"), "--output_dir",
+                     str(tmp_path / "gpt"), "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads",
+                     "2", "--max_train_steps", "1", "--train_batch_size", "2", "--eval_fraction", "0.25",
+                     "--num_samples", "2"]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    main(["generate", "--model", str(tmp_path / "gpt"), "--num_images", "2", "--output_dir", str(tmp_path / "out")])
+    assert [image.shape for image in read(tmp_path / "out").values()] == [(8, 8, 3)] * 2
 
 
 # ------------------------------------------------------------------------------------- misuse (issue 12)

@@ -15,7 +15,8 @@ from conftest import random_ids, run_without_pixelgpt, tiny_config
 
 # Every file a saved model needs in a python without the package: saved beside the weights, importing only siblings.
 CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "sampling_pixelgpt.py", "tasks_pixelgpt.py",
-              "layouts_pixelgpt.py", "pipeline_pixelgpt.py", "image_processing_pixelgpt.py"}
+              "layouts_pixelgpt.py", "pipeline_pixelgpt.py", "image_processing_pixelgpt.py",
+              "configuration_pixelgpt_vqvae.py", "modeling_pixelgpt_vqvae.py"}
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -181,3 +182,82 @@ def test_a_saved_classifier_loads_through_remote_code_with_the_same_logits(tmp_p
         np.save({str(tmp_path / "logits.npy")!r}, model(ids).logits.detach().numpy())
     """, env={"HF_HOME": str(tmp_path / "hf_home")})
     np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), classifier(ids).logits.detach().numpy())
+
+
+# ------------------------------------------------------------------ a model on a tokenizer's grid (issue 15)
+TOKENIZER_MODEL_DUMP = """
+    import json, sys, numpy as np, torch
+    from transformers import AutoModel
+    source, data = {source!r}, {data!r}
+    model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
+    assert type(model.image_tokenizer).__name__ == "PixelGPTVQVAE"
+    assert "pixelgpt" not in type(model).__module__.split(".")[0]
+    image = np.load(data + "/image.npy")
+    mask = np.load(data + "/mask.npy")
+    images = model.inpaint_images(image, mask, num_samples=2, generator=torch.Generator().manual_seed(3),
+                                  show_progress=False)
+    np.save(data + "/out_inpainted.npy", np.stack([np.asarray(i) for i in images]))
+    tokenizer = AutoModel.from_pretrained(data + "/tokenizer", trust_remote_code=True).eval()
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    np.save(data + "/out_ids.npy", tokenizer.encode(pixels).numpy())
+    print(json.dumps({{"tokenizer": type(tokenizer).__name__, "size": images[0].size}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_tokenizer_model(tmp_path_factory):
+    """A tiny inpainting PixelGPT carrying a tiny tokenizer, its processor, and the tokenizer saved on its own."""
+    from pixelgpt import PixelGPTVQVAE, PixelGPTVQVAEConfig
+
+    root = tmp_path_factory.mktemp("pixelgpt-tokens")
+    torch.manual_seed(0)
+    tokenizer = PixelGPTVQVAE(PixelGPTVQVAEConfig(image_size=8, base_channels=8, downsample_factor=2,
+                                                          fsq_levels=[3, 3])).eval()
+    model = PixelGPTForImageGeneration(tiny_config(vocab_size=9, image_size=4, task="inpaint",
+                                                   tokenizer_config=tokenizer.config)).eval()
+    model.image_tokenizer.load_state_dict(tokenizer.state_dict())
+    processor = PixelGPTImageProcessor(quantization="rgb8", image_size=8)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "tokenizer")
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:5, 3:7] = True
+    np.save(root / "image.npy", image)
+    np.save(root / "mask.npy", mask)
+    model.image_processor = processor
+    expected = {
+        "inpainted": np.stack([np.asarray(i) for i in model.inpaint_images(
+            image, mask, num_samples=2, generator=torch.Generator().manual_seed(3), show_progress=False)]),
+        "ids": tokenizer.encode(PixelGPTVQVAE.to_pixel_values(torch.from_numpy(image)[None])).numpy(),
+    }
+    assert (expected["inpainted"][:, ~mask] == image[~mask]).all()
+    return root, expected
+
+
+def check_tokenizer_outputs(root, expected, stdout):
+    assert json.loads(stdout.strip().splitlines()[-1]) == {"tokenizer": "PixelGPTVQVAE", "size": [8, 8]}
+    np.testing.assert_array_equal(np.load(root / "out_inpainted.npy"), expected["inpainted"])
+    np.testing.assert_array_equal(np.load(root / "out_ids.npy"), expected["ids"])
+
+
+def test_a_model_with_its_tokenizer_loads_from_a_folder_without_the_package(saved_tokenizer_model):
+    root, expected = saved_tokenizer_model
+    assert CODE_FILES <= {p.name for p in (root / "model").iterdir()}
+    stdout = run_without_pixelgpt(TOKENIZER_MODEL_DUMP.format(source=str(root / "model"), data=str(root)),
+                                  env={"HF_HOME": str(root / "hf_home_folder")})
+    check_tokenizer_outputs(root, expected, stdout)
+
+
+def test_a_model_with_its_tokenizer_loads_from_a_hub_cache_offline(saved_tokenizer_model, tmp_path):
+    root, expected = saved_tokenizer_model
+    repo = tmp_path / "hf_home" / "hub" / "models--someone--tiny-pixelgpt-tokens"
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    for file in (root / "model").iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    stdout = run_without_pixelgpt(TOKENIZER_MODEL_DUMP.format(source="someone/tiny-pixelgpt-tokens", data=str(root)),
+                                  env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})
+    check_tokenizer_outputs(root, expected, stdout)

@@ -404,3 +404,109 @@ def test_score_images_refuses_a_mask_that_selects_nothing(gray8_model):
     masks[0][2, 2] = True
     with pytest.raises(ValueError, match=r"selects no pixel to score in image\(s\) \[1\]"):
         model.score_images(images, mask_image=masks, image_processor=processor)
+
+
+# ---------------------------------------------------------------------------- models on a tokenizer's grid (issue 15)
+def tokenizer_model(task="generate", **overrides):
+    """A PixelGPT on a tiny tokenizer's 3x3 grid of 12x12 images (27 codes), with its rgb8 processor."""
+    from pixelgpt import PixelGPTVQVAEConfig
+
+    tokenizer = PixelGPTVQVAEConfig(image_size=12, base_channels=8, downsample_factor=4, fsq_levels=[3, 3, 3])
+    model = make_model(**{"task": task, "vocab_size": 27, "image_size": 3, "tokenizer_config": tokenizer, **overrides})
+    return model, PixelGPTImageProcessor(quantization="rgb8", image_size=12)
+
+
+def source_images(count=2, size=12):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def test_tokenizer_model_generates_full_resolution_images_through_its_tokenizer():
+    model, processor = tokenizer_model(num_classes=2, class_embedding=True)
+    kwargs = dict(image_processor=processor, show_progress=False, class_labels=[1, 0])
+    images = model.generate_images(2, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(images) == 4 and all(i.size == (12, 12) and i.mode == "RGB" for i in images)
+    tokens = model.generate_images(2, generator=torch.Generator().manual_seed(0), output_type="tokens", **kwargs)
+    assert tokens.shape == (4, 1 + 9) and tokens[:, 1:].max() < 27
+    assert tokens[:, 0].tolist() == [model.config.class_token_id(c) for c in (1, 1, 0, 0)]
+    decoded = model.image_tokenizer.decode(tokens[:, 1:].view(4, 3, 3))  # the PIL images are the tokenizer's decode
+    assert np.array_equal(np.stack([np.asarray(i) for i in images]),
+                          model.image_tokenizer.to_uint8(decoded).numpy())
+    guided = model.generate_images(1, generator=torch.Generator().manual_seed(0), guidance_scale=3.0, **kwargs)
+    assert len(guided) == 2
+
+
+def test_tokenizer_model_edits_keep_every_pixel_outside_the_mask_exactly():
+    model, processor = tokenizer_model(task="inpaint")
+    images = source_images()
+    original = np.stack([np.asarray(i) for i in images])
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[5:7, 2:9] = True  # touches token rows 1 and columns 0-2: those tokens are redrawn
+    kwargs = dict(image_processor=processor, show_progress=False, generator=torch.Generator().manual_seed(0))
+    out = model.inpaint_images(images, mask, num_samples=2, **kwargs)
+    assert len(out) == 4 and out[0].size == (12, 12)
+    for k, image in enumerate(out):
+        pixels = np.asarray(image)
+        assert np.array_equal(pixels[~mask], original[k // 2][~mask])  # outside: exactly the input
+    tokens = model.inpaint_images(images, mask, output_type="tokens", **kwargs)
+    known = model._encode(images, processor)
+    grid_mask = torch.zeros(3, 3, dtype=torch.bool)
+    grid_mask[1, :] = True  # max-pooled pixel mask
+    assert torch.equal(tokens[:, 1:][:, ~grid_mask.flatten()], known[:, ~grid_mask.flatten()])
+
+    completed = model.complete_images(images, keep_rows=5, **kwargs)  # row 5 lies inside token row 1
+    assert all(np.array_equal(np.asarray(c)[:5], o[:5]) for c, o in zip(completed, original))
+    varied = model.vary_images(images, strength=0.5, num_variations=2, **kwargs)
+    assert len(varied) == 4 and varied[0].size == (12, 12)
+    wider = model.outpaint_images(images, left=5, top=2, bottom=4, **kwargs)  # margins round up to whole tokens
+    assert wider[0].size == (12 + 5, 12 + 2 + 4)
+    assert np.array_equal(np.asarray(wider[1])[2:14, 5:17], original[1])
+
+
+def test_tokenizer_model_scores_token_likelihood_with_masks():
+    model, processor = tokenizer_model(task="inpaint")
+    images = source_images()
+    bits = model.score_images(images, image_processor=processor, generator=torch.Generator().manual_seed(0))
+    assert bits.shape == (2,) and torch.isfinite(bits).all()
+    ids = torch.cat([torch.full((2, 1), model.config.start_token_id), model._encode(images, processor)], dim=1)
+    from pixelgpt.modeling.layouts_pixelgpt import task_inputs
+
+    inputs = task_inputs(model.config, ids, generator=torch.Generator().manual_seed(0),
+                         scored=torch.ones(2, 9, dtype=torch.bool))
+    labels = inputs.pop("labels")
+    nll = torch.nn.functional.cross_entropy(model(**inputs).logits.transpose(1, 2), labels, reduction="none")
+    torch.testing.assert_close(bits, nll.mean(1) / np.log(2))
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[:4] = True  # the top token row only
+    masked = model.score_images(images, mask_image=mask, image_processor=processor,
+                                generator=torch.Generator().manual_seed(0))
+    assert masked.shape == (2,) and not torch.allclose(masked, bits)
+
+
+def test_tokenizer_models_refuse_conditional_tasks_and_mismatched_processors():
+    with pytest.raises(ValueError, match="a model on an image tokenizer's grid does tasks"):
+        tokenizer_model(task="colorize", condition_size=3, condition_vocab_size=256)
+    with pytest.raises(ValueError, match=r"`vocab_size` \(26\) must equal the tokenizer's codebook size \(27\)"):
+        tokenizer_model(vocab_size=26)
+    model, _ = tokenizer_model()
+    with pytest.raises(ValueError, match=r"Image processor does not match the model: \('quantization', 'image_size'\)"):
+        model.generate_images(1, image_processor=PixelGPTImageProcessor(quantization="rgb8", image_size=3))
+
+
+def test_tokenizer_model_pipeline_and_save_load_round_trip(tmp_path):
+    from transformers import pipeline
+
+    model, processor = tokenizer_model(task="inpaint")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.image_tokenizer is not None and not any(p.requires_grad for p in loaded.image_tokenizer.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    images = source_images(1)
+    seeded = lambda: dict(show_progress=False, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    expected = np.asarray(model.vary_images(images, image_processor=processor, **seeded())[0])
+    assert np.array_equal(np.asarray(loaded.vary_images(images, **seeded())[0]), expected)
+    edit = pipeline("image-to-image", model=str(tmp_path), trust_remote_code=True)
+    out = edit(images[0], generator=torch.Generator().manual_seed(0), show_progress=False)  # no mask: variations
+    assert np.array_equal(np.asarray(out[0]), expected)

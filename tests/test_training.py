@@ -109,8 +109,8 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
     crash_after = training.save_checkpoint
 
-    def save_then_crash(accelerator, args, step, ema):
-        path = crash_after(accelerator, args, step, ema)
+    def save_then_crash(accelerator, args, step, ema, settings):
+        path = crash_after(accelerator, args, step, ema, settings)
         raise KeyboardInterrupt(f"simulated interruption after {path.name}")
 
     with mock.patch.object(training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,169 @@
+"""pixelgpt.tokenizer_training (examples/train_tokenizer.py, `pixelgpt train-tokenizer`) and stage two,
+`train.py --tokenizer`: tiny runs on generated colour images (seconds each)."""
+
+import json
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoModel
+
+from pixelgpt import PixelGPTVQVAE, tokenizer_training, training
+
+from conftest import REPO_ROOT
+
+TINY = ["--resolution", "16", "--base_channels", "8", "--fsq_levels", "3", "3", "3", "--train_batch_size", "4",
+        "--eval_batch_size", "8", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
+GPT_TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--train_batch_size", "4",
+            "--eval_batch_size", "8", "--num_samples", "2", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """24 images in two class folders: flat colours with a square, 20x20 (cropped to 16)."""
+    root = tmp_path_factory.mktemp("blocks")
+    rng = np.random.default_rng(0)
+    for c in ("reds", "blues"):
+        (root / c).mkdir()
+        for i in range(12):
+            image = np.zeros((20, 20, 3), dtype=np.uint8) + rng.integers(0, 256, 3, dtype=np.uint8)
+            y, x = rng.integers(0, 12, 2)
+            image[y : y + 8, x : x + 8] = [200, 30, 30] if c == "reds" else [30, 30, 200]
+            Image.fromarray(image).save(root / c / f"{i}.png")
+    return root
+
+
+def train_tokenizer(tmp_path, folder, *extra, name="tok"):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = tokenizer_training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / name),
+                                          *TINY, *extra])
+    tokenizer_training.main(args)
+    return tmp_path / name
+
+
+def parse_error(argv) -> str:
+    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
+        tokenizer_training.parse_args(argv)
+    return "".join(c.args[0] for c in err.write.call_args_list)
+
+
+def test_help_documents_every_argument():
+    undocumented = [a.dest for a in tokenizer_training.build_parser()._actions if a.dest != "help" and not a.help]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resolution", "30"], "--resolution must be in [8, 1024] and a multiple of --downsample_factor (4), got 30"),
+    (["--fsq_levels", "1", "4"], "`fsq_levels` must be a non-empty list of ints in [2, 64]"),
+    (["--base_channels", "12"], "`base_channels` must be a positive multiple of 8"),
+    (["--disc_weight", "nan"], "--disc_weight must be a finite number >= 0"),
+    (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
+])
+def test_impossible_flags_are_refused(argv, message):
+    assert message in parse_error(argv)
+
+
+def test_a_run_saves_a_loadable_tokenizer_with_figures_grid_and_card(tmp_path, folder):
+    out = train_tokenizer(tmp_path, folder, "--max_train_steps", "100", "--learning_rate", "3e-3",
+                          "--downsample_factor", "2", "--fsq_levels", "5", "5", "5", "--base_channels", "16",
+                          "--train_batch_size", "8", "--disc_weight", "0.05",
+                          "--disc_start", "80")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["steps"] == 100 and results["codebook_size"] == 125 and results["grid_size"] == 8
+    tokenizer = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert isinstance(tokenizer, PixelGPTVQVAE)
+    processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
+    images = [Image.open(p) for p in sorted(folder.rglob("*.png"))]
+    pixels = torch.from_numpy(processor.to_array(images))
+    ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(pixels))
+    # The reported usage is the share of codes the held-out images use (here: a subset of these images).
+    assert 0 < results["codebook_usage"] <= ids.unique().numel() / 125
+    untrained = PixelGPTVQVAE(tokenizer.config).eval()
+    error = lambda m: float((m.decode(m.encode(PixelGPTVQVAE.to_pixel_values(pixels))) -  # noqa: E731
+                             PixelGPTVQVAE.to_pixel_values(pixels)).pow(2).mean())
+    assert error(tokenizer) < 0.5 * error(untrained)
+    assert Image.open(out / "reconstructions.png").size[0] > 16
+    card = (out / "README.md").read_text()
+    assert "reconstruction PSNR" in card and f"{results['psnr']:.2f} dB" in card and str(tmp_path) not in card
+    assert "custom_code" in card and "--tokenizer" in card
+
+
+def test_resumed_tokenizer_run_ends_with_the_same_weights(tmp_path, folder):
+    common = ["--max_train_steps", "7", "--checkpointing_steps", "3", "--checkpoints_total_limit", "0",
+              "--use_ema", "--ema_decay", "0.9", "--disc_weight", "0.1", "--disc_start", "2"]
+    straight = train_tokenizer(tmp_path, folder, *common, name="straight")
+    save = tokenizer_training.save_checkpoint
+
+    def save_then_crash(accelerator, args, step, ema, settings):
+        save(accelerator, args, step, ema, settings)
+        raise KeyboardInterrupt
+
+    with mock.patch.object(tokenizer_training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
+        train_tokenizer(tmp_path, folder, *common, name="resumed")
+    train_tokenizer(tmp_path, folder, *common, "--resume_from_checkpoint", "latest", name="resumed")
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception, match="other settings"):  # the checkpoint belongs to another codebook
+        train_tokenizer(tmp_path, folder, *common[:-4], "--fsq_levels", "5", "5", "--resume_from_checkpoint",
+                        "latest", name="resumed")
+
+
+def test_the_example_script_runs_one_step(tmp_path, folder):
+    out = tmp_path / "example"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "train_tokenizer.py"), "--train_data_dir",
+                             str(folder), "--output_dir", str(out), *TINY, "--max_train_steps", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "eval_results.json").read_text())["steps"] == 1
+
+
+def test_stage_two_trains_a_class_conditional_model_that_carries_its_tokenizer(tmp_path, folder):
+    tok = train_tokenizer(tmp_path, folder, "--max_train_steps", "2")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "gpt"),
+                                "--tokenizer", str(tok), "--class_conditional", "--max_train_steps", "3", *GPT_TINY])
+    assert args.resolution is None  # the tokenizer's own, once loaded
+    training.main(args)
+    model = AutoModel.from_pretrained(tmp_path / "gpt")
+    tokenizer = PixelGPTVQVAE.from_pretrained(tok)
+    assert model.config.image_size == 4 and model.config.pixel_size == 16 and model.config.vocab_size == 27
+    for key, value in tokenizer.state_dict().items():  # carried unchanged by the training
+        assert torch.equal(model.image_tokenizer.state_dict()[key], value), key
+    results = json.loads((tmp_path / "gpt" / "eval_results.json").read_text())
+    assert "bits_per_token" in results and "bits_per_dim" not in results
+    images = model.generate_images(1, class_labels=[0, 1], show_progress=False,
+                                   generator=torch.Generator().manual_seed(0))
+    assert [i.size for i in images] == [(16, 16)] * 2
+    card = (tmp_path / "gpt" / "README.md").read_text()
+    assert "learned image tokenizer" in card
+    # The encoded data is what training reads: the same ids the carried tokenizer gives.
+    train, _, _ = training.load_splits(args)
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "gpt")
+    encoded = training.encode_with_tokenizer(train, tokenizer, processor, "image", "train")
+    first = processor.to_array([Image.open(encoded[0]["image"]["path"])])
+    assert encoded[0]["token_ids"] == tokenizer.encode(
+        PixelGPTVQVAE.to_pixel_values(torch.from_numpy(first))).flatten().tolist()
+
+
+def test_stage_two_refuses_what_a_tokenizer_model_cannot_do(tmp_path, folder):
+    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
+        training.parse_args(["--tokenizer", "x", "--task", "colorize"])
+    assert "--tokenizer trains tasks generate, inpaint" in "".join(c.args[0] for c in err.write.call_args_list)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "gpt"),
+                                "--tokenizer", str(tmp_path / "missing"), "--max_train_steps", "1", *GPT_TINY])
+    with pytest.raises(ValueError, match="no PixelGPT tokenizer could be loaded from it"):
+        training.main(args)

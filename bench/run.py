@@ -21,6 +21,9 @@ B6 exact speculative sampling on a trained k-ahead model (--exact_model): images
    tokens per pass against one token per pass, approximate k-ahead decoding and ImageGPT at the same size.
 B5 quality per compute: both trained by the same loop for the same wall-clock on Fashion-MNIST (../shared/data),
    held-out bits/dim (lossless 8-bit gray tokens).
+B7 64x64 colour images/s, training (batch 2) and sampling (batch 8), tiny size: PixelGPT on an image tokenizer's
+   16x16 grid (1,000 codes, factor 4; sampling includes decoding to pixels) against PixelGPT and ImageGPT on 4,096
+   palette tokens (256 colours), the same transformer. Ratios: tokenizer model / pixel model, and against ImageGPT.
 """
 
 import argparse
@@ -48,11 +51,18 @@ TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
 def build(kind, size, image_size, vocab, device, parallel_tokens=1):
     torch.manual_seed(0)
     seq = image_size * image_size
-    if kind == "pixelgpt":
-        from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration
+    if kind in ("pixelgpt", "pixelgpt_tokens"):
+        from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration, PixelGPTImageProcessor
 
-        config = PixelGPTConfig(vocab_size=vocab, image_size=image_size, parallel_tokens=parallel_tokens, **size)
+        tokenizer = None
+        if kind == "pixelgpt_tokens":  # the emoji recipe's tokenizer: factor 4, 1,000 codes (speed needs no training)
+            tokenizer = dict(image_size=4 * image_size, downsample_factor=4, fsq_levels=[8, 5, 5, 5])
+            vocab = 1000
+        config = PixelGPTConfig(vocab_size=vocab, image_size=image_size, parallel_tokens=parallel_tokens,
+                                tokenizer_config=tokenizer, **size)
         model = PixelGPTForImageGeneration(config)
+        if tokenizer:
+            model.image_processor = PixelGPTImageProcessor(quantization="rgb8", image_size=config.pixel_size)
     else:
         from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling
 
@@ -71,7 +81,7 @@ def batch_ids(batch, image_size, vocab, device, seed=0):
 
 
 def loss_of(kind, model, ids):
-    if kind == "pixelgpt":
+    if kind.startswith("pixelgpt"):
         return model(input_ids=ids, labels=ids, use_cache=False).loss
     return model(input_ids=ids, labels=ids).loss
 
@@ -91,8 +101,9 @@ def peak_memory_mb(device):
 def work_train(p):
     device, kind = p["device"], p["kind"]
     model = build(kind, p["size"], p["image_size"], p["vocab"], device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = batch_ids(p["batch"], p["image_size"], p["vocab"], device)
+    optimizer = torch.optim.AdamW([x for x in model.parameters() if x.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size if kind == "pixelgpt_tokens" else p["vocab"]
+    ids = batch_ids(p["batch"], p["image_size"], vocab, device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
     times = []
     for step in range(p["warmup"] + p["steps"]):
@@ -143,7 +154,10 @@ def work_generate(p):
         passes.append(0)
         sync(device)
         t = time.perf_counter()
-        if kind == "pixelgpt":
+        if kind == "pixelgpt_tokens":  # images decoded through the tokenizer: the time includes it
+            out = model.generate_images(p["batch"], batch_size=p["batch"], show_progress=False)
+            assert len(out) == p["batch"] and out[0].size == (4 * p["image_size"],) * 2
+        elif kind == "pixelgpt":
             out = model.generate_images(p["batch"], batch_size=p["batch"], tokens_per_step=k, exact=exact,
                                         output_type="tokens", show_progress=False)
         else:
@@ -152,7 +166,7 @@ def work_generate(p):
                                  max_new_tokens=n, pad_token_id=p["vocab"])
         sync(device)
         times.append(time.perf_counter() - t)
-        assert out.shape == (p["batch"], 1 + n), out.shape
+        assert kind == "pixelgpt_tokens" or out.shape == (p["batch"], 1 + n), out.shape
     warmup = p.get("warmup", 1)
     seconds = min(times[warmup:])
     forward_passes = sum(passes[warmup:]) / len(passes[warmup:])
@@ -296,7 +310,7 @@ def suite(args):
     device = args.device
     vocab = 512
     rows, report = [], {"machine": machine(device), "size": size, "vocab": vocab, "quick": quick, "rows": {}}
-    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5", "B6"}
+    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5", "B6", "B7"}
     peaks = run_worker("peak", device=device)
     peak = peaks["gflops"]
     report["matmul_peak_gflops"], report["matmul_gflops_by_kernel"] = peak, peaks["by_kernel"]
@@ -381,6 +395,24 @@ def suite(args):
                 f"{one['forward_passes'] / exact['forward_passes']:.2f}x fewer than one token)")
             add(name + " approximate", "images/s", approx["images_per_s"], ref["images_per_s"],
                 approx["images_per_s"] / ref["images_per_s"], f"({approx['forward_passes']:.0f} passes)")
+
+    if "B7" in only:  # 64x64 colour: tokenizer grid against pixels, the same tiny transformer
+        report["rows"]["B7_tokenizer"] = {}
+        # Training batch 2: ImageGPT's eager attention over 4,097 positions needs ~2 GB per layer and image.
+        pixel = dict(device=device, size=TINY, vocab=256, image_size=64, batch=2)
+        tokens = dict(pixel, image_size=16, vocab=1000)
+        train = {"pixelgpt_tokens": run_worker("train", kind="pixelgpt_tokens", warmup=1, steps=3, **tokens)}
+        train |= alternate("train", 1, warmup=1, steps=1 if quick else 2, **pixel)
+        pixel["batch"] = tokens["batch"] = 8
+        generate = {"pixelgpt_tokens": run_worker("generate", kind="pixelgpt_tokens", repeats=2, **tokens)}
+        generate |= alternate("generate", 1, repeats=1, **pixel)
+        report["rows"]["B7_tokenizer"] = {"train": train, "generate": generate}
+        for what, table, key in (("train b2", train, "images_per_s"), ("generate b8", generate, "images_per_s")):
+            ours, pixels, ref = table["pixelgpt_tokens"], table["pixelgpt"], table["imagegpt"]
+            add(f"B7 {what} 64x64 tokens vs pixels", "images/s", ours[key], pixels[key], ours[key] / pixels[key],
+                "(reference column: PixelGPT on 4,096 pixel tokens)")
+            add(f"B7 {what} 64x64 tokens vs ImageGPT", "images/s", ours[key], ref[key], ours[key] / ref[key],
+                "(ImageGPT on 4,096 pixel tokens)")
 
     if "B4" in only:
         report["rows"]["B4_scaling"] = {}

@@ -1,6 +1,7 @@
-"""Are a model's samples recognisably Fashion-MNIST? A small CNN trained on the built-in real images labels them.
+"""Are a model's samples recognisably like its data? A small CNN trained on real images labels them.
 
     python examples/sample_quality.py --model pixelgpt-fashion --num_samples 200
+    python examples/sample_quality.py --model emoji-model --train_data_dir emoji --num_samples 200   # any labels
 
 The classifier is trained on the built-in training images after the model's own quantization (so it sees what the
 model sees), plus an 11th "not clothing" class of noise and pixel-shuffled real images (without it, a classifier
@@ -9,7 +10,10 @@ and, as the baseline, samples of an untrained model with the same configuration.
 recognised as a garment class with confidence >= --confidence, the mean top probability, the class histogram (last
 entry: not clothing) with its entropy over garments (diversity; 3.32 bits at most) and, for class-conditional
 models, how often the label matches the requested class (chance: 10%; --guidance_scale sets classifier-free
-guidance; several values report the curve). Works for models trained on the built-in data (28x28, 10 classes).
+guidance; several values report the curve; `per_class` gives the match for each class). Works for models
+trained on the built-in data (28x28, 10 classes) and, with --train_data_dir, on a folder whose sub-folders are the
+classes: the classifier then learns from the folder's training images (real pixels, colour, class-weighted so that
+small classes count) and is checked on the images `train.py` held out (same --eval_fraction and --split_seed).
 
     python examples/sample_quality.py --model classcond-model --guidance_scale 1 2 3 4 5
 """
@@ -23,7 +27,9 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel
 
+from pixelgpt import training
 from pixelgpt.default_data import load_default_dataset
+from pixelgpt.utils import open_image
 
 
 def build_parser():
@@ -44,46 +50,80 @@ def build_parser():
     p.add_argument("--classifier_epochs", type=int, default=4, help="Epochs of classifier training.")
     p.add_argument("--classifier_train_images", type=int, default=6000, help="Built-in training images it learns from.")
     p.add_argument("--seed", type=int, default=0, help="Seed for the classifier and the samples.")
+    p.add_argument("--train_data_dir", help="A folder of class sub-folders (the model's training data) instead of "
+                   "the built-in Fashion-MNIST.")
+    p.add_argument("--eval_fraction", type=float, default=0.05,
+                   help="With --train_data_dir: the share train.py held out (its --eval_fraction).")
+    p.add_argument("--split_seed", type=int, default=0, help="With --train_data_dir: train.py's --seed (the split).")
     p.add_argument("--output", help="Write the report as JSON here.")
     return p
 
 
-NUM_CLASSES = 10  # Fashion-MNIST; index 10 is "not clothing"
-
-
-def classifier() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # (B, 32, 14, 14)
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # (B, 64, 7, 7)
-        nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, NUM_CLASSES + 1),
-    )
-
-
-def as_input(images) -> torch.Tensor:
-    """PIL images -> (B, 1, 28, 28) float in [0, 1]."""
-    arrays = [np.asarray(i.convert("L").resize((28, 28))) for i in images]
-    return torch.from_numpy(np.stack(arrays)).float().div(255).unsqueeze(1)
-
-
 def quantized(processor, images):
+    """Images as the model sees them: through the processor's quantization and back."""
     return processor.decode(processor(images).input_ids)
 
 
-def train_classifier(processor, rows, epochs, seed):
+class Real:
+    """The real images the classifier learns from and is checked on, and how it sees an image: Fashion-MNIST as
+    28x28 gray (after the model's quantization), or a folder's classes as 32x32 colour."""
+
+    def __init__(self, args, processor):
+        if args.train_data_dir:
+            split = argparse.Namespace(train_data_dir=args.train_data_dir, dataset_name=None, split="train",
+                                       eval_split=None, eval_fraction=args.eval_fraction, seed=args.split_seed,
+                                       image_column="image", max_train_samples=None, source_dir=None,
+                                       source_column=None, max_eval_samples=10**9, cache_dir=None)
+            train, test, _ = training.load_splits(split)
+            self.names = train.features["label"].names
+            self.size, self.mode, self.see = 32, "RGB", lambda images: images
+            decode = lambda rows: [open_image(v, "image") for v in rows["image"]]  # noqa: E731
+        else:
+            data = load_default_dataset()
+            train, test = data["train"], data["test"]
+            self.names = train.features["label"].names
+            self.size, self.mode = 28, "L"
+            self.see = lambda images: quantized(processor, images)
+            decode = lambda rows: rows["image"]  # noqa: E731
+        rows = train.shuffle(seed=args.seed).select(range(min(args.classifier_train_images, len(train))))
+        self.train_images, self.train_labels = self.see(decode(rows)), rows["label"]
+        self.test_images, self.test_labels = self.see(decode(test)), test["label"]
+
+
+def classifier(num_classes: int, channels: int, size: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, S/2, S/2)
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),        # (B, 64, S/4, S/4)
+        nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
+        nn.Linear(128, num_classes + 1),  # the last: "none of the classes"
+    )
+
+
+def as_input(images, real: Real) -> torch.Tensor:
+    """PIL images -> (B, C, S, S) float in [0, 1]."""
+    arrays = [np.asarray(i.convert(real.mode).resize((real.size, real.size))) for i in images]
+    x = torch.from_numpy(np.stack(arrays)).float().div(255)
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def train_classifier(real: Real, epochs, seed):
     torch.manual_seed(seed)
-    x = as_input(quantized(processor, rows["image"]))
-    y = torch.tensor(rows["label"])
-    # "Not clothing": uniform noise and real images with their pixels shuffled, as many as one garment class.
-    extra = len(x) // NUM_CLASSES
-    noise = torch.rand(extra // 2, 1, 28, 28)
-    shuffled = x[:extra - extra // 2].flatten(1)[:, torch.randperm(28 * 28)].view(-1, 1, 28, 28)
+    num_classes = len(real.names)
+    x = as_input(real.train_images, real)
+    y = torch.tensor(real.train_labels)
+    # "None of the classes": uniform noise and real images with their pixels shuffled, as many as one class.
+    extra = len(x) // num_classes
+    noise = torch.rand(extra // 2, *x.shape[1:])
+    shuffled = x[:extra - extra // 2].flatten(2)[:, :, torch.randperm(real.size**2)].view(-1, *x.shape[1:])
     x = torch.cat([x, noise, shuffled])
-    y = torch.cat([y, torch.full((extra,), NUM_CLASSES)])
-    net = classifier()
+    y = torch.cat([y, torch.full((extra,), num_classes)])
+    # Each class weighs the same in the loss however many images it has (Fashion-MNIST is balanced anyway).
+    weight = len(y) / (num_classes + 1) / torch.bincount(y, minlength=num_classes + 1).clamp(min=1).float()
+    net = classifier(num_classes, x.shape[1], real.size)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx], weight=weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -91,19 +131,23 @@ def train_classifier(processor, rows, epochs, seed):
 
 
 @torch.no_grad()
-def describe(net, images, confidence, requested=None):
-    probs = net(as_input(images)).softmax(-1)
+def describe(net, images, confidence, real: Real, requested=None):
+    num_classes = len(real.names)
+    probs = net(as_input(images, real)).softmax(-1)
     top, label = probs.max(-1)
-    recognised = (top >= confidence) & (label < NUM_CLASSES)
-    histogram = torch.bincount(label, minlength=NUM_CLASSES + 1)
-    # Diversity: entropy of the garment labels (log2(10) = 3.32 bits when all classes are equally frequent). A high
+    recognised = (top >= confidence) & (label < num_classes)
+    histogram = torch.bincount(label, minlength=num_classes + 1)
+    # Diversity: entropy of the class labels (log2(10) = 3.32 bits when 10 classes are equally frequent). A high
     # recognised share with a low entropy means samples collapsed onto a few classes.
-    share = histogram[:NUM_CLASSES].float() / histogram[:NUM_CLASSES].sum().clamp(min=1)
+    share = histogram[:num_classes].float() / histogram[:num_classes].sum().clamp(min=1)
     entropy = float(-(share[share > 0] * share[share > 0].log2()).sum())
     report = {"recognised_share": float(recognised.float().mean()), "mean_top_probability": float(top.mean()),
               "class_entropy_bits": entropy, "class_histogram": histogram.tolist()}
     if requested is not None:
-        report["matches_requested_class"] = float((label == torch.tensor(requested)).float().mean())
+        requested = torch.tensor(requested)
+        report["matches_requested_class"] = float((label == requested).float().mean())
+        report["per_class"] = {name: float((label[requested == c] == c).float().mean())
+                               for c, name in enumerate(real.names) if (requested == c).any()}
     return report
 
 
@@ -122,20 +166,19 @@ def sample(model, processor, args, guidance_scale):
 def main(args):
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
-    data = load_default_dataset()
-    rows = data["train"].shuffle(seed=args.seed).select(range(min(args.classifier_train_images, len(data["train"]))))
-    net = train_classifier(processor, rows, args.classifier_epochs, args.seed)
+    real = Real(args, processor)
+    net = train_classifier(real, args.classifier_epochs, args.seed)
     with torch.no_grad():
-        test_x = as_input(quantized(processor, data["test"]["image"]))
-        test_accuracy = float((net(test_x).argmax(-1) == torch.tensor(data["test"]["label"])).float().mean())
+        test_x = as_input(real.test_images, real)
+        test_accuracy = float((net(test_x).argmax(-1) == torch.tensor(real.test_labels)).float().mean())
     first = args.guidance_scale[0]
     report = {"sampling": {"temperature": args.temperature, "tokens_per_step": args.tokens_per_step,
                            "exact": args.exact, "guidance_scale": first, "seed": args.seed},
               "classifier_test_accuracy": test_accuracy,
-              "real_test_images": describe(net, quantized(processor, data["test"]["image"]), args.confidence)}
+              "real_test_images": describe(net, real.test_images, args.confidence, real, real.test_labels)}
     for scale in args.guidance_scale:
         images, requested = sample(model, processor, args, scale)
-        described = describe(net, images, args.confidence, requested)
+        described = describe(net, images, args.confidence, real, requested)
         if scale == first:
             report["trained_model_samples"] = described
         if len(args.guidance_scale) > 1:
@@ -144,8 +187,10 @@ def main(args):
                 if key in described}
     torch.manual_seed(args.seed)
     untrained = type(model)(model.config).eval()
+    if model.image_tokenizer is not None:  # the baseline is an untrained transformer, not an untrained tokenizer
+        untrained.image_tokenizer.load_state_dict(model.image_tokenizer.state_dict())
     images, requested = sample(untrained, processor, args, first)
-    report["untrained_model_samples"] = describe(net, images, args.confidence, requested)
+    report["untrained_model_samples"] = describe(net, images, args.confidence, real, requested)
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))

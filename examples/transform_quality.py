@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def held_out_images(args, model) -> list[Image.Image]:
-    argv = ["--resolution", str(args.resolution or model.config.image_size), "--max_eval_samples", str(args.num_images)]
+    argv = ["--resolution", str(args.resolution or model.config.pixel_size), "--max_eval_samples", str(args.num_images)]
     if args.train_data_dir:
         argv += ["--train_data_dir", args.train_data_dir]
     _, held_out, _ = training.load_splits(training.parse_args(argv))
@@ -98,8 +98,8 @@ def measure_inpaint(args, model):
     raster = AutoModel.from_pretrained(args.raster_model, trust_remote_code=True).eval()
     processor = model.image_processor
     images = held_out_images(args, model)
-    size = model.config.image_size
-    truth = pixels(quantized(processor, images))[..., 0]  # quantized originals
+    size = model.config.pixel_size  # image side in pixels (a tokenizer model's grid is smaller)
+    truth = pixels(quantized(processor, images))  # quantized originals (B, H, W, C)
     report, examples = {}, []
     for kind in ("centre", "random"):
         masks = masks_for(size, len(images), kind, args.seed)
@@ -108,29 +108,31 @@ def measure_inpaint(args, model):
                 model.score_images(images, masks, generator=torch.Generator().manual_seed(args.seed)).mean()),
             "raster_model_prefix_only": float(raster.score_images(images, masks).mean()),
         }}
-        samples = np.stack([pixels(model.inpaint_images(images, masks, **sampling(args)))[..., 0]])
+        samples = np.stack([pixels(model.inpaint_images(images, masks, **sampling(args)))])
         extra = model.inpaint_images(images, masks, num_samples=3, **sampling(args, seed_offset=1))
-        extra = pixels(extra)[..., 0].reshape(len(images), 3, size, size).transpose(1, 0, 2, 3)
+        extra = pixels(extra).reshape(len(images), 3, *truth.shape[1:]).swapaxes(0, 1)
         mean_of_4 = np.concatenate([samples, extra]).mean(0)
         raster_fill = np.empty_like(truth)
         first_rows = masks.any(2).argmax(1)  # first masked row of each image
         for keep in np.unique(first_rows):
             chosen = np.flatnonzero(first_rows == keep)
             done = raster.complete_images([images[i] for i in chosen], int(keep), **sampling(args))
-            raster_fill[chosen] = pixels(done)[..., 0]
-        raster_fill = np.where(masks, raster_fill, truth)
-        mean_fill = np.where(masks, np.array([t[~m].mean() for t, m in zip(truth, masks)])[:, None, None], truth)
+            raster_fill[chosen] = pixels(done)
+        hole = masks[..., None]  # (B, H, W, 1): broadcast over channels
+        raster_fill = np.where(hole, raster_fill, truth)
+        mean_fill = np.where(hole, np.stack([t[~m].mean(0) for t, m in zip(truth, masks)])[:, None, None], truth)
         errors = {}
         for name, filled in (("inpainting_model_sample", samples[0]), ("inpainting_model_mean_of_4", mean_of_4),
                              ("raster_prefix_only_sample", raster_fill), ("mean_fill", mean_fill)):
-            diff = (filled - truth)[masks]
+            diff = (filled - truth)[masks]  # (masked pixels, C)
             errors[name] = {"mae": float(np.abs(diff).mean()), "mse": float((diff**2).mean())}
         entry["masked_pixel_error"] = errors
         report[kind] = entry
         if kind == "centre":
-            masked = np.where(masks, 128, truth)
+            masked = np.where(hole, 128, truth)
             for row in (truth, masked, raster_fill, samples[0]):
-                examples += [Image.fromarray(r.astype(np.uint8)) for r in row[:8]]
+                examples += [Image.fromarray(r.astype(np.uint8).squeeze(-1) if r.shape[-1] == 1 else
+                                             r.astype(np.uint8)) for r in row[:8]]
     return report, examples, min(8, len(images))
 
 

@@ -12,7 +12,8 @@ is pasted back) and of mean-fill (the mean of the image's kept pixels), plus the
 squared-error-optimal estimate a sampler can give).
 upscale / colorize: PSNR (dB) against the original of a sample (and that figure averaged over 4 draws), of greedy
 decoding and of the mean of 4 samples, against the naive baseline (bicubic upsampling of the low-resolution input /
-the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized).
+the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized; for
+a model on a tokenizer's grid, the tokenizer's reconstruction).
 Colorization keeps the input's luminance (`keep_luminance=True`); a sample without it is reported too.
 --temperature below 1 (e.g. 0.9) trades variety for pixel error in the samples.
 
@@ -32,7 +33,7 @@ from transformers import AutoModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_quality import quantized  # noqa: E402
 
-from pixelgpt import training  # noqa: E402  (held-out split exactly as in training)
+from pixelgpt import SamplingOptions, training  # noqa: E402  (held-out split exactly as in training)
 from pixelgpt.utils import make_image_grid, open_image  # noqa: E402
 
 
@@ -143,7 +144,11 @@ def measure_conditional(args, model):
                              image_size=processor.image_size, resize_mode=processor.resize_mode,
                              resample=processor.resample, background=processor.background)
     truth = target.to_array(images).astype(np.float64)  # (B, H, W, C) originals at the model's resolution
-    ceiling = pixels(quantized(processor, images))
+    ceiling, ceiling_name = pixels(quantized(processor, images)), "quantized_original_ceiling"
+    if model.image_tokenizer is not None:  # what the model's tokens can express at best: the tokenizer's round trip
+        ceiling, ceiling_name = pixels(model._output(torch.cat([
+            torch.zeros(len(images), 1, dtype=torch.long), model._encode(images, processor)], 1), processor,
+            SamplingOptions())), "tokenizer_reconstruction_ceiling"
     if args.task == "upscale":
         low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
         inputs = [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x) for x in low]
@@ -168,7 +173,7 @@ def measure_conditional(args, model):
     report = {"psnr_db": {"model_sample": psnr(sample, truth), "model_sample_mean_over_4_draws": float(single),
                           "model_greedy": psnr(greedy, truth),
                           "model_mean_of_4_samples": psnr(mean_of_4, truth), baseline_name: psnr(baseline, truth),
-                          "quantized_original_ceiling": psnr(ceiling, truth)}}
+                          ceiling_name: psnr(ceiling, truth)}}
     if args.task == "colorize":  # the samples above keep the input's luminance; this one uses the model's colours only
         own = pixels(method(inputs, keep_luminance=False, **sampling(args)))
         report["psnr_db"]["model_sample_without_keep_luminance"] = psnr(own, truth)

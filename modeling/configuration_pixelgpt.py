@@ -20,8 +20,6 @@ MAX_CLASSES = 100_000
 # What a model can be trained for (`train.py --task`); the last three read a condition image first.
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
-# Tasks a model on an image tokenizer's grid can be trained for (condition images are pixel grids, not yet tokens).
-TOKENIZER_TASKS = ("generate", "inpaint")
 # How an inpainting model orders the pixels it draws last (`inpaint_fill_order`).
 FILL_ORDERS = ("random", "raster")
 
@@ -114,6 +112,13 @@ class PixelGPTConfig(PreTrainedConfig):
             Task "inpaint": the order in which the pixels left for last (training rectangles, inpainting holes,
             scored pixels) are drawn: `"random"`, or `"raster"` (known pixels in any order, then the hole row by
             row, which learns and scores better at the same budget; `train.py`'s default).
+        tokenizer_config (`PixelGPTVQVAEConfig` or `dict`, *optional*):
+            The image tokenizer the model works on (`train.py --tokenizer`), carried inside the model as Janus
+            carries its VQ model: tokens are then the tokenizer's codes on a grid `downsample_factor` times smaller
+            per side than the pixels (`image_size` is that grid's side, `pixel_size` the images'), and
+            `vocab_size` is its codebook size. None: one token per pixel (or sub-pixel) from the image processor.
+            Condition images of the conditional tasks stay pixel grids (the processor's condition settings), placed
+            on the token grid by scaling as always.
     """
 
     model_type = "pixelgpt"
@@ -235,8 +240,6 @@ class PixelGPTConfig(PreTrainedConfig):
         if tokenizer is not None:
             check(isinstance(tokenizer, PixelGPTVQVAEConfig),
                   f"`tokenizer_config` must be a PixelGPTVQVAEConfig or a dict of one, got {type(tokenizer)}.")
-            check(self.task in TOKENIZER_TASKS, f"a model on an image tokenizer's grid does tasks {TOKENIZER_TASKS}; "
-                  f"got task {self.task!r} (conditional tasks read a pixel grid: train them without --tokenizer).")
             check(self.vocab_size == tokenizer.codebook_size,
                   f"`vocab_size` ({self.vocab_size}) must equal the tokenizer's codebook size "
                   f"({tokenizer.codebook_size}).")
@@ -327,5 +330,5 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "TOKENIZER_TASKS",
-           "FILL_ORDERS", "OPERATIONS", "DEFAULT_OPERATION"]
+__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "FILL_ORDERS", "OPERATIONS",
+           "DEFAULT_OPERATION"]

@@ -60,8 +60,9 @@ class PixelGPTImageTasksMixin:
             processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
             self.image_processor = processor
         if self.config.tokenizer_config is not None:  # the processor only resizes; the tokenizer makes the tokens
-            names = ("quantization", "image_size")
-            expected, found = ("rgb8", self.config.pixel_size), (processor.quantization, processor.image_size)
+            names = ("quantization", "image_size", "condition_vocab_size", "condition_size")
+            expected = ("rgb8", self.config.pixel_size, self.config.condition_vocab_size, self.config.condition_size)
+            found = tuple(getattr(processor, name) for name in names)
         else:
             names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
             expected = tuple(getattr(self.config, name) for name in names)
@@ -245,7 +246,7 @@ class PixelGPTImageTasksMixin:
         if not keep_luminance or sampling.get("output_type", "pil") != "pil":
             return colour
         processor = self.get_image_processor(image_processor)
-        gray = type(processor)(quantization="gray8", image_size=self.config.image_size,
+        gray = type(processor)(quantization="gray8", image_size=self.config.pixel_size,
                                resize_mode=processor.resize_mode, resample=processor.resample,
                                background=processor.background).to_array(images)[..., 0]  # (B, S, S)
         out = []

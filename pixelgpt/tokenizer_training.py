@@ -20,22 +20,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from .modeling.configuration_pixelgpt_vqvae import DOWNSAMPLE_FACTORS, PixelGPTVQVAEConfig
 from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .processing import PixelGPTImageProcessor
 from .processing.image_processing_pixelgpt import RESAMPLE, RESIZE_MODES
 from .training import (
-    LOCK_NAME,
-    SECRET_ARGS,
+    adamw,
     add_data_arguments,
     add_run_arguments,
     all_ranks,
@@ -43,12 +39,17 @@ from .training import (
     check_output_dir,
     check_run_arguments,
     diverged_message,
+    final_weights,
     find_resume_checkpoint,
     launch,
     load_splits,
+    moving_average,
     on_main_process,
+    push_folder,
+    resume_state,
     save_checkpoint,
-    weights_are_finite,
+    schedule,
+    start_trackers,
 )
 from .utils import TrainingError, make_image_grid, open_image
 
@@ -247,44 +248,16 @@ def run_tokenizer_training(args, accelerator, started):
         raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
     shown = torch.cat([transform(held_out[i : i + 1])["pixel_values"] for i in range(min(8, len(held_out)))])
 
-    def adamw(module):
-        decay = [p for p in module.parameters() if p.ndim >= 2]
-        no_decay = [p for p in module.parameters() if p.ndim < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-
-    optimizer = adamw(model)
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
-    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.lr_warmup_steps, max_steps // 2) *
-                                                accelerator.num_processes, max_steps * accelerator.num_processes)
+    optimizer = adamw(model.parameters(), args)
+    steps_per_epoch, max_steps, num_epochs, scheduler = schedule(args, accelerator, optimizer, train_loader)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
     disc_optimizer = None
     if discriminator is not None:
-        discriminator, disc_optimizer = accelerator.prepare(discriminator, adamw(discriminator))
-    if args.use_ema and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ValueError("--use_ema is not supported with FSDP or DeepSpeed sharding; use DDP or drop --use_ema.")
-    ema = None
-    if args.use_ema:
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
-                            use_buffers=True)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("pixelgpt-tokenizer", config={k: v for k, v in vars(args).items()
-                                                                if isinstance(v, (int, float, str, bool))
-                                                                and k not in SECRET_ARGS})
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        global_step = json.loads((resume_path / "pixelgpt_step.json").read_text())["step"]
-        if ema is not None:
-            ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"Resumed from {resume_path.name} at step {global_step}")
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, adamw(discriminator.parameters(), args))
+    ema = moving_average(args, accelerator, model)
+    start_trackers(accelerator, args, "pixelgpt-tokenizer")
+    global_step, first_epoch, skip_batches = resume_state(accelerator, args, resume_path, ema, steps_per_epoch)
     logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
                 f"{parameters / 1e6:.2f}M parameters, {config.grid_size}x{config.grid_size} tokens of "
                 f"{config.codebook_size} codes per image")
@@ -344,12 +317,7 @@ def run_tokenizer_training(args, accelerator, started):
     progress.close()
 
     accelerator.wait_for_everyone()
-    final_model = accelerator.unwrap_model(model)
-    if ema is not None:
-        final_model.load_state_dict(ema.module.state_dict())
-    if not all_ranks(accelerator, weights_are_finite(final_model)):
-        raise TrainingError(diverged_message(args, global_step, "the final weights hold NaN or infinite values"))
-    state_dict = accelerator.get_state_dict(model)
+    final_model, state_dict = final_weights(accelerator, args, model, ema, global_step)
     figures = evaluate(model, eval_loader, accelerator)
     logger.info(f"final held-out PSNR {figures['psnr']:.2f} dB (same-budget bicubic {figures['bicubic_psnr']:.2f} "
                 f"dB), codebook usage {figures['codebook_usage']:.1%}")
@@ -363,15 +331,7 @@ def run_tokenizer_training(args, accelerator, started):
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         write_tokenizer_card(out, args, config, metrics, dataset_name, len(train))
         if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            repo_id = api.create_repo(args.hub_model_id or out.resolve().name, private=args.hub_private_repo,
-                                      exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"PixelGPT tokenizer, step "
-                              f"{global_step}", ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*",
-                                                                  LOCK_NAME])
-            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+            push_folder(args, out, f"PixelGPT tokenizer, step {global_step}")
     del model, optimizer, train_loader, eval_loader, scheduler, discriminator, disc_optimizer
     accelerator.free_memory()
     accelerator.end_training()

@@ -46,7 +46,6 @@ from .modeling.configuration_pixelgpt import (
     FILL_ORDERS,
     MAX_CLASSES,
     PIXELGPT_TASKS,
-    TOKENIZER_TASKS,
 )
 from .modeling.layouts_pixelgpt import task_inputs
 from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
@@ -181,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--tokenizer", help="A trained image tokenizer (folder or Hub id, from train_tokenizer.py): "
                       "model its token grid instead of pixels (images are encoded once, before training; the saved "
                       "model carries the tokenizer). --resolution defaults to the tokenizer's; --quantization and "
-                      "--num_levels are unused. Tasks generate and inpaint.")
+                      "--num_levels are unused; condition images (colorize, upscale, translate) stay pixels.")
 
     model = p.add_argument_group("model")
     model.add_argument("--task", default="generate", choices=PIXELGPT_TASKS,
@@ -201,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Conditional tasks: also put the condition tokens before the image, for attention to read.")
     model.add_argument("--condition_quantization", choices=CONDITION_QUANTIZATIONS, default=None,
                        help="How condition images are tokenized (default: gray8 for colorize, else gray8 for gray "
-                       "quantizations and rgb otherwise).")
+                       "quantizations without --tokenizer and rgb otherwise).")
     model.add_argument("--condition_num_levels", type=int, default=8, help="Levels per channel of gray/rgb conditions.")
     model.add_argument("--condition_size", type=int, default=None,
                        help="Side of the condition grid (default: resolution/4 for upscale, else the resolution).")
@@ -237,9 +236,6 @@ def parse_args(argv=None):
     elif args.quantization == "palette":
         p.error("--quantization palette needs --fit_palette (the palette is learned from the training images)")
     if args.tokenizer:
-        if args.task not in TOKENIZER_TASKS:
-            p.error(f"--tokenizer trains tasks {', '.join(TOKENIZER_TASKS)}; --task {args.task} reads a pixel "
-                    "condition grid (train it without --tokenizer)")
         if args.fit_palette:
             p.error("--fit_palette does not combine with --tokenizer (the tokenizer makes the tokens)")
     elif args.resolution is None:  # with a tokenizer: the tokenizer's own, once it is loaded
@@ -267,10 +263,14 @@ def parse_args(argv=None):
     elif args.source_column or args.source_dir:
         p.error("--source_column / --source_dir are for --task translate")
     if args.task in CONDITIONAL_TASKS:
+        if args.tokenizer and args.resolution is None:
+            p.error(f"--task {args.task} with --tokenizer needs --resolution (the images' side in pixels), from "
+                    "which --condition_size defaults")
         if args.class_conditional:
             p.error(f"--class_conditional does not combine with --task {args.task}")
         if args.condition_quantization is None:
-            gray = args.task == "colorize" or args.quantization in ("gray", "gray8")
+            # With a tokenizer the images are colour (--quantization is unused): an RGB condition unless colorizing.
+            gray = args.task == "colorize" or (not args.tokenizer and args.quantization in ("gray", "gray8"))
             args.condition_quantization = "gray8" if gray else "rgb"
         if args.condition_size is None:
             args.condition_size = max(1, args.resolution // 4) if args.task == "upscale" else args.resolution
@@ -424,19 +424,27 @@ def load_tokenizer(args) -> PixelGPTVQVAE:
     return tokenizer
 
 
-def encode_with_tokenizer(dataset, tokenizer, processor, column, split_name, batch_size: int = 64):
-    """Add a `token_ids` column: every image encoded once by the tokenizer, not at every step. `datasets` caches
-    the result beside a file-backed dataset under a fingerprint of the data, the tokenizer's weights and the
-    resizing, so a second run on the same data and tokenizer reads it back."""
+def encode_with_tokenizer(dataset, tokenizer, processor, column, split_name, batch_size: int = 64,
+                          condition_column=None):
+    """Add a `token_ids` column: every image encoded once by the tokenizer, not at every step (and, for the
+    conditional tasks, `condition_ids`: the processor's tokens of `condition_column`'s images, or of the images
+    themselves when it is `column`). `datasets` caches the result beside a file-backed dataset under a fingerprint
+    of the data, the tokenizer's weights and the processor, so a second run on the same data reads it back."""
     digest = hashlib.sha256(dataset._fingerprint.encode())
     for name, tensor in sorted(tokenizer.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
-    digest.update(json.dumps([processor.image_size, processor.resize_mode, processor.resample]).encode())
+    digest.update(json.dumps([processor.to_dict(), condition_column], sort_keys=True, default=str).encode())
 
     def encode(batch):
-        pixels = torch.from_numpy(processor.to_array([open_image(v, "image") for v in batch[column]]))
+        images = [open_image(v, "image") for v in batch[column]]
+        pixels = torch.from_numpy(processor.to_array(images))
         ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(pixels))  # (b, h, w)
-        return {"token_ids": ids.flatten(1).to(torch.int32).numpy()}
+        out = {"token_ids": ids.flatten(1).to(torch.int32).numpy()}
+        if condition_column:
+            sources = images if condition_column == column else [open_image(v, "source") for v in
+                                                                  batch[condition_column]]
+            out["condition_ids"] = processor.encode_condition(sources, return_tensors="np").condition_ids
+        return out
 
     return dataset.map(encode, batched=True, batch_size=batch_size, new_fingerprint=digest.hexdigest()[:32],
                        desc=f"Encoding {split_name} images with the tokenizer")
@@ -454,7 +462,9 @@ def make_transform(processor, config, args, label_column):
         if args.class_conditional:
             input_ids[:, 0] = torch.tensor([config.class_token_id(label) for label in batch[label_column]])
         out = {"input_ids": input_ids}
-        if config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
+        if "condition_ids" in batch:  # encoded once with the tokens
+            out["condition_ids"] = torch.as_tensor(np.asarray(batch["condition_ids"]), dtype=torch.long)
+        elif config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
             sources = images  # decoded above: conditional tasks never run on a tokenizer's codes
             if args.task == "translate":
                 sources = [open_image(v, "source") for v in batch[args.source_column]]
@@ -689,6 +699,79 @@ def find_resume_checkpoint(args, current: dict) -> Path | None:
     return path
 
 
+# ----------------------------------------------------------------------------------------------------- run plumbing
+# What both training loops (this one and the tokenizer's) do alike.
+def adamw(parameters, args) -> torch.optim.AdamW:
+    """AdamW that decays matrices only (not norms or biases), over the parameters that train."""
+    trained = [p for p in parameters if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in trained if p.ndim >= 2], "weight_decay": args.weight_decay},
+                              {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+
+
+def schedule(args, accelerator, optimizer, train_loader):
+    """(steps per epoch, total steps, epochs, warm-up-then-cosine scheduler) of a run."""
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    # accelerate steps a prepared scheduler once per process per optimizer step, so lengths scale with processes.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.lr_warmup_steps, max_steps // 2) *
+                                                accelerator.num_processes, max_steps * accelerator.num_processes)
+    return steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch), scheduler
+
+
+def moving_average(args, accelerator, model):
+    """The EMA copy of `--use_ema` (None without it)."""
+    if not args.use_ema:
+        return None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError("--use_ema keeps a full copy of the weights and is not supported with FSDP or DeepSpeed "
+                         "sharding; use DDP (multi_gpu.yaml) or drop --use_ema.")
+    return AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
+                         use_buffers=True)
+
+
+def start_trackers(accelerator, args, project: str) -> None:
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project, config={k: v for k, v in vars(args).items()
+                                                   if isinstance(v, (int, float, str, bool)) and k not in SECRET_ARGS})
+
+
+def resume_state(accelerator, args, resume_path, ema, steps_per_epoch) -> tuple[int, int, int]:
+    """Load a checkpoint (weights, optimizer, scheduler, RNG, EMA): (step, first epoch, batches to skip in it)."""
+    if resume_path is None:
+        return 0, 0, 0
+    accelerator.load_state(str(resume_path))
+    step = json.loads((resume_path / "pixelgpt_step.json").read_text())["step"]
+    if ema is not None:
+        ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
+    logger.info(f"Resumed from {resume_path.name} at step {step}")
+    return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+
+
+def final_weights(accelerator, args, model, ema, step):
+    """The unwrapped model to save (with the EMA weights when kept) and its full state dict; refuses non-finite
+    weights, so a NaN model is never the result."""
+    final_model = accelerator.unwrap_model(model)
+    if ema is not None:
+        final_model.load_state_dict(ema.module.state_dict())
+    if not all_ranks(accelerator, weights_are_finite(final_model)):
+        raise TrainingError(diverged_message(args, step, "the final weights hold NaN or infinite values"))
+    return final_model, accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
+
+
+def push_folder(args, out: Path, message: str) -> None:
+    """Upload the final folder without checkpoints, intermediate grids, logs and lists of skipped files."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    repo_id = api.create_repo(args.hub_model_id or out.resolve().name, private=args.hub_private_repo,
+                              exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=message,
+                      # the lock names this machine and is still held here
+                      ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME])
+    logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+
+
 # ----------------------------------------------------------------------------------------------------- evaluation
 def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean"):
     """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
@@ -815,9 +898,14 @@ def run_training(args, accelerator, started):
     vocab_size, grid_size = processor.vocab_size, args.resolution
     if tokenizer is not None:
         vocab_size, grid_size = tokenizer.config.codebook_size, args.resolution // tokenizer.config.downsample_factor
+        condition_column = None
+        if args.task in CONDITIONAL_TASKS:  # colorize / upscale read the images themselves, translate the sources
+            condition_column = args.source_column if args.task == "translate" else args.image_column
         with accelerator.main_process_first():  # the main process encodes and caches; the others read the cache
-            train = encode_with_tokenizer(train, tokenizer, processor, args.image_column, "train")
-            held_out = encode_with_tokenizer(held_out, tokenizer, processor, args.image_column, "eval")
+            train = encode_with_tokenizer(train, tokenizer, processor, args.image_column, "train",
+                                          condition_column=condition_column)
+            held_out = encode_with_tokenizer(held_out, tokenizer, processor, args.image_column, "eval",
+                                             condition_column=condition_column)
 
     overrides = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "intermediate_size") if getattr(args, k) is not None}
@@ -856,45 +944,18 @@ def run_training(args, accelerator, started):
 
     # ---- optimisation: decay matrices only (not norms or embeddings' biases), warm-up then cosine
     trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
-    decay = [p for p in trained if p.ndim >= 2]
-    no_decay = [p for p in trained if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
-    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
-    # accelerate steps a prepared scheduler once per process per optimizer step, so lengths scale with processes.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.lr_warmup_steps, max_steps // 2) *
-                                                accelerator.num_processes, max_steps * accelerator.num_processes)
+    optimizer = adamw(trained, args)
+    steps_per_epoch, max_steps, num_epochs, scheduler = schedule(args, accelerator, optimizer, train_loader)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
-    ema = None
-    if args.use_ema and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ValueError("--use_ema keeps a full copy of the weights and is not supported with FSDP or DeepSpeed "
-                         "sharding; use DDP (multi_gpu.yaml) or drop --use_ema.")
-    if args.use_ema:
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
-                            use_buffers=True)
-
+    ema = moving_average(args, accelerator, model)
     bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim and not tokenizer else "bits_per_token"
-    if accelerator.is_main_process:
-        accelerator.init_trackers("pixelgpt", config={k: v for k, v in vars(args).items()
-                                                      if isinstance(v, (int, float, str, bool))
-                                                      and k not in SECRET_ARGS})
+    start_trackers(accelerator, args, "pixelgpt")
 
     # ---- resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        global_step = json.loads((resume_path / "pixelgpt_step.json").read_text())["step"]
-        if ema is not None:
-            ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"Resumed from {resume_path.name} at step {global_step}")
-        if global_step >= max_steps:
-            logger.info(f"The run is already at step {global_step} of {max_steps}: nothing left to train.")
+    global_step, first_epoch, skip_batches = resume_state(accelerator, args, resume_path, ema, steps_per_epoch)
+    if resume_path is not None and global_step >= max_steps:
+        logger.info(f"The run is already at step {global_step} of {max_steps}: nothing left to train.")
 
     logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
                 f"{sum(p.numel() for p in trained) / 1e6:.2f}M trained parameters"
@@ -964,12 +1025,7 @@ def run_training(args, accelerator, started):
 
     # ---- final: evaluate, save the unwrapped (EMA) model, processor, samples and card
     accelerator.wait_for_everyone()
-    final_model = accelerator.unwrap_model(model)
-    if ema is not None:
-        final_model.load_state_dict(ema.module.state_dict())
-    if not all_ranks(accelerator, weights_are_finite(final_model)):  # never a NaN model as the result
-        raise TrainingError(diverged_message(args, global_step, "the final weights hold NaN or infinite values"))
-    state_dict = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / DeepSpeed
+    final_model, state_dict = final_weights(accelerator, args, model, ema, global_step)
     eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
     accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
     logger.info(f"final held-out {bits_name}: {eval_bits:.4f}")
@@ -991,15 +1047,7 @@ def run_training(args, accelerator, started):
         write_model_card(out, args=args, config=config, processor=processor, dataset_name=dataset_name,
                          metrics=metrics, bits_name=bits_name, num_train_images=len(train))
         if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            repo_id = api.create_repo(args.hub_model_id or out.resolve().name, private=args.hub_private_repo,
-                                      exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"PixelGPT, step {global_step}",
-                              # the lock names this machine and is still held here
-                              ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME])
-            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+            push_folder(args, out, f"PixelGPT, step {global_step}")
     # Release the DDP wrapper (and its gradient reducer) while the process group still exists: freed after
     # end_training() destroys the group, it could hang a CPU/gloo run on its way out.
     del model, optimizer, train_loader, eval_loader, scheduler

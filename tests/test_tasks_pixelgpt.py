@@ -483,14 +483,39 @@ def test_tokenizer_model_scores_token_likelihood_with_masks():
     assert masked.shape == (2,) and not torch.allclose(masked, bits)
 
 
-def test_tokenizer_models_refuse_conditional_tasks_and_mismatched_processors():
-    with pytest.raises(ValueError, match="a model on an image tokenizer's grid does tasks"):
-        tokenizer_model(task="colorize", condition_size=3, condition_vocab_size=256)
+@pytest.mark.parametrize("task", CONDITIONAL_TASKS)
+def test_tokenizer_models_draw_from_pixel_condition_images(task):
+    """Conditional tasks on a tokenizer's grid: the condition stays a pixel grid (here 6x6 gray8 for 12x12 images,
+    placed on the 3x3 token grid by scaling); the output is decoded through the tokenizer."""
+    model, _ = tokenizer_model(task=task, condition_size=6, condition_vocab_size=256, aligned_condition=True)
+    processor = PixelGPTImageProcessor(quantization="rgb8", image_size=12, condition_quantization="gray8",
+                                       condition_size=6)
+    images = source_images()
+    method = {"colorize": model.colorize_images, "upscale": model.upscale_images,
+              "translate": model.translate_images}[task]
+    seeded = lambda: dict(image_processor=processor, show_progress=False,  # noqa: E731
+                          generator=torch.Generator().manual_seed(0))
+    out = method(images, num_samples=2, **seeded())
+    assert len(out) == 4 and all(i.size == (12, 12) and i.mode == "RGB" for i in out)
+    assert np.array_equal(np.asarray(method(images, num_samples=2, **seeded())[3]), np.asarray(out[3]))
+    tokens = method(images, output_type="tokens", **seeded())
+    assert tokens.shape == (2, 1 + 9) and tokens[:, 1:].max() < 27
+    condition = processor.encode_condition(images).condition_ids
+    other = model.translate_images(images, output_type="tokens", **seeded()) if task == "translate" else None
+    assert other is None or torch.equal(other, tokens)
+    bits = model.score_images(images, condition_images=images, image_processor=processor)
+    assert bits.shape == (2,) and torch.isfinite(bits).all() and condition.shape == (2, 36)
+
+
+def test_tokenizer_models_refuse_mismatched_processors():
     with pytest.raises(ValueError, match=r"`vocab_size` \(26\) must equal the tokenizer's codebook size \(27\)"):
         tokenizer_model(vocab_size=26)
     model, _ = tokenizer_model()
-    with pytest.raises(ValueError, match=r"Image processor does not match the model: \('quantization', 'image_size'\)"):
+    with pytest.raises(ValueError, match=r"Image processor does not match the model: \('quantization', 'image_size'"):
         model.generate_images(1, image_processor=PixelGPTImageProcessor(quantization="rgb8", image_size=3))
+    with pytest.raises(ValueError, match=r"is \('rgb8', 12, 256, 6\) for the processor and \('rgb8', 12, 0, 0\)"):
+        model.generate_images(1, image_processor=PixelGPTImageProcessor(
+            quantization="rgb8", image_size=12, condition_quantization="gray8", condition_size=6))
 
 
 def test_tokenizer_model_pipeline_and_save_load_round_trip(tmp_path):

@@ -158,12 +158,65 @@ def test_stage_two_trains_a_class_conditional_model_that_carries_its_tokenizer(t
         PixelGPTVQVAE.to_pixel_values(torch.from_numpy(first))).flatten().tolist()
 
 
-def test_stage_two_refuses_what_a_tokenizer_model_cannot_do(tmp_path, folder):
+def test_stage_two_upscale_reads_pixel_conditions_encoded_once(tmp_path, folder):
+    tok = train_tokenizer(tmp_path, folder, "--max_train_steps", "1")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "up"), "--tokenizer",
+                                str(tok), "--task", "upscale", "--resolution", "16", "--max_train_steps", "2",
+                                *GPT_TINY])
+    assert args.condition_size == 4  # a quarter of the pixel side, as without a tokenizer
+    assert args.condition_quantization == "rgb"  # colour images: --quantization (default gray) is unused
+    training.main(args)
+    model = AutoModel.from_pretrained(tmp_path / "up")
+    assert model.config.condition_size == 4 and model.config.image_size == 4 and model.config.pixel_size == 16
+    low = [Image.open(p).resize((4, 4)) for p in sorted(folder.rglob("*.png"))[:2]]
+    out = model.upscale_images(low, show_progress=False, generator=torch.Generator().manual_seed(0))
+    assert [i.size for i in out] == [(16, 16)] * 2
+    train, _, _ = training.load_splits(args)
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "up")
+    encoded = training.encode_with_tokenizer(train, model.image_tokenizer, processor, "image", "train",
+                                             condition_column="image")
+    first = Image.open(encoded[0]["image"]["path"])
+    assert encoded[0]["condition_ids"] == processor.encode_condition([first]).condition_ids[0].tolist()
+
+
+def test_stage_two_refuses_what_cannot_work(tmp_path, folder):
     with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
         training.parse_args(["--tokenizer", "x", "--task", "colorize"])
-    assert "--tokenizer trains tasks generate, inpaint" in "".join(c.args[0] for c in err.write.call_args_list)
+    assert "--task colorize with --tokenizer needs --resolution" in "".join(c.args[0] for c in
+                                                                          err.write.call_args_list)
     AcceleratorState._reset_state(reset_partial_state=True)
     args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "gpt"),
                                 "--tokenizer", str(tmp_path / "missing"), "--max_train_steps", "1", *GPT_TINY])
     with pytest.raises(ValueError, match="no PixelGPT tokenizer could be loaded from it"):
         training.main(args)
+
+
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, folder):
+    """accelerate launch with 2 processes: the gathered figures and the weights equal a 1-process run's."""
+    import os
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = ["--train_data_dir", str(folder), *TINY, "--max_train_steps", "3", "--eval_steps", "100"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(port), str(REPO_ROOT / "examples" / "train_tokenizer.py"), "--output_dir", str(tmp_path / "ddp"),
+              *common, "--train_batch_size", "2", "--eval_batch_size", "1"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tokenizer_training.main(tokenizer_training.parse_args([*common, "--output_dir", str(tmp_path / "single"),
+                                                           "--train_batch_size", "4"]))
+    ddp, single = (json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("ddp", "single"))
+    for key in ("psnr", "bicubic_psnr", "codebook_usage"):
+        assert abs(ddp[key] - single[key]) < 1e-3, (key, ddp[key], single[key])
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "model.safetensors"))
+    # Weights only: a conv bias right before a GroupNorm gets a gradient of rounding noise (the norm removes it),
+    # which Adam scales to full-size steps of either sign, so those biases differ by ~lr between any two runs.
+    worst = max((float((a[k] - b[k]).abs().max()), k) for k in a if a[k].ndim > 1)
+    assert worst[0] < 1e-4, worst

@@ -4,6 +4,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -220,3 +221,25 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     # which Adam scales to full-size steps of either sign, so those biases differ by ~lr between any two runs.
     worst = max((float((a[k] - b[k]).abs().max()), k) for k in a if a[k].ndim > 1)
     assert worst[0] < 1e-4, worst
+
+
+def test_push_to_hub_uploads_the_tokenizer_folder_with_its_code_and_card(tmp_path, folder):
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+
+    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append((repo_id, set(filter_repo_objects(files, ignore_patterns=ignore_patterns)), self.token))
+
+    with mock.patch.object(HfApi, "create_repo", return_value=mock.MagicMock(repo_id="someone/tok")), \
+            mock.patch.object(HfApi, "upload_folder", fake_upload_folder):
+        out = train_tokenizer(tmp_path, folder, "--max_train_steps", "2", "--checkpointing_steps", "1",
+                              "--push_to_hub", "--hub_model_id", "someone/tok", "--hub_token", "hf_secret")
+    [(repo_id, uploaded, token)] = calls
+    assert repo_id == "someone/tok" and token == "hf_secret"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reconstructions.png",
+            "modeling_pixelgpt_vqvae.py", "configuration_pixelgpt_vqvae.py", "image_processing_pixelgpt.py"} <= uploaded
+    assert (out / "checkpoint-2").is_dir() and not [n for n in uploaded if n.startswith(("checkpoint-", "samples/"))]
+    assert training.LOCK_NAME not in uploaded and "hf_secret" not in (out / "README.md").read_text()

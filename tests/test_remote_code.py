@@ -100,15 +100,20 @@ def test_fresh_process_without_the_package_loads_a_folder(saved):
     check_outputs(folder, expected, stdout)
 
 
-def test_fresh_process_without_the_package_loads_from_a_hub_cache_offline(saved, tmp_path):
-    folder, expected = saved
-    repo = tmp_path / "hf_home" / "hub" / "models--someone--tiny-pixelgpt"
+def hub_cache(folder, hf_home, repo_id: str) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo: a snapshot and refs/main."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / REVISION
     snapshot.mkdir(parents=True)
     for file in folder.iterdir():
         (snapshot / file.name).write_bytes(file.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(REVISION)
+
+
+def test_fresh_process_without_the_package_loads_from_a_hub_cache_offline(saved, tmp_path):
+    folder, expected = saved
+    hub_cache(folder, tmp_path / "hf_home", "someone/tiny-pixelgpt")
     stdout = run_without_pixelgpt(LOAD_AND_DUMP.format(source="someone/tiny-pixelgpt", data=str(folder.parent)),
                                   env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})
     check_outputs(folder, expected, stdout)
@@ -251,13 +256,7 @@ def test_a_model_with_its_tokenizer_loads_from_a_folder_without_the_package(save
 
 def test_a_model_with_its_tokenizer_loads_from_a_hub_cache_offline(saved_tokenizer_model, tmp_path):
     root, expected = saved_tokenizer_model
-    repo = tmp_path / "hf_home" / "hub" / "models--someone--tiny-pixelgpt-tokens"
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    for file in (root / "model").iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
+    hub_cache(root / "model", tmp_path / "hf_home", "someone/tiny-pixelgpt-tokens")
     stdout = run_without_pixelgpt(TOKENIZER_MODEL_DUMP.format(source="someone/tiny-pixelgpt-tokens", data=str(root)),
                                   env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})
     check_tokenizer_outputs(root, expected, stdout)

@@ -62,11 +62,10 @@ class PixelGPTImageTasksMixin:
         if self.config.tokenizer_config is not None:  # the processor only resizes; the tokenizer makes the tokens
             names = ("quantization", "image_size", "condition_vocab_size", "condition_size")
             expected = ("rgb8", self.config.pixel_size, self.config.condition_vocab_size, self.config.condition_size)
-            found = tuple(getattr(processor, name) for name in names)
         else:
             names = ("vocab_size", "tokens_per_pixel", "image_size", "condition_vocab_size", "condition_size")
             expected = tuple(getattr(self.config, name) for name in names)
-            found = tuple(getattr(processor, name) for name in names)
+        found = tuple(getattr(processor, name) for name in names)
         if found != expected:
             raise ValueError(f"Image processor does not match the model: {names} is {found} for the processor and "
                              f"{expected} for the model.")

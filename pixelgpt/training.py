@@ -47,6 +47,7 @@ from .modeling.configuration_pixelgpt import (
     MAX_CLASSES,
     PIXELGPT_TASKS,
 )
+from .modeling.configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
 from .modeling.layouts_pixelgpt import task_inputs
 from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .processing import PixelGPTImageProcessor
@@ -411,11 +412,19 @@ def check_images(dataset, column, processor, resolution, split_name, skip_bad, o
 
 def load_tokenizer(args) -> PixelGPTVQVAE:
     """The `--tokenizer` model (a folder or Hub id); settles `--resolution` (default: the tokenizer's own)."""
+    hint = "Give the output folder (or Hub id) of examples/train_tokenizer.py."
     try:
+        model_type = PixelGPTVQVAEConfig.get_config_dict(args.tokenizer)[0].get("model_type")
+        if model_type != PixelGPTVQVAEConfig.model_type:  # loading it anyway would train on random codes
+            raise ValueError(f"--tokenizer {args.tokenizer} holds a {model_type!r} model, not a PixelGPT image "
+                             f"tokenizer ({PixelGPTVQVAEConfig.model_type!r}). {hint}")
         tokenizer = PixelGPTVQVAE.from_pretrained(args.tokenizer).eval()
     except OSError as err:
-        raise ValueError(f"--tokenizer {args.tokenizer}: no PixelGPT tokenizer could be loaded from it ({err}). Give "
-                         "the output folder (or Hub id) of examples/train_tokenizer.py.") from None
+        raise ValueError(f"--tokenizer {args.tokenizer}: no PixelGPT tokenizer could be loaded from it ({err}). "
+                         f"{hint}") from None
+    # The saved model's config carries the tokenizer's: a Hub id may name it there, a local path would put this
+    # machine's folders into a file that may be pushed.
+    tokenizer.config.name_or_path = "" if Path(args.tokenizer).expanduser().exists() else args.tokenizer
     factor = tokenizer.config.downsample_factor
     args.resolution = args.resolution or tokenizer.config.image_size
     if args.resolution % factor:

@@ -150,6 +150,8 @@ def test_stage_two_trains_a_class_conditional_model_that_carries_its_tokenizer(t
     assert [i.size for i in images] == [(16, 16)] * 2
     card = (tmp_path / "gpt" / "README.md").read_text()
     assert "learned image tokenizer" in card
+    # The tokenizer was read from a local folder: its path stays off the files a push would upload.
+    assert str(tmp_path) not in (tmp_path / "gpt" / "config.json").read_text() and str(tmp_path) not in card
     # The encoded data is what training reads: the same ids the carried tokenizer gives.
     train, _, _ = training.load_splits(args)
     processor = AutoImageProcessor.from_pretrained(tmp_path / "gpt")
@@ -190,6 +192,16 @@ def test_stage_two_refuses_what_cannot_work(tmp_path, folder):
     args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "gpt"),
                                 "--tokenizer", str(tmp_path / "missing"), "--max_train_steps", "1", *GPT_TINY])
     with pytest.raises(ValueError, match="no PixelGPT tokenizer could be loaded from it"):
+        training.main(args)
+    # A folder of another model (here: a PixelGPT generation model) is refused, not loaded with random weights.
+    from pixelgpt import PixelGPTConfig, PixelGPTForImageGeneration
+
+    PixelGPTForImageGeneration(PixelGPTConfig(vocab_size=27, image_size=4, hidden_size=16, num_hidden_layers=1,
+                                              num_attention_heads=1)).save_pretrained(tmp_path / "not-a-tokenizer")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "gpt2"),
+                                "--tokenizer", str(tmp_path / "not-a-tokenizer"), "--max_train_steps", "1", *GPT_TINY])
+    with pytest.raises(ValueError, match="holds a 'pixelgpt' model, not a PixelGPT image tokenizer"):
         training.main(args)
 
 

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     proc = p.add_argument_group("images")
-    proc.add_argument("--resolution", type=int, default=64,
-                      help="Side of the square training images (a multiple of --downsample_factor).")
+    proc.add_argument("--resolution", type=int, default=None,
+                      help="Side of the square training images, a multiple of --downsample_factor (default: 64, or "
+                      "28 for the built-in 28x28 data).")
     proc.add_argument("--resize_mode", default="crop", choices=RESIZE_MODES, help="Resize policy.")
     proc.add_argument("--resample", default="bicubic", choices=sorted(RESAMPLE),
                       help="Resampling filter used when resizing.")
@@ -91,6 +92,8 @@ def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
     check_run_arguments(p, args)
+    if args.resolution is None:  # the built-in Fashion-MNIST images are 28x28: larger would refuse every one
+        args.resolution = 64 if args.train_data_dir or args.dataset_name else 28
     if args.resolution % args.downsample_factor or not 8 <= args.resolution <= 1024:
         p.error(f"--resolution must be in [8, 1024] and a multiple of --downsample_factor ({args.downsample_factor}), "
                 f"got {args.resolution}")

@@ -122,6 +122,16 @@ def test_resumed_tokenizer_run_ends_with_the_same_weights(tmp_path, folder):
                         "latest", name="resumed")
 
 
+def test_without_data_it_trains_on_the_built_in_images_at_their_own_size(tmp_path):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = tokenizer_training.parse_args(["--output_dir", str(tmp_path / "default"), "--base_channels", "8",
+                                          "--max_train_steps", "1", "--max_train_samples", "16",
+                                          "--max_eval_samples", "8", "--train_batch_size", "4"])
+    assert args.resolution == 28 and tokenizer_training.parse_args(["--train_data_dir", "x"]).resolution == 64
+    tokenizer_training.main(args)
+    assert AutoModel.from_pretrained(tmp_path / "default").config.grid_size == 7
+
+
 def test_the_example_script_runs_one_step(tmp_path, folder):
     out = tmp_path / "example"
     result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "train_tokenizer.py"), "--train_data_dir",

@@ -16,20 +16,44 @@ classes: the classifier then learns from the folder's training images (real pixe
 small classes count) and is checked on the images `train.py` held out (same --eval_fraction and --split_seed).
 
     python examples/sample_quality.py --model classcond-model --guidance_scale 1 2 3 4 5
+
+--fid adds the Frechet Inception Distance (torchmetrics with torch-fidelity's Inception-v3, `pip install
+"pixelgpt[fid]"`) of the samples, of an untrained model's samples and of as many real training images (the floor
+at that sample count) against the held-out images the classifier is checked on. The Inception weights are not
+downloaded: pass the file with --inception_weights (see INCEPTION_WEIGHTS_NAME below for which one and where from).
+
+    python examples/sample_quality.py --model pixelgpt-fashion --fid --inception_weights \
+        weights-inception-2015-12-05-6726825d.pth
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel
 
 from pixelgpt import training
 from pixelgpt.default_data import load_default_dataset
 from pixelgpt.utils import open_image
+
+# The Inception-v3 network of FID (converted from the TensorFlow FID graph of 2015-12-05) as torch-fidelity publishes
+# it; torchmetrics would download this file on first use, which machines without internet access cannot do.
+INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_NAME}"
+WEIGHTS_HELP = (f"FID needs the Inception-v3 FID weights as a local file, {INCEPTION_WEIGHTS_NAME} from "
+                f"torch-fidelity's GitHub releases ({INCEPTION_WEIGHTS_URL}; pytorch-fid's "
+                "pt_inception-2015-12-05-6726825d.pth has the same parameter names and shapes). This script never "
+                "downloads them (machines without internet access cannot): fetch the file on a machine that can, "
+                "copy it anywhere here and pass its path with --inception_weights PATH.")
+
+
+class FIDError(RuntimeError):
+    """--fid cannot run: the message says what is missing (packages, weights file) and how to get it."""
 
 
 def build_parser():
@@ -55,8 +79,72 @@ def build_parser():
     p.add_argument("--eval_fraction", type=float, default=0.05,
                    help="With --train_data_dir: the share train.py held out (its --eval_fraction).")
     p.add_argument("--split_seed", type=int, default=0, help="With --train_data_dir: train.py's --seed (the split).")
+    p.add_argument("--fid", action="store_true",
+                   help="Also report the Frechet Inception Distance to the held-out images (lower is closer) of the "
+                   "samples, of the untrained model's samples and of real training images; needs "
+                   'pip install "pixelgpt[fid]" and --inception_weights.')
+    p.add_argument("--inception_weights", metavar="PATH",
+                   help=f"With --fid: the local Inception-v3 FID weights file ({INCEPTION_WEIGHTS_NAME}, from "
+                   f"{INCEPTION_WEIGHTS_URL}); it is never downloaded.")
+    p.add_argument("--fid_features", type=int, default=2048, choices=[64, 192, 768, 2048],
+                   help="With --fid: the Inception layer compared (2048, the pool layer, is the FID that papers "
+                   "report; the smaller ones are cheaper and only comparable among themselves).")
+    p.add_argument("--fid_reference_images", type=int, default=None,
+                   help="With --fid: held-out images the FID compares with (default: all that the classifier is "
+                   "checked on). FID depends on the number of images: compare figures of equal counts only.")
     p.add_argument("--output", help="Write the report as JSON here.")
     return p
+
+
+def fid_metric(args):
+    """torchmetrics' FrechetInceptionDistance on the local weights file; raises FIDError saying what is missing.
+    Called before anything slow, so that a missing file or package stops the run at once."""
+    if not args.inception_weights:
+        raise FIDError(f"--fid needs --inception_weights PATH. {WEIGHTS_HELP}")
+    path = Path(args.inception_weights)
+    if not path.is_file():
+        raise FIDError(f"--inception_weights {path}: no such file. {WEIGHTS_HELP}")
+    try:
+        import torch_fidelity  # noqa: F401  (the Inception network that torchmetrics runs)
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except (ImportError, RuntimeError) as err:  # RuntimeError: a torchvision built for another torch
+        raise FIDError('--fid needs torchmetrics and torch-fidelity (with a torchvision that matches torch): '
+                       f'pip install "pixelgpt[fid]" ({type(err).__name__}: {err})') from err
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code in the file runs
+        # reset_real_features=False: the reference images' features are computed once for every set compared.
+        # antialias=False: the TensorFlow-compatible resize to 299x299 of the original FID.
+        return FrechetInceptionDistance(feature=args.fid_features, reset_real_features=False, antialias=False,
+                                        feature_extractor_weights_path=str(path))
+    except Exception as err:  # not a state dict, or another network's (missing or unexpected keys, shapes)
+        raise FIDError(f"--inception_weights {path} is not the Inception-v3 FID network "
+                       f"({type(err).__name__}: {str(err)[:300]}). {WEIGHTS_HELP}") from err
+
+
+def as_uint8_rgb(images, size: int) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) uint8, as the Inception network reads them (gray repeated over RGB)."""
+    arrays = [np.asarray(i.convert("RGB") if i.size == (size, size) else
+                         i.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for i in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class FID:
+    """FID of sets of images against one reference set, whose Inception features are computed once."""
+
+    def __init__(self, metric, reference, size: int, batch_size: int):
+        self.metric, self.size, self.batch_size = metric, size, batch_size
+        self.num_reference_images = len(reference)
+        self._update(reference, real=True)
+
+    def _update(self, images, real: bool):
+        for i in range(0, len(images), self.batch_size):
+            self.metric.update(as_uint8_rgb(images[i : i + self.batch_size], self.size), real=real)
+
+    @torch.no_grad()
+    def __call__(self, images) -> float:
+        self.metric.reset()  # the reference features stay (reset_real_features=False)
+        self._update(images, real=False)
+        return float(self.metric.compute())
 
 
 def quantized(processor, images):
@@ -70,11 +158,11 @@ class Real:
 
     def __init__(self, args, processor):
         if args.train_data_dir:
-            split = argparse.Namespace(train_data_dir=args.train_data_dir, dataset_name=None, split="train",
-                                       eval_split=None, eval_fraction=args.eval_fraction, seed=args.split_seed,
-                                       image_column="image", max_train_samples=None, source_dir=None,
-                                       source_column=None, max_eval_samples=10**9, cache_dir=None)
-            train, test, _ = training.load_splits(split)
+            # train.py's own split of the folder (the same flags give the same held-out images).
+            train, held_out, _ = training.load_splits(training.parse_args(
+                ["--train_data_dir", args.train_data_dir, "--eval_fraction", str(args.eval_fraction), "--seed",
+                 str(args.split_seed), "--max_eval_samples", str(10**9)]))
+            test = {column: [row[column] for row in held_out] for column in ("image", "label")}
             self.names = train.features["label"].names
             self.size, self.mode, self.see = 32, "RGB", lambda images: images
             decode = lambda rows: [open_image(v, "image") for v in rows["image"]]  # noqa: E731
@@ -164,9 +252,16 @@ def sample(model, processor, args, guidance_scale):
 
 
 def main(args):
+    metric = fid_metric(args) if args.fid else None
+    if args.inception_weights and not args.fid:
+        raise FIDError("--inception_weights is read only with --fid.")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
     real = Real(args, processor)
+    fid = None
+    if metric is not None:
+        reference = real.test_images[: args.fid_reference_images]
+        fid = FID(metric, reference, model.config.pixel_size, args.batch_size)
     net = train_classifier(real, args.classifier_epochs, args.seed)
     with torch.no_grad():
         test_x = as_input(real.test_images, real)
@@ -179,18 +274,28 @@ def main(args):
     for scale in args.guidance_scale:
         images, requested = sample(model, processor, args, scale)
         described = describe(net, images, args.confidence, real, requested)
+        if fid is not None:
+            described["fid"] = fid(images)
         if scale == first:
             report["trained_model_samples"] = described
         if len(args.guidance_scale) > 1:
             report.setdefault("guidance_curve", {})[str(scale)] = {
-                key: described[key] for key in ("matches_requested_class", "recognised_share", "class_entropy_bits")
-                if key in described}
+                key: described[key] for key in ("matches_requested_class", "recognised_share", "class_entropy_bits",
+                                                "fid") if key in described}
     torch.manual_seed(args.seed)
     untrained = type(model)(model.config).eval()
     if model.image_tokenizer is not None:  # the baseline is an untrained transformer, not an untrained tokenizer
         untrained.image_tokenizer.load_state_dict(model.image_tokenizer.state_dict())
     images, requested = sample(untrained, processor, args, first)
     report["untrained_model_samples"] = describe(net, images, args.confidence, real, requested)
+    if fid is not None:
+        report["untrained_model_samples"]["fid"] = fid(images)
+        report["fid"] = {"features": args.fid_features, "num_reference_images": fid.num_reference_images,
+                         "reference": "held-out images (those the classifier is checked on)",
+                         "num_images": args.num_samples,
+                         "trained_model_samples": report["trained_model_samples"]["fid"],
+                         "untrained_model_samples": report["untrained_model_samples"]["fid"],
+                         "real_training_images": fid(real.train_images[: args.num_samples])}
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
@@ -198,4 +303,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    try:
+        main(build_parser().parse_args())
+    except FIDError as err:
+        sys.exit(f"sample_quality.py: error: {err}")

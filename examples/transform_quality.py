@@ -18,6 +18,12 @@ Colorization keeps the input's luminance (`keep_luminance=True`); a sample witho
 --temperature below 1 (e.g. 0.9) trades variety for pixel error in the samples.
 
 Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it.
+
+--update_card writes the report into the model folder (`<task>_quality.json`, the examples as
+`<task>_quality_grid.png`) and adds its figures to the folder's model card (README.md, as train.py wrote it): a
+"Task quality" section and the YAML model-index. Measuring again replaces them.
+
+    python examples/transform_quality.py upscale --model upscale-model --update_card
 """
 
 import argparse
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import EvalResult
 from PIL import Image
 from transformers import AutoModel
 
@@ -34,7 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_quality import quantized  # noqa: E402
 
 from pixelgpt import SamplingOptions, training  # noqa: E402  (held-out split exactly as in training)
-from pixelgpt.utils import make_image_grid, open_image  # noqa: E402
+from pixelgpt.utils import (  # noqa: E402
+    DEFAULT_DATASET_HUB_ID,
+    make_image_grid,
+    open_image,
+    save_card_grid,
+    update_model_card,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pixel error.")
     p.add_argument("--output", help="Write the report as JSON here.")
     p.add_argument("--grid", help="Write a PNG grid of examples here.")
+    p.add_argument("--update_card", action="store_true",
+                   help="Also write the report and the examples grid into the model folder and add the figures to "
+                   "its model card (README.md): a section and the YAML model-index; measuring again replaces them.")
     return p
 
 
@@ -60,7 +76,7 @@ def held_out_images(args, model) -> list[Image.Image]:
     if args.train_data_dir:
         argv += ["--train_data_dir", args.train_data_dir]
     _, held_out, _ = training.load_splits(training.parse_args(argv))
-    return [open_image(v, f"held-out {i}") for i, v in enumerate(held_out["image"])]
+    return [open_image(row["image"], f"held-out {i}") for i, row in enumerate(held_out)]
 
 
 def pixels(images) -> np.ndarray:
@@ -183,7 +199,67 @@ def measure_conditional(args, model):
     return report, examples, min(8, len(images))
 
 
+# What the card says about each task's figures and grid rows.
+CARD_NOTES = {
+    "inpaint": "Masked bits/token: negative log-likelihood of the masked pixels (lower is better) under this model, "
+               "which reads every other pixel, and under a raster model of the same data, which sees only the rows "
+               "above. Masked-pixel error on the 0-255 scale (lower is better): of a sample, of the mean of 4 "
+               "samples, of raster-prefix-only filling and of mean-fill. `centre`: a centre square of half the side; "
+               "`random`: random rectangles.",
+    "upscale": "PSNR in dB against the original (higher is better): of a sample, of that averaged over 4 draws, of "
+               "greedy decoding and of the mean of 4 samples, against bicubic upsampling of the same input and the "
+               "ceiling that the model's quantization allows.",
+    "colorize": "PSNR in dB against the original (higher is better): of a sample (keeping the input's luminance), "
+                "of that averaged over 4 draws, of greedy decoding and of the mean of 4 samples, against the "
+                "grayscale input itself and the ceiling that the model's quantization allows.",
+}
+GRID_ROWS = {"inpaint": "Rows: original, masked, raster-prefix-only fill, inpainting model.",
+             "upscale": "Rows: input (enlarged), bicubic, sample, greedy, original.",
+             "colorize": "Rows: grayscale input, grayscale input, sample, greedy, original."}
+
+
+def report_figures(report: dict, path: tuple = ()) -> list:
+    """(key path, value) of every number measured in `report`; its settings (task, num_images, temperature) are
+    at the top level and left out."""
+    found = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            found += report_figures(value, (*path, key))
+        elif path and isinstance(value, (int, float)):
+            found.append(((*path, key), float(value)))
+    return found
+
+
+def update_card(args, report: dict, examples: list, cols: int) -> None:
+    """--update_card: `<task>_quality.json` and the examples grid in the model folder, and every figure in the
+    card's text and YAML model-index (no local path: the data is named as built-in or as a local folder)."""
+    folder, name = Path(args.model), f"{args.task}_quality"
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2))
+    make_image_grid(examples, cols=cols).save(folder / f"{name}_grid.png")
+    grid = save_card_grid(folder, f"{name}_grid.png")
+    hub_dataset = None if args.train_data_dir else DEFAULT_DATASET_HUB_ID
+    rows, results = [], []
+    for path, value in report_figures(report):
+        label = ": ".join(part.replace("_", " ") for part in path)
+        rows.append(f"| {label} | {value:.4f} |")
+        results.append(EvalResult(task_type="image-to-image", task_name=args.task,
+                                  dataset_type=hub_dataset or "imagefolder",
+                                  dataset_name=hub_dataset or "local image folder",
+                                  metric_type=f"{name}_" + "_".join(path), metric_name=f"{args.task}: {label}",
+                                  metric_value=round(value, 4)))
+    data = "the built-in Fashion-MNIST test images" if hub_dataset else "images held out of its local training folder"
+    body = (f"Measured by `examples/transform_quality.py {args.task}` on {report['num_images']} {data} (sampling "
+            f"temperature {report['temperature']}); the whole report is `{name}.json`. {CARD_NOTES[args.task]}\n\n"
+            "| figure | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+    if grid:
+        body += f"\n![{args.task} examples]({grid[0]})\n\n{GRID_ROWS[args.task]} {grid[1]}\n"
+    update_model_card(folder, key=name, title=f"Task quality: {args.task}", body=body, eval_results=results)
+
+
 def main(args):
+    if args.update_card and not (Path(args.model) / "README.md").is_file():
+        raise ValueError(f"--update_card needs a local model folder with its model card (README.md, as train.py "
+                         f"writes it); {args.model} has none.")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     if model.config.task != args.task:
         raise ValueError(f"{args.model} was trained for task {model.config.task!r}, not {args.task!r}.")
@@ -199,6 +275,8 @@ def main(args):
     if args.grid:
         grid = make_image_grid(examples, cols=cols)
         grid.resize((grid.width * 3, grid.height * 3), Image.Resampling.NEAREST).save(args.grid)
+    if args.update_card:
+        update_card(args, report, examples, cols)
     return report
 
 

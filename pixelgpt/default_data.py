@@ -9,8 +9,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATASET_NAME = "fashion-mnist-subset (built-in)"
 
 
-def load_default_dataset() -> DatasetDict:
+def load_default_dataset(streaming: bool = False) -> DatasetDict:
     """`DatasetDict` with "train" (6,000) and "test" (1,000) splits; columns `image` (PIL, mode L) and `label`
-    (ClassLabel with the 10 Fashion-MNIST class names)."""
+    (ClassLabel with the 10 Fashion-MNIST class names). `streaming=True`: an `IterableDatasetDict` instead."""
     files = {split: str(DATA_DIR / f"fashion_mnist_{split}.parquet") for split in ("train", "test")}
-    return load_dataset("parquet", data_files=files)
+    return load_dataset("parquet", data_files=files, streaming=streaming)

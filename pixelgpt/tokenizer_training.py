@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .processing import PixelGPTImageProcessor
 from .processing.image_processing_pixelgpt import RESAMPLE, RESIZE_MODES
 from .training import (
+    TrainingBatches,
     adamw,
     add_data_arguments,
     add_run_arguments,
@@ -46,12 +48,14 @@ from .training import (
     moving_average,
     on_main_process,
     push_folder,
+    read_image,
     resume_state,
     save_checkpoint,
     schedule,
     start_trackers,
+    write_skipped,
 )
-from .utils import TrainingError, make_image_grid, open_image
+from .utils import DEFAULT_DATASET_HUB_ID, TrainingError, make_image_grid, save_card_grid
 
 logger = get_logger(__name__)
 
@@ -175,13 +179,27 @@ def save_reconstructions(model, held_out_pixels: torch.Tensor, path: Path) -> Im
 
 
 def write_tokenizer_card(folder: Path, args, config: PixelGPTVQVAEConfig, metrics: dict, dataset_name,
-                         num_train_images: int) -> None:
+                         num_train_images: int | None) -> None:
     """README.md: what the tokenizer does, how to load it and train a PixelGPT on it, and the measured figures."""
     repo_id = args.hub_model_id or folder.resolve().name
-    data = f"{num_train_images} images of `{dataset_name}`" if dataset_name else f"{num_train_images} local images"
+    images = "images streamed" if num_train_images is None else f"{num_train_images} images"  # None: --streaming
+    data = f"{images} from `{dataset_name}`" if dataset_name else f"{images} from local files"
+    hub_dataset = DEFAULT_DATASET_HUB_ID if dataset_name and "built-in" in dataset_name else dataset_name
+    # Every held-out figure is in the YAML model-index too (PSNR of the tokenizer and of the baseline, code usage).
+    figures = [("psnr", "held-out reconstruction PSNR (dB)", metrics["psnr"]),
+               ("bicubic_psnr", f"held-out PSNR (dB) of the same-budget baseline: bicubic from {config.grid_size}x"
+                                f"{config.grid_size} RGB", metrics["bicubic_psnr"]),
+               ("codebook_usage", "share of the codebook the held-out images use", metrics["codebook_usage"])]
+    results = [EvalResult(task_type="image-to-image", task_name="image reconstruction through the token grid",
+                          dataset_type=hub_dataset or "imagefolder", dataset_name=hub_dataset or "local image folder",
+                          metric_type=metric_type, metric_name=name, metric_value=round(value, 4))
+               for metric_type, name, value in figures]
+    grid = save_card_grid(folder, "reconstructions.png")  # enlarged for the card as reconstructions_large.png
+    grid_text = (f"![originals above reconstructions]({grid[0]})\n\nHeld-out originals above their reconstructions. "
+                 f"{grid[1]}") if grid else ""
     card = ModelCard.from_template(
         ModelCardData(library_name="transformers", tags=["pixelgpt", "image-tokenizer", "fsq", "custom_code"],
-                      datasets=[dataset_name] if dataset_name and "built-in" not in dataset_name else None),
+                      datasets=[hub_dataset] if hub_dataset else None, model_name=repo_id, eval_results=results),
         template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
         body=f"""# {repo_id}
 
@@ -196,7 +214,7 @@ edit images on the token grid. Trained on {data} for {metrics['steps']} steps.
 | same-budget baseline: bicubic from {config.grid_size}x{config.grid_size} RGB | {metrics['bicubic_psnr']:.2f} dB |
 | share of the codebook in use | {metrics['codebook_usage']:.1%} |
 
-![originals above reconstructions](reconstructions.png)
+{grid_text}
 
 ```python
 from transformers import AutoModel
@@ -219,8 +237,6 @@ def run_tokenizer_training(args, accelerator, started):
     train, held_out, dataset_name = load_splits(args)
     processor = PixelGPTImageProcessor(quantization="rgb8", image_size=args.resolution, resize_mode=args.resize_mode,
                                        resample=args.resample)
-    train = check_images(train, args.image_column, processor, args.resolution, "train", args.skip_bad_images,
-                         args.output_dir)
     held_out = check_images(held_out, args.image_column, processor, args.resolution, "eval", args.skip_bad_images,
                             args.output_dir)
     config = PixelGPTVQVAEConfig(image_size=args.resolution, downsample_factor=args.downsample_factor,
@@ -231,37 +247,39 @@ def run_tokenizer_training(args, accelerator, started):
     parameters = sum(p.numel() for p in model.parameters())
     on_main_process(accelerator, lambda: check_output_dir(args.output_dir, 4 * parameters * (3 + bool(args.use_ema))))
 
-    def transform(batch, baseline=False):
-        pixels = processor.to_array([open_image(v, "image") for v in batch[args.image_column]])  # (b, H, W, 3)
-        out = {"pixel_values": PixelGPTVQVAE.to_pixel_values(torch.from_numpy(pixels))}
+    def collate(rows, baseline=False):  # images are decoded here, as batches are made (see make_collate)
+        pixels, bad = [], []
+        for row in rows:
+            try:
+                pixels.append(read_image(row[args.image_column], "image", processor, args.resolution)[1])
+            except ValueError as err:
+                bad.append(str(err))
+        pixels = np.stack(pixels) if pixels else np.zeros((0, args.resolution, args.resolution, 3), np.uint8)
         # Channels-last inputs make the CPU convolutions ~20% faster (the weights can stay as they are).
-        out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
+        out = {"pixel_values": PixelGPTVQVAE.to_pixel_values(torch.from_numpy(pixels)).contiguous(
+            memory_format=torch.channels_last), "bad_images": bad}  # (b, 3, H, W)
         if baseline:  # held-out images only
             out["baseline_psnr"] = psnr(torch.from_numpy(bicubic_baseline(pixels, config.grid_size)),
                                         torch.from_numpy(pixels))
         return out
 
-    train_loader = torch.utils.data.DataLoader(train.with_transform(transform), batch_size=args.train_batch_size,
-                                               shuffle=True, num_workers=args.dataloader_num_workers, drop_last=True,
-                                               generator=torch.Generator().manual_seed(args.seed))
-    eval_loader = torch.utils.data.DataLoader(held_out.with_transform(lambda batch: transform(batch, baseline=True)),
-                                              batch_size=args.eval_batch_size,
+    batches = TrainingBatches(args, accelerator, train, collate)
+    eval_loader = torch.utils.data.DataLoader(held_out, batch_size=args.eval_batch_size,
+                                              collate_fn=partial(collate, baseline=True),
                                               num_workers=args.dataloader_num_workers)
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
-    shown = torch.cat([transform(held_out[i : i + 1])["pixel_values"] for i in range(min(8, len(held_out)))])
+    shown = collate(held_out[:8])["pixel_values"]
 
     optimizer = adamw(model.parameters(), args)
-    steps_per_epoch, max_steps, num_epochs, scheduler = schedule(args, accelerator, optimizer, train_loader)
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler)
+    max_steps, scheduler = schedule(args, accelerator, optimizer, batches.steps_per_epoch)
+    model, optimizer, eval_loader, scheduler = accelerator.prepare(model, optimizer, eval_loader, scheduler)
     disc_optimizer = None
     if discriminator is not None:
         discriminator, disc_optimizer = accelerator.prepare(discriminator, adamw(discriminator.parameters(), args))
     ema = moving_average(args, accelerator, model)
     start_trackers(accelerator, args, "pixelgpt-tokenizer")
-    global_step, first_epoch, skip_batches = resume_state(accelerator, args, resume_path, ema, steps_per_epoch)
-    logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
+    global_step = resume_state(accelerator, args, resume_path, ema, batches)
+    logger.info(f"{'streamed' if args.streaming else len(train)} training / {len(held_out)} held-out images, "
+                f"{max_steps} steps, "
                 f"{parameters / 1e6:.2f}M parameters, {config.grid_size}x{config.grid_size} tokens of "
                 f"{config.codebook_size} codes per image")
 
@@ -269,55 +287,53 @@ def run_tokenizer_training(args, accelerator, started):
                     disable=not accelerator.is_local_main_process)
     models = (model,) if discriminator is None else (model, discriminator)
     model.train()
-    for epoch in range(first_epoch, num_epochs if global_step < max_steps else first_epoch):
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == first_epoch else train_loader
-        for batch in loader:
-            with accelerator.accumulate(*models):
-                x = batch["pixel_values"]
-                out = model(x)
-                loss, adversarial = out.loss, discriminator is not None and global_step >= args.disc_start
-                if adversarial:  # the generator side of the hinge loss: make reconstructions look real
-                    loss = loss - args.disc_weight * discriminator(out.reconstruction).mean()
-                if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
-                    raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                if adversarial:
-                    disc_optimizer.zero_grad()  # drop what the generator loss left on it
-                    real, fake = discriminator(x), discriminator(out.reconstruction.detach())
-                    accelerator.backward(F.relu(1 - real).mean() + F.relu(1 + fake).mean())
-                    disc_optimizer.step()
-                    disc_optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
-            progress.update(1)
-            progress.set_postfix(loss=f"{out.loss.item():.4f}")
-            if global_step % args.logging_steps == 0:
-                accelerator.log({"train/loss": out.loss.item(), "train/lr": scheduler.get_last_lr()[0]},
-                                step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args, global_step, ema, settings)
-            if global_step % args.eval_steps == 0 and global_step < max_steps:
-                figures = evaluate(model, eval_loader, accelerator)
-                accelerator.log({f"eval/{k}": v for k, v in figures.items()}, step=global_step)
-                logger.info(f"step {global_step}: held-out PSNR {figures['psnr']:.2f} dB (bicubic "
-                            f"{figures['bicubic_psnr']:.2f}), codebook usage {figures['codebook_usage']:.1%}")
-            if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
-                save_reconstructions(accelerator.unwrap_model(model), shown,
-                                     Path(args.output_dir, "samples", f"step-{global_step:06d}.png"))
-            if global_step >= max_steps:
-                break
+    for batch in batches if global_step < max_steps else ():
+        with accelerator.accumulate(*models):
+            x = batch["pixel_values"]
+            out = model(x)
+            loss, adversarial = out.loss, discriminator is not None and global_step >= args.disc_start
+            if adversarial:  # the generator side of the hinge loss: make reconstructions look real
+                loss = loss - args.disc_weight * discriminator(out.reconstruction).mean()
+            if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
+                raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            if adversarial:
+                disc_optimizer.zero_grad()  # drop what the generator loss left on it
+                real, fake = discriminator(x), discriminator(out.reconstruction.detach())
+                accelerator.backward(F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+                disc_optimizer.step()
+                disc_optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
+        progress.update(1)
+        progress.set_postfix(loss=f"{out.loss.item():.4f}")
+        if global_step % args.logging_steps == 0:
+            accelerator.log({"train/loss": out.loss.item(), "train/lr": scheduler.get_last_lr()[0]},
+                            step=global_step)
+        if global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, global_step, ema, settings, batches.state())
+        if global_step % args.eval_steps == 0 and global_step < max_steps:
+            figures = evaluate(model, eval_loader, accelerator)
+            accelerator.log({f"eval/{k}": v for k, v in figures.items()}, step=global_step)
+            logger.info(f"step {global_step}: held-out PSNR {figures['psnr']:.2f} dB (bicubic "
+                        f"{figures['bicubic_psnr']:.2f}), codebook usage {figures['codebook_usage']:.1%}")
+        if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
+            save_reconstructions(accelerator.unwrap_model(model), shown,
+                                 Path(args.output_dir, "samples", f"step-{global_step:06d}.png"))
         if global_step >= max_steps:
             break
     progress.close()
+    bad_images = batches.all_bad_images()  # met by any process (skipped, with --skip_bad_images)
+    if bad_images and accelerator.is_main_process:
+        write_skipped(args.output_dir, "train", bad_images)
 
     accelerator.wait_for_everyone()
     final_model, state_dict = final_weights(accelerator, args, model, ema, global_step)
@@ -330,12 +346,13 @@ def run_tokenizer_training(args, accelerator, started):
         processor.save_pretrained(out)
         save_reconstructions(final_model, shown, out / "reconstructions.png")
         metrics = dict(figures, steps=global_step, train_seconds=round(time.time() - started, 1),
+                       skipped_train_images=len(bad_images),
                        codebook_size=config.codebook_size, grid_size=config.grid_size)
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_tokenizer_card(out, args, config, metrics, dataset_name, len(train))
+        write_tokenizer_card(out, args, config, metrics, dataset_name, None if args.streaming else len(train))
         if args.push_to_hub:
             push_folder(args, out, f"PixelGPT tokenizer, step {global_step}")
-    del model, optimizer, train_loader, eval_loader, scheduler, discriminator, disc_optimizer
+    del model, optimizer, batches, eval_loader, scheduler, discriminator, disc_optimizer
     accelerator.free_memory()
     accelerator.end_training()
     return figures

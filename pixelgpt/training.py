@@ -15,6 +15,7 @@ mixed precision.
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -30,9 +31,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
-from datasets import ClassLabel, DatasetDict, Value, load_dataset
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    ProjectConfiguration,
+    gather_object,
+    send_to_device,
+    set_seed,
+)
+from datasets import ClassLabel, DatasetDict, IterableDataset, IterableDatasetDict, Value, load_dataset
 from datasets import Image as ImageFeature
+from datasets.distributed import split_dataset_by_node
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -77,7 +86,14 @@ def add_data_arguments(p: argparse.ArgumentParser):
     data.add_argument("--max_eval_samples", type=int, default=500,
                       help="Evaluate on at most this many held-out images.")
     data.add_argument("--skip_bad_images", action="store_true",
-                      help="Skip unreadable/too-small images (and report how many) instead of stopping.")
+                      help="Skip unreadable/too-small images (counted, and listed in skipped_*_images.txt at the "
+                      "end) instead of stopping at the first one.")
+    data.add_argument("--streaming", action="store_true",
+                      help="Stream the data (a datasets IterableDataset) instead of preparing it: training starts "
+                      "at once whatever the size, the order is shuffled through --shuffle_buffer_size images, each "
+                      "process reads its own part. Needs --max_train_steps.")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000,
+                      help="--streaming: images held in the shuffle buffer (more: better mixing, more memory).")
     return data
 
 
@@ -153,6 +169,10 @@ def check_run_arguments(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if not 0 < args.eval_fraction < 1:
         p.error("--eval_fraction must be in (0, 1)")
+    if args.shuffle_buffer_size < 1:
+        p.error(f"--shuffle_buffer_size must be >= 1, got {args.shuffle_buffer_size}")
+    if args.streaming and args.max_train_steps is None:
+        p.error("--streaming needs --max_train_steps (a stream has no known length, so epochs cannot set it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +279,9 @@ def parse_args(argv=None):
             p.error("--source_dir pairs with --train_data_dir (the folder of target images)")
         if args.source_dir and args.source_column:
             p.error("give --source_column or --source_dir, not both")
+        if args.source_dir and args.streaming:
+            p.error("--source_dir pairs files by listing both folders, which --streaming does not do; put the "
+                    "sources in a dataset column (--source_column) to stream them")
         if args.source_dir:
             args.source_column = "source"  # the column that pairing with --source_dir adds
     elif args.source_column or args.source_dir:
@@ -284,23 +307,26 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------------- data
 def load_splits(args):
-    """Returns (train, eval, dataset name for the card). Image columns are left undecoded (bytes/path)."""
+    """Returns (train, held-out rows, dataset name for the card). `train` is a `Dataset`, or with --streaming an
+    `IterableDataset` that nothing has read yet; the held-out images (at most --max_eval_samples) are a list of rows.
+    Image columns stay undecoded (bytes/path): training images are decoded as batches are made (`make_collate`)."""
+    stream = dict(streaming=True) if args.streaming else {}
     if args.train_data_dir:
         root = Path(args.train_data_dir)
         if not root.is_dir():
             raise ValueError(f"--train_data_dir {root} is not a folder.")
         if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in root.rglob("*") if f.is_file()):
             raise ValueError(f"--train_data_dir {root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-        dataset, name = load_dataset("imagefolder", data_dir=str(root), cache_dir=args.cache_dir), None
+        dataset, name = load_dataset("imagefolder", data_dir=str(root), cache_dir=args.cache_dir, **stream), None
         if args.source_dir:  # pair before splitting, so that every missing source is reported at once
             dataset = pair_with_sources(dataset, args)
     elif args.dataset_name:
-        dataset = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
+        dataset = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, **stream)
         # A Hub id names the data on the card; a local path would put this machine's folders into a public card.
         name = None if Path(args.dataset_name).expanduser().exists() else args.dataset_name
     else:
-        dataset, name = load_default_dataset(), DEFAULT_DATASET_NAME
-    if not isinstance(dataset, DatasetDict):
+        dataset, name = load_default_dataset(args.streaming), DEFAULT_DATASET_NAME
+    if not isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         dataset = DatasetDict({args.split: dataset})
     if args.split not in dataset:
         raise ValueError(f"Split {args.split!r} not found; the data has splits {sorted(dataset)}.")
@@ -308,28 +334,36 @@ def load_splits(args):
     if args.eval_split and args.eval_split not in dataset:
         raise ValueError(f"--eval_split {args.eval_split!r} not found; the data has splits {sorted(dataset)}.")
     train = dataset[args.split]
-    if len(train) == 0:
+    if not args.streaming and len(train) == 0:
         raise ValueError(f"Split {args.split!r} has no rows.")
     if eval_split:
         held_out = dataset[eval_split]
+    elif args.streaming:  # a stream cannot be split at random: its first images are held out, the rest trained on
+        held_out, train = train.take(args.max_eval_samples), train.skip(args.max_eval_samples)
     else:
         parts = train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
         train, held_out = parts["train"], parts["test"]
-    for split in (train, held_out):
-        if args.image_column not in split.column_names:
-            raise ValueError(f"Image column {args.image_column!r} not found; columns are {split.column_names}.")
-    if args.max_train_samples:
-        train = train.select(range(min(args.max_train_samples, len(train))))
-    held_out = held_out.select(range(min(args.max_eval_samples, len(held_out))))
     columns = [args.image_column] + ([args.source_column] if args.source_column else [])
     for split in (train, held_out):
+        # A stream may not know its columns before its first row; reading one row is cheap.
+        names = split.column_names or list(next(iter(split), {}))
+        if args.image_column not in names:
+            raise ValueError(f"Image column {args.image_column!r} not found; columns are {names}.")
         for column in columns[1:]:
-            if column not in split.column_names:
-                raise ValueError(f"Source column {column!r} not found; columns are {split.column_names}.")
+            if column not in names:
+                raise ValueError(f"Source column {column!r} not found; columns are {names}.")
+    if args.max_train_samples:
+        train = train.take(args.max_train_samples) if args.streaming else train.select(
+            range(min(args.max_train_samples, len(train))))
+    held_out = held_out.take(args.max_eval_samples) if args.streaming else held_out.select(
+        range(min(args.max_eval_samples, len(held_out))))
     for column in columns:
-        if isinstance(train.features[column], ImageFeature):  # decode ourselves, naming the file on failure
+        if isinstance((train.features or {}).get(column), ImageFeature):  # decode ourselves, naming bad files
             train = train.cast_column(column, ImageFeature(decode=False))
             held_out = held_out.cast_column(column, ImageFeature(decode=False))
+    held_out = list(held_out)
+    if not held_out:
+        raise ValueError("There are no held-out images to evaluate on (the eval split is empty).")
     return train, held_out, name
 
 
@@ -366,9 +400,13 @@ def resolve_label_column(args, dataset):
         return None, 0, None
     if column not in dataset.column_names:
         raise ValueError(f"Label column {column!r} not found; columns are {dataset.column_names}.")
-    feature = dataset.features[column]
+    feature = (dataset.features or {}).get(column)
     if isinstance(feature, ClassLabel):
         return column, feature.num_classes, list(feature.names)
+    if isinstance(dataset, IterableDataset):  # the labels cannot be read up front to count the classes
+        raise ValueError(f"With --streaming, --class_conditional needs a ClassLabel label column (the number of "
+                         f"classes must be known before the stream is read); {column!r} is {feature!r}. Cast it "
+                         "with `dataset.cast_column(column, ClassLabel(names=[...]))`.")
     if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
         labels = dataset[column]
         if min(labels) < 0 or max(labels) >= MAX_CLASSES:
@@ -381,33 +419,51 @@ def resolve_label_column(args, dataset):
                      "(encode string labels with `dataset.class_encode_column`).")
 
 
-def check_images(dataset, column, processor, resolution, split_name, skip_bad, output_dir):
-    """Decode every image once and check it converts and is at least `resolution` on its short side. Returns the
-    dataset without bad rows when `skip_bad`, else raises naming the first bad files."""
+def read_image(value, where: str, processor, resolution: int) -> tuple[Image.Image, np.ndarray]:
+    """Decode one image and check that it can be used: (the image, its processed `(H, W, C)` uint8 pixels), or a
+    ValueError naming the file (unreadable, truncated, an unsupported mode, smaller than `resolution`)."""
+    image = open_image(value, where)
+    name = image.info["pixelgpt_name"]
+    if min(image.size) < resolution:
+        raise ValueError(f"{name}: {image.width}x{image.height} is smaller than --resolution {resolution}")
+    try:
+        return image, processor.to_array(image)[0]
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def check_images(rows: list, column, processor, resolution, split_name, skip_bad, output_dir) -> list:
+    """The held-out rows whose image (in `column`) can be used: decoded once, as there are at most
+    --max_eval_samples of them. Raises naming the bad files, or leaves them out with `skip_bad` (and lists them)."""
     problems, good = [], []
-    for i, value in enumerate(tqdm(dataset[column], desc=f"Checking {split_name} images", leave=False)):
+    for i, row in enumerate(rows):
         try:
-            image = open_image(value, f"{split_name}[{i}]")
-            if min(image.size) < resolution:
-                raise ValueError(f"{image.info['pixelgpt_name']}: {image.width}x{image.height} is smaller than "
-                                 f"--resolution {resolution}")
-            processor.to_array(image)
-            good.append(i)
+            read_image(row[column], f"{split_name}[{i}]", processor, resolution)
+            good.append(row)
         except ValueError as err:
             problems.append(str(err))
     if not problems:
-        return dataset
-    listing = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+        return rows
     if not skip_bad:
-        raise ValueError(f"{len(problems)} bad image(s) in {split_name}:\n  {listing}\n"
+        raise ValueError(f"{len(problems)} bad image(s) in {split_name}:\n  {_listing(problems)}\n"
                          "Fix or remove them, or pass --skip_bad_images to skip them.")
+    write_skipped(output_dir, split_name, problems, len(rows))
+    if not good:
+        raise ValueError(f"Every image in {split_name} is bad:\n  {_listing(problems)}")
+    return good
+
+
+def _listing(problems: list) -> str:
+    return "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+
+
+def write_skipped(output_dir, split_name: str, problems: list, total: int | None = None) -> None:
+    """List skipped images in `skipped_<split>_images.txt` and say how many were skipped."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     Path(output_dir, f"skipped_{split_name}_images.txt").write_text("\n".join(problems) + "\n")
-    logger.warning(f"Skipped {len(problems)} of {len(dataset)} {split_name} images (listed in "
-                   f"skipped_{split_name}_images.txt):\n  {listing}", main_process_only=True)
-    if not good:
-        raise ValueError(f"Every image in {split_name} is bad:\n  {listing}")
-    return dataset.select(good)
+    of = f" of {total}" if total else ""
+    logger.warning(f"Skipped {len(problems)}{of} {split_name} images (listed in skipped_{split_name}_images.txt):"
+                   f"\n  {_listing(problems)}", main_process_only=True)
 
 
 def load_tokenizer(args) -> PixelGPTVQVAE:
@@ -433,54 +489,184 @@ def load_tokenizer(args) -> PixelGPTVQVAE:
     return tokenizer
 
 
-def encode_with_tokenizer(dataset, tokenizer, processor, column, split_name, batch_size: int = 64,
+def encode_with_tokenizer(dataset, tokenizer, processor, args, split_name, batch_size: int = 64,
                           condition_column=None):
     """Add a `token_ids` column: every image encoded once by the tokenizer, not at every step (and, for the
     conditional tasks, `condition_ids`: the processor's tokens of `condition_column`'s images, or of the images
-    themselves when it is `column`). `datasets` caches the result beside a file-backed dataset under a fingerprint
-    of the data, the tokenizer's weights and the processor, so a second run on the same data reads it back."""
+    themselves when it is the image column). `datasets` caches the result beside a file-backed dataset under a
+    fingerprint of the data, the tokenizer's weights and the processor, so a second run on the same data reads it
+    back. Returns (dataset, bad images): unusable images are left out with --skip_bad_images, else stop the run."""
+    column = args.image_column
     digest = hashlib.sha256(dataset._fingerprint.encode())
     for name, tensor in sorted(tokenizer.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
     digest.update(json.dumps([processor.to_dict(), condition_column], sort_keys=True, default=str).encode())
+    condition = processor.condition_processor
 
     def encode(batch):
-        images = [open_image(v, "image") for v in batch[column]]
-        pixels = torch.from_numpy(processor.to_array(images))
-        ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(pixels))  # (b, h, w)
-        out = {"token_ids": ids.flatten(1).to(torch.int32).numpy()}
+        pixels, sources, problems = [], [], []
+        for value, source in zip(batch[column], batch[condition_column] if condition_column else batch[column]):
+            try:
+                image, array = read_image(value, "image", processor, args.resolution)
+                if condition_column and condition_column != column:
+                    source = read_image(source, "source", condition, args.condition_size)[0]
+                problems.append("")
+            except ValueError as err:  # a placeholder row, dropped below
+                problems.append(str(err))
+                image, array = None, np.zeros((args.resolution, args.resolution, 3), np.uint8)
+            pixels.append(array)
+            sources.append(image if condition_column == column else source)
+        ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(torch.from_numpy(np.stack(pixels))))  # (b, h, w)
+        out = {"token_ids": ids.flatten(1).to(torch.int32).numpy(), "problem": problems}
         if condition_column:
-            sources = images if condition_column == column else [open_image(v, "source") for v in
-                                                                  batch[condition_column]]
+            blank = Image.new("RGB", (args.condition_size,) * 2)
+            sources = [s if p == "" else blank for s, p in zip(sources, problems)]
             out["condition_ids"] = processor.encode_condition(sources, return_tensors="np").condition_ids
         return out
 
-    return dataset.map(encode, batched=True, batch_size=batch_size, new_fingerprint=digest.hexdigest()[:32],
-                       desc=f"Encoding {split_name} images with the tokenizer")
+    dataset = dataset.map(encode, batched=True, batch_size=batch_size, new_fingerprint=digest.hexdigest()[:32],
+                          desc=f"Encoding {split_name} images with the tokenizer")
+    problems = [p for p in dataset["problem"] if p]
+    if problems and not args.skip_bad_images:
+        raise ValueError(f"Bad {split_name} image: {problems[0]}" + (f" (and {len(problems) - 1} more)" if
+                         len(problems) > 1 else "") + ". Fix or remove it, or pass --skip_bad_images to skip such "
+                         "images (counted and listed).")
+    if problems:
+        dataset = dataset.filter(lambda problem: not problem, input_columns="problem")
+    return dataset.remove_columns("problem"), problems
 
 
-def make_transform(processor, config, args, label_column):
-    def transform(batch):
-        if "token_ids" in batch:  # encoded once by the image tokenizer (`encode_with_tokenizer`)
-            tokens = torch.as_tensor(np.asarray(batch["token_ids"]), dtype=torch.long)  # (b, N)
-            start = torch.full((len(tokens), 1), config.start_token_id)
-            input_ids = torch.cat([start, tokens], dim=1)  # (b, 1 + N)
+def make_collate(processor, config, args, label_column, tokenizer=None):
+    """The DataLoader's `collate_fn`: undecoded rows -> a batch (`input_ids`, `condition_ids` for the conditional
+    tasks, and `bad_images`). Images are decoded here, in DataLoader workers when there are some, never all before
+    training; a row whose image cannot be used is left out of the batch and named in `bad_images`. Rows encoded
+    ahead by a tokenizer (`token_ids`) are used as they are; `tokenizer` encodes the others (a stream)."""
+    condition = processor.condition_processor
+
+    def collate(rows):
+        pixels, sources, tokens, conditions, labels, bad = [], [], [], [], [], []
+        for row in rows:
+            if "token_ids" in row:  # encoded once by the image tokenizer (`encode_with_tokenizer`)
+                tokens.append(np.asarray(row["token_ids"]))
+                conditions.append(row.get("condition_ids"))
+            else:
+                try:
+                    image, array = read_image(row[args.image_column], "image", processor, args.resolution)
+                    source = image  # colorize / upscale learn from the images themselves, translate from sources
+                    if args.task == "translate":
+                        source = read_image(row[args.source_column], "source", condition, args.condition_size)[0]
+                except ValueError as err:
+                    bad.append(str(err))
+                    continue
+                pixels.append(array)
+                sources.append(source)
+            if label_column:
+                labels.append(config.class_token_id(row[label_column]))
+        if pixels:  # (b, H, W, C) uint8
+            pixels = np.stack(pixels)
+            if tokenizer is not None:
+                with torch.no_grad():
+                    ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(torch.from_numpy(pixels)))  # (b, h, w)
+                tokens = list(ids.flatten(1).numpy())
+            else:
+                tokens = list(processor.quantize(pixels))
+        start = labels if label_column else [config.start_token_id] * len(tokens)
+        input_ids = torch.cat([torch.tensor(start, dtype=torch.long).view(-1, 1), torch.as_tensor(
+            np.array(tokens), dtype=torch.long).view(len(start), config.num_image_tokens)], dim=1)  # (b, 1 + N)
+        batch = {"input_ids": input_ids, "bad_images": bad}
+        if config.is_conditional:
+            ids = processor.encode_condition(sources, return_tensors="np").condition_ids if sources else conditions
+            batch["condition_ids"] = torch.as_tensor(np.array(ids), dtype=torch.long).view(
+                len(start), config.num_condition_tokens)
+        return batch
+
+    return collate
+
+
+class TrainingBatches:
+    """The training batches of a run, pass after pass, and where this process is in them (saved in checkpoints).
+
+    A prepared `Dataset` is shuffled by accelerate's seedable sampler and split across processes by accelerate. A
+    streamed `IterableDataset` is shuffled through a buffer (reshuffled each pass) and split with
+    `split_dataset_by_node`: each process reads its own part and moves its batches to its device. Rows are decoded
+    by the collate function as batches are made; bad images are counted in `bad_images` or stop the run."""
+
+    def __init__(self, args, accelerator, train, collate):
+        self.accelerator, self.skip_bad = accelerator, args.skip_bad_images
+        self.streaming, self.epoch, self.position = args.streaming, 0, 0  # position: micro-batches read this pass
+        self.bad_images: dict[str, None] = {}  # an ordered set: an image met again in the next pass counts once
+        loader = dict(batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.dataloader_num_workers,
+                      drop_last=True)
+        if self.streaming:
+            train = train.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+            self.dataset = split_dataset_by_node(train, accelerator.process_index, accelerator.num_processes)
+            self.loader, self.steps_per_epoch = torch.utils.data.DataLoader(self.dataset, **loader), None
         else:
-            images = [open_image(v, "image") for v in batch[args.image_column]]
-            input_ids = processor(images, return_tensors="pt").input_ids  # (b, 1 + N)
-        if args.class_conditional:
-            input_ids[:, 0] = torch.tensor([config.class_token_id(label) for label in batch[label_column]])
-        out = {"input_ids": input_ids}
-        if "condition_ids" in batch:  # encoded once with the tokens
-            out["condition_ids"] = torch.as_tensor(np.asarray(batch["condition_ids"]), dtype=torch.long)
-        elif config.is_conditional:  # colorize / upscale learn from the images themselves, translate from sources
-            sources = images  # decoded above: conditional tasks never run on a tokenizer's codes
-            if args.task == "translate":
-                sources = [open_image(v, "source") for v in batch[args.source_column]]
-            out["condition_ids"] = processor.encode_condition(sources, return_tensors="pt").condition_ids
-        return out
+            # Its own generator: creating an iterator (every pass, the skipping loader of a resumed run) then
+            # never draws from torch's global RNG, which training randomness relies on.
+            loader = torch.utils.data.DataLoader(train, shuffle=True, generator=torch.Generator().manual_seed(
+                args.seed), **loader)
+            if len(loader) == 0:
+                raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
+            self.loader = accelerator.prepare(loader)
+            self.steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps /
+                                             accelerator.num_processes)
 
-    return transform
+    def __iter__(self):
+        """Batches without end, from (`epoch`, `position`); the caller stops at its last step."""
+        while True:
+            start = self.position
+            if self.streaming:
+                self.dataset.set_epoch(self.epoch)  # another shuffle each pass
+                # A resumed stream is read again from the start of its pass; the batches already trained on are
+                # decoded and dropped (the order is the same: same seed, same pass).
+                batches = itertools.islice(self.loader, start, None)
+            else:
+                self.loader.set_epoch(self.epoch)
+                batches = self.accelerator.skip_first_batches(self.loader, start) if start else self.loader
+            for batch in batches:
+                self.position += 1
+                bad = batch.pop("bad_images")
+                self.bad_images.update(dict.fromkeys(bad))
+                rows = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
+                # Every process takes the same decision, or the others would wait for it forever.
+                worst = self.accelerator.gather(torch.tensor([2 if bad and not self.skip_bad else int(rows == 0)],
+                                                             device=self.accelerator.device)).max().item()
+                if worst == 2:
+                    raise ValueError((f"Bad training image: {bad[0]}." if bad and not self.skip_bad else
+                                      "Another process met a bad training image (see its message).") +
+                                     " Fix or remove it, or pass --skip_bad_images to skip such images (counted and "
+                                     "listed), then continue with --resume_from_checkpoint latest.")
+                if worst == 1:  # every image of some process's batch was bad: all skip this micro-batch
+                    continue
+                yield send_to_device(batch, self.accelerator.device) if self.streaming else batch
+            if start == 0 and self.position == 0:
+                raise ValueError(f"The training data holds fewer than one batch of {self.loader.batch_size} images"
+                                 f"{' for this process' if self.accelerator.num_processes > 1 else ''}.")
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state(self) -> list:
+        """[pass, micro-batches read in it] of every process (a collective: call it on all)."""
+        here = torch.tensor([[self.epoch, self.position]], device=self.accelerator.device)
+        return self.accelerator.gather(here).tolist()
+
+    def restore(self, saved: list | None, step: int, accumulation: int) -> None:
+        """Continue where a checkpoint's `state()` was; older checkpoints give only their step."""
+        if saved is None:
+            if self.streaming:
+                raise TrainingError("This checkpoint does not record where the stream was; resume it without "
+                                    "--streaming.")
+            saved = [[step // self.steps_per_epoch, (step % self.steps_per_epoch) * accumulation]]
+        elif self.streaming and len(saved) != self.accelerator.num_processes:
+            raise TrainingError(f"The checkpoint was written by {len(saved)} processes, each reading its own part of "
+                                f"the stream; resume it with {len(saved)} processes, not "
+                                f"{self.accelerator.num_processes}.")
+        # Prepared data: every process is at the same place.
+        self.epoch, self.position = saved[self.accelerator.process_index if self.streaming else 0]
+
+    def all_bad_images(self) -> list:
+        """The bad images every process met, each once (a collective)."""
+        return list(dict.fromkeys(gather_object(list(self.bad_images))))
 
 
 # ----------------------------------------------------------------------------------------------------- output folder
@@ -617,10 +803,10 @@ def remove_partial_checkpoints(output_dir):
             shutil.rmtree(leftover)
 
 
-def save_checkpoint(accelerator, args, step, ema, settings: dict):
-    """Write `checkpoint-<step>` with the run's `settings` (which a resume must match) atomically (into a temporary
-    folder, renamed only once complete); only then delete the oldest ones beyond `--checkpoints_total_limit`, so a
-    kill at any moment leaves a complete checkpoint."""
+def save_checkpoint(accelerator, args, step, ema, settings: dict, data_state: list):
+    """Write `checkpoint-<step>` with the run's `settings` (which a resume must match) and where every process is in
+    its data (`TrainingBatches.state()`) atomically (into a temporary folder, renamed only once complete); only then
+    delete the oldest ones beyond `--checkpoints_total_limit`, so a kill at any moment leaves a complete checkpoint."""
     final = Path(args.output_dir, f"checkpoint-{step}")
     tmp = final.with_name(final.name + ".tmp")
     model = accelerator._models[0]
@@ -638,7 +824,7 @@ def save_checkpoint(accelerator, args, step, ema, settings: dict):
         if ema is not None:
             # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
-        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings}))
+        (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings, "data": data_state}))
         os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
         if args.checkpoints_total_limit:
             existing = list_checkpoints(args.output_dir)
@@ -718,14 +904,13 @@ def adamw(parameters, args) -> torch.optim.AdamW:
                              lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
 
 
-def schedule(args, accelerator, optimizer, train_loader):
-    """(steps per epoch, total steps, epochs, warm-up-then-cosine scheduler) of a run."""
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
+def schedule(args, accelerator, optimizer, steps_per_epoch: int | None):
+    """(total steps, warm-up-then-cosine scheduler) of a run; `steps_per_epoch` is None for a stream."""
     max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     # accelerate steps a prepared scheduler once per process per optimizer step, so lengths scale with processes.
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.lr_warmup_steps, max_steps // 2) *
                                                 accelerator.num_processes, max_steps * accelerator.num_processes)
-    return steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch), scheduler
+    return max_steps, scheduler
 
 
 def moving_average(args, accelerator, model):
@@ -745,16 +930,17 @@ def start_trackers(accelerator, args, project: str) -> None:
                                                    if isinstance(v, (int, float, str, bool)) and k not in SECRET_ARGS})
 
 
-def resume_state(accelerator, args, resume_path, ema, steps_per_epoch) -> tuple[int, int, int]:
-    """Load a checkpoint (weights, optimizer, scheduler, RNG, EMA): (step, first epoch, batches to skip in it)."""
+def resume_state(accelerator, args, resume_path, ema, batches: TrainingBatches) -> int:
+    """Load a checkpoint (weights, optimizer, scheduler, RNG, EMA, place in the data); returns its step."""
     if resume_path is None:
-        return 0, 0, 0
+        return 0
     accelerator.load_state(str(resume_path))
-    step = json.loads((resume_path / "pixelgpt_step.json").read_text())["step"]
+    saved = json.loads((resume_path / "pixelgpt_step.json").read_text())
     if ema is not None:
         ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
-    logger.info(f"Resumed from {resume_path.name} at step {step}")
-    return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+    batches.restore(saved.get("data"), saved["step"], args.gradient_accumulation_steps)
+    logger.info(f"Resumed from {resume_path.name} at step {saved['step']}")
+    return saved["step"]
 
 
 def final_weights(accelerator, args, model, ema, step):
@@ -817,7 +1003,7 @@ def save_samples(model, processor, args, step, num_classes, accelerator, held_ou
                     batch_size=args.num_samples, show_progress=False)
     if unwrapped.config.is_conditional:
         column = args.source_column if args.task == "translate" else args.image_column
-        sources = [open_image(v, "image") for v in held_out[: max(1, args.num_samples // 2)][column]]
+        sources = [open_image(row[column], "image") for row in held_out[: max(1, args.num_samples // 2)]]
         outputs = unwrapped.translate_images(sources, **sampling)
         condition = processor.condition_processor
         shown = condition.decode(condition(sources).input_ids)  # what the model reads, as an image
@@ -891,30 +1077,36 @@ def run_training(args, accelerator, started):
     processor = PixelGPTImageProcessor(quantization="rgb8" if args.fit_palette or tokenizer else args.quantization,
                                        num_levels=args.num_levels, image_size=args.resolution,
                                        resize_mode=args.resize_mode, resample=args.resample, **condition)
-    train = check_images(train, args.image_column, processor, args.resolution, "train", args.skip_bad_images,
-                         args.output_dir)
+    # Only the held-out images are checked up front (at most --max_eval_samples); training images as they are read.
     held_out = check_images(held_out, args.image_column, processor, args.resolution, "eval", args.skip_bad_images,
                             args.output_dir)
     if args.task == "translate":
-        sources = (args.source_column, processor.condition_processor, args.condition_size)
-        train = check_images(train, *sources, "train_source", args.skip_bad_images, args.output_dir)
-        held_out = check_images(held_out, *sources, "eval_source", args.skip_bad_images, args.output_dir)
+        held_out = check_images(held_out, args.source_column, processor.condition_processor, args.condition_size,
+                                "eval_source", args.skip_bad_images, args.output_dir)
     if args.fit_palette:
-        sample = train.shuffle(seed=args.seed).select(range(min(args.palette_samples, len(train))))
-        processor.fit_palette([open_image(v, "image") for v in sample[args.image_column]], args.palette_size,
-                              seed=args.seed)
+        rows = (itertools.islice(train.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size),
+                                 args.palette_samples) if args.streaming else
+                train.shuffle(seed=args.seed).select(range(min(args.palette_samples, len(train)))))
+        sample = []
+        for row in rows:
+            try:
+                sample.append(read_image(row[args.image_column], "image", processor, args.resolution)[0])
+            except ValueError:  # met again, and counted, in training
+                pass
+        if not sample:
+            raise ValueError("None of the images sampled to fit the palette can be read (see --skip_bad_images).")
+        processor.fit_palette(sample, args.palette_size, seed=args.seed)
         logger.info(f"Fitted a {processor.vocab_size}-colour palette on {len(sample)} images")
-    vocab_size, grid_size = processor.vocab_size, args.resolution
+    vocab_size, grid_size, encode_bad = processor.vocab_size, args.resolution, []
     if tokenizer is not None:
         vocab_size, grid_size = tokenizer.config.codebook_size, args.resolution // tokenizer.config.downsample_factor
         condition_column = None
         if args.task in CONDITIONAL_TASKS:  # colorize / upscale read the images themselves, translate the sources
             condition_column = args.source_column if args.task == "translate" else args.image_column
-        with accelerator.main_process_first():  # the main process encodes and caches; the others read the cache
-            train = encode_with_tokenizer(train, tokenizer, processor, args.image_column, "train",
-                                          condition_column=condition_column)
-            held_out = encode_with_tokenizer(held_out, tokenizer, processor, args.image_column, "eval",
-                                             condition_column=condition_column)
+        if not args.streaming:  # encoded once, not at every pass (a stream is encoded as it is read)
+            with accelerator.main_process_first():  # the main process encodes and caches; the others read it
+                train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, args, "train",
+                                                          condition_column=condition_column)
 
     overrides = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "intermediate_size") if getattr(args, k) is not None}
@@ -939,34 +1131,28 @@ def run_training(args, accelerator, started):
     on_main_process(accelerator, lambda: check_output_dir(args.output_dir, checkpoint_bytes))
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    transform = make_transform(processor, config, args, label_column)
-    # Each loader gets its own generator: creating an iterator (every epoch, every evaluation, the skipping
-    # loader of a resumed run) then never draws from torch's global RNG, which training randomness relies on.
-    train_loader = torch.utils.data.DataLoader(train.with_transform(transform), batch_size=args.train_batch_size,
-                                               shuffle=True, num_workers=args.dataloader_num_workers, drop_last=True,
-                                               generator=torch.Generator().manual_seed(args.seed))
-    eval_loader = torch.utils.data.DataLoader(held_out.with_transform(transform), batch_size=args.eval_batch_size,
-                                              num_workers=args.dataloader_num_workers,
-                                              generator=torch.Generator().manual_seed(args.seed))
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
+    collate = make_collate(processor, config, args, label_column, tokenizer)
+    batches = TrainingBatches(args, accelerator, train, collate)
+    batches.bad_images.update(dict.fromkeys(encode_bad))
+    eval_loader = torch.utils.data.DataLoader(held_out, batch_size=args.eval_batch_size, collate_fn=collate,
+                                              num_workers=args.dataloader_num_workers)
 
     # ---- optimisation: decay matrices only (not norms or embeddings' biases), warm-up then cosine
     trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
     optimizer = adamw(trained, args)
-    steps_per_epoch, max_steps, num_epochs, scheduler = schedule(args, accelerator, optimizer, train_loader)
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler)
+    max_steps, scheduler = schedule(args, accelerator, optimizer, batches.steps_per_epoch)
+    model, optimizer, eval_loader, scheduler = accelerator.prepare(model, optimizer, eval_loader, scheduler)
     ema = moving_average(args, accelerator, model)
     bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim and not tokenizer else "bits_per_token"
     start_trackers(accelerator, args, "pixelgpt")
 
     # ---- resume
-    global_step, first_epoch, skip_batches = resume_state(accelerator, args, resume_path, ema, steps_per_epoch)
+    global_step = resume_state(accelerator, args, resume_path, ema, batches)
     if resume_path is not None and global_step >= max_steps:
         logger.info(f"The run is already at step {global_step} of {max_steps}: nothing left to train.")
 
-    logger.info(f"{len(train)} training / {len(held_out)} held-out images, {max_steps} steps, "
+    logger.info(f"{'streamed' if args.streaming else len(train)} training / {len(held_out)} held-out images, "
+                f"{max_steps} steps, "
                 f"{sum(p.numel() for p in trained) / 1e6:.2f}M trained parameters"
                 f"{' (and the frozen tokenizer)' if tokenizer is not None else ''}, "
                 f"{config.num_image_tokens} tokens per image")
@@ -979,58 +1165,56 @@ def run_training(args, accelerator, started):
                     disable=not accelerator.is_local_main_process)
     tokens_seen, tick = 0, time.time()
     model.train()
-    for epoch in range(first_epoch, num_epochs if global_step < max_steps else first_epoch):
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == first_epoch else train_loader
-        for batch in loader:
-            with accelerator.accumulate(model):
-                # k-ahead steps teach parallel decoding; the draw uses torch's RNG, which checkpoints restore.
-                k = 1
-                if args.parallel_tokens > 1 and torch.rand(()) < args.parallel_fraction:
-                    k = args.parallel_tokens
-                input_ids = batch["input_ids"]
-                if args.class_conditional and args.class_dropout_prob > 0:
-                    # Condition dropout: some images learn the unconditional start token, for guidance.
-                    dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < args.class_dropout_prob
-                    input_ids = input_ids.clone()
-                    input_ids[dropped, 0] = config.start_token_id
-                # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
-                loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
-                # Stop at the first non-finite loss, before it reaches the weights (every process agrees).
-                if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
-                    raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
-            bits = loss.item() / math.log(2)
-            rate = tokens_seen / max(time.time() - tick, 1e-9)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", **{bits_name: f"{bits:.3f}"}, tok_s=f"{rate:,.0f}")
-            if global_step % args.logging_steps == 0:
-                accelerator.log({"train/loss": loss.item(), f"train/{bits_name}": bits, "train/tokens_per_s": rate,
-                                 "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args, global_step, ema, settings)
-            if global_step % args.eval_steps == 0 and global_step < max_steps:
-                eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
-                accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
-                logger.info(f"step {global_step}: held-out {bits_name} {eval_bits:.4f}")
-            if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
-                save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
-            if global_step >= max_steps:
-                break
+    for batch in batches if global_step < max_steps else ():
+        with accelerator.accumulate(model):
+            # k-ahead steps teach parallel decoding; the draw uses torch's RNG, which checkpoints restore.
+            k = 1
+            if args.parallel_tokens > 1 and torch.rand(()) < args.parallel_fraction:
+                k = args.parallel_tokens
+            input_ids = batch["input_ids"]
+            if args.class_conditional and args.class_dropout_prob > 0:
+                # Condition dropout: some images learn the unconditional start token, for guidance.
+                dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < args.class_dropout_prob
+                input_ids = input_ids.clone()
+                input_ids[dropped, 0] = config.start_token_id
+            # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
+            loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
+            # Stop at the first non-finite loss, before it reaches the weights (every process agrees).
+            if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
+                raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
+        bits = loss.item() / math.log(2)
+        rate = tokens_seen / max(time.time() - tick, 1e-9)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", **{bits_name: f"{bits:.3f}"}, tok_s=f"{rate:,.0f}")
+        if global_step % args.logging_steps == 0:
+            accelerator.log({"train/loss": loss.item(), f"train/{bits_name}": bits, "train/tokens_per_s": rate,
+                             "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+        if global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, global_step, ema, settings, batches.state())
+        if global_step % args.eval_steps == 0 and global_step < max_steps:
+            eval_bits = evaluate(model, eval_loader, accelerator, seed=args.seed)
+            accelerator.log({f"eval/{bits_name}": eval_bits}, step=global_step)
+            logger.info(f"step {global_step}: held-out {bits_name} {eval_bits:.4f}")
+        if global_step % args.sample_steps == 0 and global_step < max_steps and accelerator.is_main_process:
+            save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
         if global_step >= max_steps:
             break
     progress.close()
+    bad_images = batches.all_bad_images()  # met by any process (skipped, with --skip_bad_images)
+    if bad_images and accelerator.is_main_process:
+        write_skipped(args.output_dir, "train", bad_images)
 
     # ---- final: evaluate, save the unwrapped (EMA) model, processor, samples and card
     accelerator.wait_for_everyone()
@@ -1049,17 +1233,18 @@ def run_training(args, accelerator, started):
         grid = save_samples(model, processor, args, global_step, config.num_classes, accelerator, held_out)
         grid.save(out / "samples.png")
         metrics = {bits_name: eval_bits, "untrained_" + bits_name: untrained_bits, "steps": global_step,
-                   "train_seconds": round(time.time() - started, 1)}
+                   "train_seconds": round(time.time() - started, 1), "skipped_train_images": len(bad_images)}
         if parallel_bits is not None:
             metrics[f"{bits_name}_{args.parallel_tokens}_ahead"] = parallel_bits
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         write_model_card(out, args=args, config=config, processor=processor, dataset_name=dataset_name,
-                         metrics=metrics, bits_name=bits_name, num_train_images=len(train))
+                         metrics=metrics, bits_name=bits_name,
+                         num_train_images=None if args.streaming else len(train))
         if args.push_to_hub:
             push_folder(args, out, f"PixelGPT, step {global_step}")
     # Release the DDP wrapper (and its gradient reducer) while the process group still exists: freed after
     # end_training() destroys the group, it could hang a CPU/gloo run on its way out.
-    del model, optimizer, train_loader, eval_loader, scheduler
+    del model, optimizer, batches, eval_loader, scheduler
     accelerator.free_memory()
     accelerator.end_training()
     return eval_bits

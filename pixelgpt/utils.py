@@ -1,28 +1,35 @@
 """Small helpers shared by the training script and the CLI: image files, image grids and the model card."""
 
+import importlib.metadata
 import io
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 
+# The card links only to addresses that exist: the project's own address comes from the installed package's metadata
+# (setup.cfg `url` / `project_urls`) and is left out while that has none.
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
 
 # {{ model_name }}
 
-A [PixelGPT](https://github.com/pixelgpt/pixelgpt) autoregressive image model: a decoder-only transformer that draws
-{{ resolution }}x{{ resolution }} images token by token ({{ token_scheme }}), trained on {{ dataset_text }}.
+A {% if project_url %}[PixelGPT]({{ project_url }}){% else %}PixelGPT{% endif %} autoregressive image model: a \
+decoder-only transformer that draws {{ resolution }}x{{ resolution }} images token by token ({{ token_scheme }}), \
+trained on {{ dataset_text }}.
+{% if grid %}
+![samples]({{ grid }})
 
-![samples](samples.png)
-
+{{ grid_note }}
+{% endif %}
 ## Use
 
 ```python
 from transformers import AutoModel
 
-model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True){{ repo_note }}
 images = model.generate_images(num_images=8{{ class_example }})  # list of PIL images
 images[0].save("sample.png")
 ```
@@ -87,18 +94,67 @@ def make_image_grid(images: list, cols: int = 8, pad: int = 1, background=(255, 
     return grid
 
 
-def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name, num_train_images):
-    """Write README.md (YAML metadata + usage + results + hyper-parameters). Holds no token and no local path."""
+# The narrowest a grid is shown on a model card: a 28x28 grid of 8 columns is 233 pixels wide, too small to see.
+CARD_GRID_MIN_WIDTH = 512
+
+
+def enlarge_nearest(image: Image.Image, min_width: int = CARD_GRID_MIN_WIDTH) -> Image.Image:
+    """`image` scaled up by the smallest whole factor that makes it at least `min_width` pixels wide, with nearest
+    neighbour: each pixel becomes a factor x factor block of the same value, nothing is blurred or invented."""
+    factor = max(1, -(-min_width // image.width))
+    if factor == 1:
+        return image.copy()
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def save_card_grid(folder, name: str, min_width: int = CARD_GRID_MIN_WIDTH) -> tuple[str, str] | None:
+    """Save the enlarged copy of `folder/name` that a card shows, as `<stem>_large.png` beside it (the original
+    keeps its pixel size). Returns the new file's name and a sentence for the card saying how it was enlarged, or
+    None when `folder/name` does not exist."""
+    source = Path(folder) / name
+    if not source.is_file():
+        return None
+    target = source.with_name(f"{source.stem}_large.png")
+    with Image.open(source) as image:
+        large = enlarge_nearest(image, min_width)
+        large.save(target)
+        factor = large.width // image.width
+    note = (f"Enlarged {factor}x with nearest neighbour (each pixel a {factor}x{factor} block); `{name}` holds the "
+            "same grid at its own size.")
+    return target.name, note
+
+
+def project_url() -> str | None:
+    """The project's web address from the installed package's metadata (setup.cfg `url` or `project_urls`), or
+    None while it has none: a card links to the project only at an address someone set."""
+    try:
+        metadata = importlib.metadata.metadata("pixelgpt")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    candidates = [metadata.get("Home-page")] + [entry.split(",", 1)[-1].strip()
+                                                for entry in metadata.get_all("Project-URL") or []]
+    return next((url for url in candidates if url and re.match(r"https?://\S+$", url)), None)
+
+
+def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name,
+                     num_train_images: int | None, grid_name: str = "samples.png"):
+    """Write README.md (YAML metadata + usage + results + hyper-parameters). Holds no token, no local path and
+    no link to an address that was not set (see `project_url`). The card shows `grid_name` (the sample grid the
+    run saved in `folder`) enlarged to at least CARD_GRID_MIN_WIDTH pixels, saved beside it as
+    `samples_large.png`. Every held-out figure in `metrics` (bits, those of the untrained model, k-ahead bits) is
+    both in the text and in the YAML model-index."""
     folder = Path(folder)
     repo_id = args.hub_model_id or folder.resolve().name
     is_default = dataset_name is not None and "built-in" in dataset_name
     hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for a local image folder
+    images = "images streamed" if num_train_images is None else f"{num_train_images} images"  # None: --streaming
     if is_default:
-        dataset_text = f"a {num_train_images}-image subset of Fashion-MNIST (MIT, Zalando SE), shipped with PixelGPT"
+        subset = f"a {num_train_images}-image subset" if num_train_images else "the subset"
+        dataset_text = f"{subset} of Fashion-MNIST (MIT, Zalando SE) shipped with PixelGPT"
     elif dataset_name:
-        dataset_text = f"{num_train_images} images of the `{dataset_name}` dataset"
+        dataset_text = f"{images} from the `{dataset_name}` dataset"
     else:
-        dataset_text = f"{num_train_images} images from local files"
+        dataset_text = f"{images} from local files"
     token_scheme = {"rgb8": "three lossless 8-bit tokens per pixel", "gray8": "one lossless 8-bit token per pixel",
                     "rgb": f"{processor.num_levels} levels per colour channel, one token per pixel",
                     "gray": f"{processor.num_levels} gray levels, one token per pixel",
@@ -111,6 +167,13 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                         f"({config.image_size}x{config.image_size} tokens)")
     bits = metrics[bits_name]
     untrained = metrics.get("untrained_" + bits_name)
+    k = config.parallel_tokens
+    words = bits_name.replace("_", " ")
+    figures = [(bits_name, f"held-out {words}", bits),  # (metric type, name, value): each one the run measured
+               ("untrained_" + bits_name, f"held-out {words} of the untrained model (baseline)", untrained)]
+    if k > 1:
+        figures.append((f"{bits_name}_{k}_ahead", f"held-out {words}, {k}-ahead prediction",
+                        metrics.get(f"{bits_name}_{k}_ahead")))
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="unconditional-image-generation",
@@ -119,8 +182,9 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         metrics=[bits_name],
         model_name=repo_id,
         eval_results=[EvalResult(task_type="unconditional-image-generation", dataset_type=hub_dataset or "imagefolder",
-                                 dataset_name=hub_dataset or "local image folder", metric_type=bits_name,
-                                 metric_name=f"held-out {bits_name.replace('_', ' ')}", metric_value=round(bits, 4))],
+                                 dataset_name=hub_dataset or "local image folder", metric_type=metric_type,
+                                 metric_name=name, metric_value=round(value, 4))
+                      for metric_type, name, value in figures if value is not None],
     )
     hyperparameters = [
         ("model size", f"{args.model_size} ({config.hidden_size} wide, {config.num_hidden_layers} layers, "
@@ -139,16 +203,21 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         ("mixed precision", args.mixed_precision or "accelerate default"), ("seed", args.seed),
         ("training time (s)", metrics.get("train_seconds")),
     ]
-    k = config.parallel_tokens
     parallel_row = None
     if k > 1:
         hyperparameters.append(("parallel decoding", f"{k}-ahead prediction on {args.parallel_fraction:.0%} of steps"))
         parallel_row = (f"| {bits_name}, {k}-ahead (`generate_images(tokens_per_step={k})`: {k}x fewer passes) | "
                         f"{metrics[f'{bits_name}_{k}_ahead']:.4f} | |")
+    grid = save_card_grid(folder, grid_name)
     card = ModelCard.from_template(
         card_data,
         template_str=CARD_TEMPLATE,
         repo_id=repo_id,
+        repo_note="" if args.hub_model_id else "  # this folder, or its Hub id once pushed",
+        project_url=project_url(),
+        grid=grid and grid[0],
+        grid_note=grid and ("Held-out inputs (as the model reads them) beside the final model's outputs. "
+                            if config.is_conditional else "Samples of the final model. ") + grid[1],
         model_name=repo_id,
         resolution=config.pixel_size,
         token_scheme=token_scheme,
@@ -165,4 +234,34 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         parallel_row=parallel_row,
     )
     card.save(folder / "README.md")
+    return card
+
+
+def update_model_card(folder, *, key: str, title: str, body: str, eval_results: list) -> ModelCard:
+    """Add figures measured after training to `folder/README.md`: `body` as a section `## title` (between
+    `<!-- pixelgpt:key -->` markers, before the hyper-parameters) and `eval_results` in the YAML model-index. A
+    later call with the same `key` replaces that section and every result whose metric type starts with `key_`,
+    so that a re-measured model shows each figure once."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} not found in the model folder {Path(folder).name}: the card that "
+                                "train.py writes is what this adds to.")
+    card = ModelCard.load(path)
+    data = card.data
+    data.eval_results = [r for r in data.eval_results or [] if not r.metric_type.startswith(f"{key}_")]
+    data.eval_results += list(eval_results)
+    data.model_name = data.model_name or Path(folder).resolve().name
+    start, end = f"<!-- pixelgpt:{key} -->", f"<!-- /pixelgpt:{key} -->"
+    section = f"{start}\n## {title}\n\n{body.strip()}\n{end}\n\n"
+    text = card.text
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1].lstrip("\n")
+    elif "\n## Training\n" in text:
+        before, after = text.split("\n## Training\n", 1)
+        text = before.rstrip("\n") + "\n\n" + section + "## Training\n" + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    card.text = text
+    card.save(path)
     return card

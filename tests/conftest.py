@@ -84,3 +84,41 @@ def make_conditional(task="colorize", condition_size=3, **overrides):
     processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=6,
                                        condition_quantization="gray8", condition_size=condition_size)
     return model, processor
+
+
+def assert_honest_card(folder: Path, *private: str) -> str:
+    """The model card in `folder` links to no web address (none is set in the package metadata) and to no file
+    outside the folder, and names no absolute path (nor any string of `private`); returns its text."""
+    import re
+
+    text = (Path(folder) / "README.md").read_text()
+    assert not re.search(r"https?://|www\.", text), re.findall(r"\S*(?:https?://|www\.)\S*", text)
+    for target in re.findall(r"\]\(([^)]*)\)", text):  # markdown links and images: files beside the card
+        assert "/" not in target and (Path(folder) / target).is_file(), target
+    for path in ("/tmp", "/home", "/work", "/root", "/Users", str(Path(folder).resolve()), *private):
+        assert path not in text, path
+    return text
+
+
+def assert_nearest_enlargement(large_path: Path, small_path: Path, min_width: int = 512) -> int:
+    """`large_path` is `small_path` enlarged by a whole factor with nearest neighbour (each pixel an exact
+    factor x factor block) to at least `min_width` pixels; returns the factor."""
+    import numpy as np
+    from PIL import Image
+
+    small, large = np.asarray(Image.open(small_path)), np.asarray(Image.open(large_path))
+    factor = large.shape[1] // small.shape[1]
+    assert large.shape[1] >= min_width and large.shape[:2] == (small.shape[0] * factor, small.shape[1] * factor)
+    assert np.array_equal(large, small.repeat(factor, 0).repeat(factor, 1))
+    return factor
+
+
+def save_model(folder, **overrides) -> str:
+    """A tiny gray8 model (6x6 pixels) and its processor saved in `folder`, as `--model` loads them."""
+    torch.manual_seed(0)
+    PixelGPTForImageGeneration(tiny_config(vocab_size=256, image_size=6, **overrides)).save_pretrained(folder)
+    condition = {}
+    if overrides.get("condition_size"):
+        condition = dict(condition_quantization="gray8", condition_size=overrides["condition_size"])
+    PixelGPTImageProcessor(quantization="gray8", image_size=6, **condition).save_pretrained(folder)
+    return str(folder)

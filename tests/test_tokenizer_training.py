@@ -2,6 +2,7 @@
 `train.py --tokenizer`: tiny runs on generated colour images (seconds each)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
 from pixelgpt import PixelGPTVQVAE, tokenizer_training, training
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
 
 TINY = ["--resolution", "16", "--base_channels", "8", "--fsq_levels", "3", "3", "3", "--train_batch_size", "4",
         "--eval_batch_size", "8", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
@@ -100,6 +102,12 @@ def test_a_run_saves_a_loadable_tokenizer_with_figures_grid_and_card(tmp_path, f
     card = (out / "README.md").read_text()
     assert "reconstruction PSNR" in card and f"{results['psnr']:.2f} dB" in card and str(tmp_path) not in card
     assert "custom_code" in card and "--tokenizer" in card
+    # The card shows the grid enlarged to >= 512 pixels, links nowhere, names no path; its YAML holds every figure.
+    assert_honest_card(out, str(tmp_path), str(folder))
+    assert "![originals above reconstructions](reconstructions_large.png)" in card
+    assert_nearest_enlargement(out / "reconstructions_large.png", out / "reconstructions.png")
+    yaml = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert yaml == {name: round(results[name], 4) for name in ("psnr", "bicubic_psnr", "codebook_usage")}
 
 
 def test_resumed_tokenizer_run_ends_with_the_same_weights(tmp_path, folder):
@@ -108,8 +116,8 @@ def test_resumed_tokenizer_run_ends_with_the_same_weights(tmp_path, folder):
     straight = train_tokenizer(tmp_path, folder, *common, name="straight")
     save = tokenizer_training.save_checkpoint
 
-    def save_then_crash(accelerator, args, step, ema, settings):
-        save(accelerator, args, step, ema, settings)
+    def save_then_crash(accelerator, args, step, ema, settings, data_state):
+        save(accelerator, args, step, ema, settings, data_state)
         raise KeyboardInterrupt
 
     with mock.patch.object(tokenizer_training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
@@ -165,7 +173,8 @@ def test_stage_two_trains_a_class_conditional_model_that_carries_its_tokenizer(t
     # The encoded data is what training reads: the same ids the carried tokenizer gives.
     train, _, _ = training.load_splits(args)
     processor = AutoImageProcessor.from_pretrained(tmp_path / "gpt")
-    encoded = training.encode_with_tokenizer(train, tokenizer, processor, "image", "train")
+    encoded, bad = training.encode_with_tokenizer(train, tokenizer, processor, args, "train")
+    assert bad == []
     first = processor.to_array([Image.open(encoded[0]["image"]["path"])])
     assert encoded[0]["token_ids"] == tokenizer.encode(
         PixelGPTVQVAE.to_pixel_values(torch.from_numpy(first))).flatten().tolist()
@@ -187,10 +196,48 @@ def test_stage_two_upscale_reads_pixel_conditions_encoded_once(tmp_path, folder)
     assert [i.size for i in out] == [(16, 16)] * 2
     train, _, _ = training.load_splits(args)
     processor = AutoImageProcessor.from_pretrained(tmp_path / "up")
-    encoded = training.encode_with_tokenizer(train, model.image_tokenizer, processor, "image", "train",
-                                             condition_column="image")
+    encoded, _ = training.encode_with_tokenizer(train, model.image_tokenizer, processor, args, "train",
+                                                condition_column="image")
     first = Image.open(encoded[0]["image"]["path"])
     assert encoded[0]["condition_ids"] == processor.encode_condition([first]).condition_ids[0].tolist()
+
+
+def test_streamed_runs_of_both_stages_encode_images_as_they_are_read(tmp_path, folder):
+    tok = train_tokenizer(tmp_path, folder, "--streaming", "--max_train_steps", "2")
+    assert (tok / "model.safetensors").exists()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    argv = ["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "up"), "--tokenizer", str(tok), "--task",
+            "upscale", "--resolution", "16", "--max_train_steps", "2", *GPT_TINY]
+    training.main(training.parse_args([*argv, "--streaming"]))
+    model = AutoModel.from_pretrained(tmp_path / "up")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "up")
+    # A streamed batch (encoded as it is read) holds the tokens that encoding once, up front, gives.
+    prepared = training.parse_args(argv)
+    train, _, _ = training.load_splits(prepared)
+    encoded, _ = training.encode_with_tokenizer(train.select(range(4)), model.image_tokenizer, processor, prepared,
+                                                "train", condition_column="image")
+    collate = training.make_collate(processor, model.config, prepared, None, model.image_tokenizer)
+    streamed, once = collate([{"image": row["image"]} for row in encoded]), collate(list(encoded))
+    assert streamed["input_ids"].shape == (4, 1 + 16) and streamed["condition_ids"].shape == (4, 16)
+    assert torch.equal(streamed["input_ids"], once["input_ids"])
+    assert torch.equal(streamed["condition_ids"], once["condition_ids"])
+
+
+def test_stage_two_finds_bad_images_when_it_encodes_them(tmp_path, folder):
+    tok = train_tokenizer(tmp_path, folder, "--max_train_steps", "1")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "reds" / "broken.png").write_bytes(b"no image here")
+    argv = ["--train_data_dir", str(bad), "--tokenizer", str(tok), "--max_train_steps", "1", "--eval_split", "train",
+            "--max_eval_samples", "2", *GPT_TINY]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match=r"Bad train image: \S*broken.png: cannot read image.*--skip_bad_images"):
+        training.main(training.parse_args([*argv, "--output_dir", str(tmp_path / "stop")]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    training.main(training.parse_args([*argv, "--output_dir", str(tmp_path / "skip"), "--skip_bad_images"]))
+    [line] = (tmp_path / "skip" / "skipped_train_images.txt").read_text().splitlines()
+    assert "broken.png" in line
+    assert json.loads((tmp_path / "skip" / "eval_results.json").read_text())["skipped_train_images"] == 1
 
 
 def test_stage_two_refuses_what_cannot_work(tmp_path, folder):

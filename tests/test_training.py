@@ -3,6 +3,7 @@ with tiny settings (seconds each)."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from pixelgpt import PixelGPTImageProcessor, training
 from pixelgpt.modeling import layouts_pixelgpt
 from pixelgpt.utils import TrainingError
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
         "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
@@ -86,8 +87,14 @@ def test_default_data_run_produces_model_card_and_samples(tmp_path):
     assert "pixelgpt" in data["tags"]
     results = json.loads((out / "eval_results.json").read_text())
     assert data["model-index"][0]["results"][0]["metrics"][0]["value"] == round(results["bits_per_token"], 4)
-    assert "trust_remote_code=True" in card.text and "![samples](samples.png)" in card.text
+    assert "trust_remote_code=True" in card.text and "![samples](samples_large.png)" in card.text
     assert str(tmp_path) not in card.content and "/tmp" not in card.content
+    # The card shows the grid enlarged with nearest neighbour (37 -> 518 pixels), links nowhere, names no path;
+    # every held-out figure is in its YAML.
+    assert_honest_card(out, str(tmp_path))
+    assert_nearest_enlargement(out / "samples_large.png", out / "samples.png")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        name: round(results[name], 4) for name in ("bits_per_token", "untrained_bits_per_token")}
     assert {"modeling_pixelgpt.py", "configuration_pixelgpt.py", "image_processing_pixelgpt.py"} <= \
         {p.name for p in out.iterdir()}
 
@@ -109,8 +116,8 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
     crash_after = training.save_checkpoint
 
-    def save_then_crash(accelerator, args, step, ema, settings):
-        path = crash_after(accelerator, args, step, ema, settings)
+    def save_then_crash(accelerator, args, step, ema, settings, data_state):
+        path = crash_after(accelerator, args, step, ema, settings, data_state)
         raise KeyboardInterrupt(f"simulated interruption after {path.name}")
 
     with mock.patch.object(training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
@@ -143,6 +150,8 @@ def test_parallel_tokens_trains_a_model_that_draws_k_tokens_per_pass(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["bits_per_token_4_ahead"] > 0
     assert "4-ahead" in (out / "README.md").read_text()
+    yaml = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert yaml["bits_per_token_4_ahead"] == round(results["bits_per_token_4_ahead"], 4)
     images = model.generate_images(3, tokens_per_step=4, generator=torch.Generator().manual_seed(0),
                                    show_progress=False)
     assert len(images) == 3 and images[0].size == (8, 8)
@@ -278,28 +287,57 @@ def test_image_folder_with_class_subfolders_trains_class_conditionally(tmp_path)
     assert ModelCard.load(tmp_path / "out" / "README.md").data.to_dict().get("datasets") is None
 
 
-def test_corrupt_truncated_and_small_images_stop_the_run_naming_the_files(tmp_path):
-    root = make_folder(tmp_path / "imgs")
+def add_bad_images(root):
     (root / "cats" / "broken.png").write_bytes(b"not an image at all")
     data = (root / "dogs" / "0.png").read_bytes()
     (root / "dogs" / "truncated.png").write_bytes(data[: len(data) // 2])
     Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
-    with pytest.raises(ValueError) as info:
-        training.main(folder_args(tmp_path, root))
+
+
+def test_a_bad_training_image_stops_the_run_naming_the_file_when_it_is_read(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    add_bad_images(root)
+    with pytest.raises(ValueError) as info:  # more than a pass: every image is read
+        training.main(folder_args(tmp_path, root, "--max_train_steps", "20", "--eval_split", "train",
+                                  "--max_eval_samples", "1"))
     message = str(info.value)
-    assert "broken.png" in message and "truncated.png" in message and "tiny.png" in message
-    assert "5x5 is smaller than --resolution 8" in message and "--skip_bad_images" in message
+    assert re.search(r"Bad training image: \S*(broken|truncated|tiny)\.png", message), message
+    assert "--skip_bad_images" in message and "--resume_from_checkpoint latest" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_no_image_is_decoded_before_training_only_as_batches_are_made(tmp_path):
+    root = make_folder(tmp_path / "imgs", sizes=((12, 12),) * 20)
+    opened = []
+    real = training.open_image
+    with mock.patch.object(training, "open_image", lambda value, where: opened.append(value) or real(value, where)):
+        training.main(folder_args(tmp_path, root, "--eval_split", "train", "--max_eval_samples", "2",
+                                  "--num_samples", "1"))
+    # 40 images: the 2 held out (checked, then evaluated), the 2 of the one training batch and the 2 of the next
+    # one (accelerate reads a batch ahead); nothing read the other 34.
+    assert len({value["path"] for value in opened}) <= 6, opened
+
+
+def test_a_bad_held_out_image_is_named_before_training(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    add_bad_images(root)
+    args = folder_args(tmp_path, root, "--eval_split", "train", "--max_eval_samples", "20")
+    with pytest.raises(ValueError) as info:
+        training.main(args)
+    assert "bad image(s) in eval" in str(info.value) and "--skip_bad_images" in str(info.value)
 
 
 def test_skip_bad_images_counts_and_lists_what_it_skipped(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs")
-    (root / "cats" / "broken.png").write_bytes(b"garbage")
-    Image.new("RGB", (5, 5)).save(root / "dogs" / "tiny.png")
-    training.main(folder_args(tmp_path, root, "--skip_bad_images", "--eval_fraction", "0.01"))
+    add_bad_images(root)
+    # Two passes over 21 training images: each bad one is met twice but listed once.
+    training.main(folder_args(tmp_path, root, "--skip_bad_images", "--max_eval_samples", "1", "--eval_split",
+                              "train", "--max_train_steps", "20"))
     skipped = (tmp_path / "out" / "skipped_train_images.txt").read_text().splitlines()
-    assert len(skipped) == 2 and any("broken.png" in s for s in skipped) and any("tiny.png" in s for s in skipped)
-    assert "Skipped 2 of" in caplog.text
+    assert sorted(Path(s.split(":")[0]).name for s in skipped) == ["broken.png", "tiny.png", "truncated.png"]
+    assert "tiny.png: 5x5 is smaller than --resolution 8" in "\n".join(skipped)
+    assert "Skipped 3 train images" in caplog.text
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["skipped_train_images"] == 3
 
 
 def test_empty_folder_missing_column_and_bad_label_column(tmp_path):
@@ -616,3 +654,90 @@ def test_a_non_finite_moving_average_is_never_checkpointed(tmp_path):
         run(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2", "--use_ema", "--ema_decay", "0.9")
     assert [p.name for p in training.list_checkpoints(tmp_path / "out")] == ["checkpoint-2"]
 
+
+
+# ----------------------------------------------------------------------------------------------------- streaming
+def test_a_streamed_folder_trains_and_a_resumed_stream_ends_with_the_same_weights(tmp_path):
+    root = make_folder(tmp_path / "imgs", sizes=((12, 12),) * 12)
+    # 24 images: the first 4 are held out, 20 train in passes of 5 batches; step 6 is inside the second pass.
+    common = ["--train_data_dir", str(root), "--streaming", "--shuffle_buffer_size", "8", "--max_eval_samples", "4",
+              "--train_batch_size", "4", "--max_train_steps", "8", "--checkpointing_steps", "3",
+              "--checkpoints_total_limit", "0", "--class_conditional"]
+    straight = run(tmp_path, *common, name="straight")
+    model = AutoModel.from_pretrained(straight)
+    assert model.config.num_classes == 2  # the labels' ClassLabel, known without reading the stream
+    assert "trained on images streamed from local files" in (straight / "README.md").read_text()
+    save = training.save_checkpoint
+
+    def save_then_crash(accelerator, args, step, ema, settings, data_state):
+        path = save(accelerator, args, step, ema, settings, data_state)
+        if step == 6:
+            raise KeyboardInterrupt
+        return path
+
+    with mock.patch.object(training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *common, name="resumed")
+    saved = json.loads((tmp_path / "resumed" / "checkpoint-6" / "pixelgpt_step.json").read_text())
+    assert saved["data"] == [[1, 1]]  # pass 1, one batch into it
+    run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed")
+    assert_same_weights(weights(tmp_path / "resumed"), weights(straight))
+
+    # The stream's place belongs to the processes that read it: another count is refused, naming both.
+    shutil.copytree(tmp_path / "resumed" / "checkpoint-6", tmp_path / "other" / "checkpoint-6")
+    step_file = tmp_path / "other" / "checkpoint-6" / "pixelgpt_step.json"
+    step_file.write_text(json.dumps(dict(saved, data=[[1, 1], [1, 1]])))
+    with pytest.raises(TrainingError, match="written by 2 processes.*resume it with 2 processes, not 1"):
+        run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="other")
+
+
+def test_streaming_refuses_what_it_cannot_do(tmp_path):
+    assert "--streaming needs --max_train_steps" in parse_error(["--streaming"])
+    assert "--source_dir pairs files" in parse_error(["--streaming", "--max_train_steps", "1", "--task", "translate",
+                                                      "--train_data_dir", "a", "--source_dir", "b"])
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    Dataset.from_dict({"image": [np.zeros((8, 8), dtype=np.uint8)] * 4, "kind": [0, 1, 0, 1]},
+                      features=Features({"image": ImageFeature(), "kind": Value("int64")})).to_parquet(
+        str(tmp_path / "data" / "train.parquet"))
+    with pytest.raises(ValueError, match="With --streaming, --class_conditional needs a ClassLabel"):
+        run(tmp_path, "--dataset_name", str(tmp_path / "data"), "--streaming", "--max_train_steps", "1",
+            "--label_column", "kind", "--class_conditional", "--max_eval_samples", "1")
+
+
+STREAM_SEEN = """
+    import os, sys
+    from pixelgpt import training
+    read = training.read_image
+    def logged(value, where, *rest):
+        kind = "held" if where.startswith("eval") else "seen"  # held-out rows are checked as eval[i] first
+        with open(os.path.join({out!r}, kind + "-" + os.environ["RANK"] + ".txt"), "a") as f:
+            f.write(value["path"] + "\\n")
+        return read(value, where, *rest)
+    training.read_image = logged
+    training.main(training.parse_args(sys.argv[1:]))
+"""
+
+
+def test_two_streaming_cpu_processes_read_disjoint_parts(tmp_path):
+    root = make_folder(tmp_path / "imgs", sizes=((12, 12),) * 12)
+    script = tmp_path / "launch_stream.py"
+    script.write_text(textwrap.dedent(STREAM_SEEN.format(out=str(tmp_path))))
+    # 4 held out, 20 streamed: each process reads its 10 in passes of 2 batches of 4 (3 steps: one pass and a bit).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(free_port()), str(script), "--output_dir", str(tmp_path / "ddp"), *TINY, "--train_data_dir",
+              str(root), "--streaming", "--max_train_steps", "2", "--train_batch_size", "4", "--max_eval_samples", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"2-process run hung:\n{(err.stderr or b'')[-3000:]!r}") from err
+    assert result.returncode == 0, result.stderr[-3000:]
+    held = set((tmp_path / "held-0.txt").read_text().split())
+    assert len(held) == 4 and held == set((tmp_path / "held-1.txt").read_text().split())
+    # What each process trained on (it also evaluated on its share of the held-out images).
+    seen = [set((tmp_path / f"seen-{rank}.txt").read_text().split()) - held for rank in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 8  # two batches of 4 each, all different
+    assert not seen[0] & seen[1]
+    assert (tmp_path / "ddp" / "model.safetensors").exists()

@@ -135,8 +135,8 @@ PAUSE_AT_STEP_2 = """
     from pathlib import Path
     from pixelgpt import training
     save = training.save_checkpoint
-    def paused(accelerator, args, step, ema, settings):
-        path = save(accelerator, args, step, ema, settings)
+    def paused(accelerator, args, step, ema, settings, data_state):
+        path = save(accelerator, args, step, ema, settings, data_state)
         if step == 2:
             Path(sys.argv[1]).touch()  # tell the test we hold the folder
             while not Path(sys.argv[2]).exists():

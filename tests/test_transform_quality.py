@@ -1,5 +1,6 @@
 """examples/transform_quality.py: one tiny pass per task (the real figures come from trained models, see docs/)."""
 
+import json
 import sys
 
 import numpy as np
@@ -68,3 +69,44 @@ def test_the_model_must_match_the_task(tmp_path):
     processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
     with pytest.raises(ValueError, match="trained for task 'generate', not 'inpaint'"):
         run("inpaint", "--model", save(tmp_path / "raster", processor), "--raster_model", "x")
+
+
+def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pixelgpt import training, utils
+
+    from conftest import assert_honest_card, assert_nearest_enlargement
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8, condition_size=4,
+                                       condition_quantization="gray8")
+    model = save(tmp_path / "upscale", processor, task="upscale", condition_size=4, condition_vocab_size=256)
+    args = training.parse_args(["--output_dir", model, "--task", "upscale", "--resolution", "8"])
+    config = PixelGPTForImageGeneration.config_class.from_pretrained(model)
+    metrics = {"bits_per_token": 2.9, "untrained_bits_per_token": 3.0, "steps": 2}
+    utils.write_model_card(model, args=args, config=config, processor=processor, dataset_name=None, metrics=metrics,
+                           bits_name="bits_per_token", num_train_images=38)
+    with pytest.raises(ValueError, match="--update_card needs a local model folder with its model card"):
+        run("upscale", "--model", str(tmp_path / "no-card"), "--update_card")
+    for seed in ("0", "1"):  # measuring again replaces the figures
+        report = run("upscale", "--model", model, "--train_data_dir", str(folder), "--update_card", "--seed", seed)
+    figures = transform_quality.report_figures(report)
+    assert len(figures) == 6 and all(path[0] == "psnr_db" for path, _ in figures)
+    saved = json.loads((tmp_path / "upscale" / "upscale_quality.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    card = ModelCard.load(tmp_path / "upscale" / "README.md")
+    yaml = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert yaml == {"bits_per_token": 2.9, "untrained_bits_per_token": 3.0,
+                    **{"upscale_quality_" + "_".join(path): round(value, 4) for path, value in figures}}
+    assert {r.dataset_name for r in card.data.eval_results} == {"local image folder"}
+    text = assert_honest_card(tmp_path / "upscale", str(tmp_path), str(folder))
+    assert text.count("## Task quality: upscale") == 1 and "`upscale_quality.json`" in text
+    for path, value in figures:
+        assert f"| {': '.join(p.replace('_', ' ') for p in path)} | {value:.4f} |" in text
+    assert "![upscale examples](upscale_quality_grid_large.png)" in text
+    assert_nearest_enlargement(tmp_path / "upscale" / "upscale_quality_grid_large.png",
+                               tmp_path / "upscale" / "upscale_quality_grid.png")

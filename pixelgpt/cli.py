@@ -5,6 +5,7 @@
     pixelgpt generate --model pixelgpt-fashion --num_images 16 --output_dir samples
     pixelgpt inpaint --model inpaint-model --mask mask.png photo.png --num_samples 4
     pixelgpt eval --model pixelgpt-fashion held_out/            # bits per token of image files
+    pixelgpt demo --model pixelgpt-fashion --model inpaint-model # a web page for every operation (gradio)
 
 `--model` is a local folder or a Hub repo id, loaded with the code saved beside it (trust_remote_code=True).
 Outputs are PNG files named after the inputs: `<name>-<k>.png` (`sample-<i>.png` for generate), where an image
@@ -13,6 +14,7 @@ file is never replaced unless `--overwrite` is given.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -103,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="Seed of the random orders of inpainting models.")
     p.add_argument("--batch_size", type=int, default=16, help="Images scored together.")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+
+    p = sub.add_parser("demo", help='A web page with a tab for every operation of each model (`pip install '
+                       '"pixelgpt[demo]"`).')
+    p.add_argument("--model", required=True, action="append", help="Model folder or Hub repo id (repeat for several).")
+    p.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: every network interface).")
+    p.add_argument("--port", type=int, default=None, help="Port (default: 7860, or the next free one).")
+    p.add_argument("--share", action="store_true", help="Also serve through a public gradio.live link.")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
     return parser
 
 
@@ -151,29 +161,29 @@ def _output_paths(args, names: list[str]) -> list[Path]:
     return paths
 
 
-def _load_model(args):
+def load_model(name: str, device: str | None = None):
+    """The model of a folder or Hub repo id on `device`, in eval mode; a bad name or device exits with one line."""
     from transformers import AutoModel
 
     try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
-        raise SystemExit(f"pixelgpt: --device {args.device!r} is not a torch device ({err}).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"pixelgpt: --device {args.device} asks for a GPU, but torch sees none here; use --device "
-                         "cpu.")
-    source = Path(args.model).expanduser()
+        raise SystemExit(f"pixelgpt: --device {device!r} is not a torch device ({err}).") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"pixelgpt: --device {device} asks for a GPU, but torch sees none here; use --device cpu.")
+    source = Path(name).expanduser()
     if source.is_file():
-        raise SystemExit(f"pixelgpt: --model {args.model} is a file; give the model's folder (the one holding "
+        raise SystemExit(f"pixelgpt: --model {name} is a file; give the model's folder (the one holding "
                          "config.json) or a Hub repo id.")
-    looks_local = args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local and not source.exists():
-        raise SystemExit(f"pixelgpt: --model {args.model}: no such folder.")
+        raise SystemExit(f"pixelgpt: --model {name}: no such folder.")
     try:
-        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+        model = AutoModel.from_pretrained(name, trust_remote_code=True)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"pixelgpt: cannot load --model {args.model}: {first_line}") from None
-    return model.to(device).eval()
+        raise SystemExit(f"pixelgpt: cannot load --model {name}: {first_line}") from None
+    return model.to(torch_device).eval()
 
 
 def _save(images, paths: list[Path]) -> list[Path]:
@@ -196,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_training.main(tokenizer_training.parse_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from pixelgpt import demo
+
+        if importlib.util.find_spec("gradio") is None:  # one line, before any model loads
+            raise SystemExit(f"pixelgpt: {demo.GRADIO_MISSING}")
+        demo.launch(args.model, device=args.device, server_name=args.host, server_port=args.port, share=args.share)
+        return 0
     # Bad input paths and output files fail before the model loads.
     named = _image_files(args.inputs) if args.command != "generate" else []
     files = [file for file, _ in named]
@@ -205,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command != "eval":
         repeats = getattr(args, "num_samples", 1)
         paths = _output_paths(args, [f"{name}-{k}" for _, name in named for k in range(repeats)])
-    model = _load_model(args)
+    model = load_model(args.model, args.device)
     if args.command != "eval":
         model.config.check_operation(args.command)  # before any input is decoded or sampled
     if args.command == "eval":

@@ -10,24 +10,14 @@ import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
-from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor
+from pixelgpt import PixelGPTForImageGeneration
 from pixelgpt.cli import build_parser, main
 
-from conftest import tiny_config
+from conftest import save_model
 
 TINY_TRAIN = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
               "--max_train_samples", "32", "--max_eval_samples", "16", "--train_batch_size", "8", "--num_samples", "2",
               "--max_train_steps", "1"]
-
-
-def save_model(folder, **overrides):
-    torch.manual_seed(0)
-    PixelGPTForImageGeneration(tiny_config(vocab_size=256, image_size=6, **overrides)).save_pretrained(folder)
-    condition = {}
-    if overrides.get("condition_size"):
-        condition = dict(condition_quantization="gray8", condition_size=overrides["condition_size"])
-    PixelGPTImageProcessor(quantization="gray8", image_size=6, **condition).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def test_every_sub_command_documents_every_flag():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {"train", "train-tokenizer", "generate", "complete", "inpaint", "outpaint", "colorize",
-                             "upscale", "translate", "vary", "eval"}
+                             "upscale", "translate", "vary", "eval", "demo"}
     for name, sub in commands.items():
         undocumented = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
         assert undocumented == [], name

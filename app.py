@@ -1,0 +1,14 @@
+"""The PixelGPT demo as a Hugging Face Space (gradio SDK), or locally: `python app.py`.
+
+PIXELGPT_DEMO_MODEL names the models: Hub repo ids or folders, several separated by commas (default: the
+folder pixelgpt-fashion, which `pixelgpt train --output_dir pixelgpt-fashion` writes). On a Space, set it as a
+variable in the Space's settings and list `pixelgpt[demo]` (installed from wherever the package lives) in the
+Space's requirements.txt. The address and port come from gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which
+Spaces set.
+"""
+
+import os
+
+from pixelgpt.demo import launch
+
+launch(os.environ.get("PIXELGPT_DEMO_MODEL", "pixelgpt-fashion").split(","))

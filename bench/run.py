@@ -24,6 +24,10 @@ B5 quality per compute: both trained by the same loop for the same wall-clock on
 B7 64x64 colour images/s, training (batch 2) and sampling (batch 8), tiny size: PixelGPT on an image tokenizer's
    16x16 grid (1,000 codes, factor 4; sampling includes decoding to pixels) against PixelGPT and ImageGPT on 4,096
    palette tokens (256 colours), the same transformer. Ratios: tokenizer model / pixel model, and against ImageGPT.
+B8 data at scale: train.py on 10k, 50k and 200k generated 32x32 images (parquet shards written to a temporary folder,
+   deleted after): peak RSS and start-up time (process start to the first training batch) with --streaming and
+   with the prepared (memory-mapped Arrow) dataset. Not a model comparison: ImageGPT has no data pipeline, so the
+   reference column is the prepared dataset and the ratios are prepared / streaming.
 """
 
 import argparse
@@ -40,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+STARTED = time.perf_counter()  # a worker's start, for B8's start-up time
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "fashion-mnist"
 SIZES = {"full": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=8),
@@ -277,8 +282,60 @@ def work_quality(p):
             "images_seen": steps * p["batch"], "seconds": p["seconds"]}
 
 
+def work_stream_data(p):
+    """Write `images` random 32x32 PNGs (4x4 blocks of colour with a little noise: ~1.9 kB each, like small real
+    images) as 20 parquet shards under `folder` (20: a stream can give each process and worker whole files)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng, folder = np.random.default_rng(0), Path(p["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = 20
+    for shard in range(shards):
+        rows = []
+        for _ in range(p["images"] // shards):
+            pixels = rng.integers(0, 256, (4, 4, 3)).repeat(8, 0).repeat(8, 1) + rng.integers(-6, 7, (32, 32, 3))
+            buffer = __import__("io").BytesIO()
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+            rows.append({"bytes": buffer.getvalue(), "path": None})
+        table = pa.table({"image": rows, "label": rng.integers(0, 10, len(rows))})
+        # The datasets feature metadata makes `image` an Image column, as a pushed dataset's parquet has it.
+        table = table.replace_schema_metadata({"huggingface": json.dumps(
+            {"info": {"features": {"image": {"_type": "Image"}, "label": {"dtype": "int64", "_type": "Value"}}}})})
+        pq.write_table(table, folder / f"train-{shard:05d}-of-{shards:05d}.parquet")
+    return {"bytes": sum(f.stat().st_size for f in folder.iterdir())}
+
+
+def work_stream_train(p):
+    """A few training steps of the tiny preset on `folder` (a datasets path), fresh caches: seconds from the
+    worker's start to the first training batch, and the process's peak RSS."""
+    import tempfile
+
+    from pixelgpt import training
+
+    first = {}
+    original = training.TrainingBatches.__iter__
+
+    def timed(self):
+        for batch in original(self):
+            first.setdefault("seconds", time.perf_counter() - STARTED)
+            yield batch
+
+    training.TrainingBatches.__iter__ = timed
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["--dataset_name", p["folder"], "--cache_dir", str(Path(tmp, "cache")), "--output_dir",
+                str(Path(tmp, "out")), "--resolution", str(p.get("resolution", 32)), "--quantization", "rgb",
+                "--num_levels", "4", "--max_train_steps", str(p.get("steps", 5)), "--train_batch_size", "16",
+                "--max_eval_samples", "16",
+                "--eval_steps", "1000", "--sample_steps", "1000", "--num_samples", "1", "--lr_warmup_steps", "1"]
+        training.main(training.parse_args(argv + (["--streaming"] if p["streaming"] else [])))
+    return {"startup_seconds": first["seconds"], "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 WORKERS = {"train": work_train, "generate": work_generate, "floor": work_floor, "peak": work_peak,
-           "quality": work_quality}
+           "quality": work_quality, "stream_data": work_stream_data, "stream_train": work_stream_train}
 
 
 def run_worker(task, **params):
@@ -310,7 +367,7 @@ def suite(args):
     device = args.device
     vocab = 512
     rows, report = [], {"machine": machine(device), "size": size, "vocab": vocab, "quick": quick, "rows": {}}
-    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5", "B6", "B7"}
+    only = set(args.only.split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"}
     peaks = run_worker("peak", device=device)
     peak = peaks["gflops"]
     report["matmul_peak_gflops"], report["matmul_gflops_by_kernel"] = peak, peaks["by_kernel"]
@@ -440,6 +497,28 @@ def suite(args):
                 ref["bits_per_dim"] / ours["bits_per_dim"])
             add(name, "images seen", ours["images_seen"], ref["images_seen"],
                 ours["images_seen"] / ref["images_seen"])
+
+    if "B8" in only:  # data at scale: streaming against the prepared dataset
+        import shutil
+        import tempfile
+
+        report["rows"]["B8_streaming"] = {}
+        for images in (2000, 10000) if quick else (10000, 50000, 200000):
+            folder = Path(tempfile.mkdtemp(prefix="pixelgpt-b8-"))
+            try:
+                data_bytes = run_worker("stream_data", folder=str(folder), images=images)["bytes"]
+                best = {}
+                for streaming in (True, False):
+                    best[streaming] = run_worker("stream_train", folder=str(folder), streaming=streaming)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            ours, ref = best[True], best[False]
+            report["rows"]["B8_streaming"][images] = {"streaming": ours, "prepared": ref, "data_bytes": data_bytes}
+            name = f"B8 {images // 1000}k images ({data_bytes / 1e6:.0f} MB)"
+            note = "(reference column: the prepared dataset, not ImageGPT)"
+            add(name, "start-up s", ours["startup_seconds"], ref["startup_seconds"],
+                ref["startup_seconds"] / ours["startup_seconds"], note)
+            add(name, "peak MB", ours["peak_mb"], ref["peak_mb"], ref["peak_mb"] / ours["peak_mb"], note)
 
     report["table"] = [dict(zip(("row", "metric", "pixelgpt", "imagegpt", "ratio", "note"), r)) for r in rows]
     out = Path(args.out)

@@ -82,3 +82,11 @@ def test_exact_generation_counts_its_passes(tmp_path):
                                       repeats=1, tokens_per_step=4, exact=True, model_path=str(tmp_path)))
     assert 16 / 4 < result["forward_passes"] <= 16 + 1  # 1 to k tokens per pass, plus the first pass
     assert result["tokens_per_pass"] == pytest.approx(16 / result["forward_passes"])
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_streaming_workers_write_readable_shards_and_time_the_start(tmp_path, streaming):
+    data = bench.work_stream_data(dict(folder=str(tmp_path / "data"), images=200))
+    assert len(list((tmp_path / "data").glob("*.parquet"))) == 20 and data["bytes"] > 0
+    result = bench.work_stream_train(dict(folder=str(tmp_path / "data"), streaming=streaming, resolution=8, steps=1))
+    assert 0 < result["startup_seconds"] and result["peak_mb"] > 0

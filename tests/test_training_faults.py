@@ -106,6 +106,9 @@ def test_sigkill_at_each_phase_of_a_checkpoint_write_loses_nothing(tmp_path, str
 INTERRUPT_AT_STEP_3 = """
     import os, signal, sys
     from pixelgpt import training
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started; a background job of a
+    # non-interactive shell (nohup ... &, some CI runners) inherits it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     evaluate = training.task_loss
     calls = []
     def interrupted(*args, reduction="mean", **kwargs):

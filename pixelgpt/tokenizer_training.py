@@ -36,17 +36,16 @@ from .training import (
     adamw,
     add_data_arguments,
     add_run_arguments,
-    all_ranks,
     check_images,
     check_output_dir,
     check_run_arguments,
-    diverged_message,
     final_weights,
     find_resume_checkpoint,
     launch,
     load_splits,
     moving_average,
     on_main_process,
+    optimizer_step,
     push_folder,
     read_image,
     resume_state,
@@ -55,7 +54,7 @@ from .training import (
     start_trackers,
     write_skipped,
 )
-from .utils import DEFAULT_DATASET_HUB_ID, TrainingError, make_image_grid, save_card_grid
+from .utils import DEFAULT_DATASET_HUB_ID, make_image_grid, save_card_grid
 
 logger = get_logger(__name__)
 
@@ -294,14 +293,7 @@ def run_tokenizer_training(args, accelerator, started):
             loss, adversarial = out.loss, discriminator is not None and global_step >= args.disc_start
             if adversarial:  # the generator side of the hinge loss: make reconstructions look real
                 loss = loss - args.disc_weight * discriminator(out.reconstruction).mean()
-            if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
-                raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, args, model, loss, optimizer, scheduler, global_step + 1)
             if adversarial:
                 disc_optimizer.zero_grad()  # drop what the generator loss left on it
                 real, fake = discriminator(x), discriminator(out.reconstruction.detach())

@@ -913,6 +913,19 @@ def schedule(args, accelerator, optimizer, steps_per_epoch: int | None):
     return max_steps, scheduler
 
 
+def optimizer_step(accelerator, args, model, loss, optimizer, scheduler, step: int) -> None:
+    """Backward, clip and step (inside `accelerator.accumulate`), after stopping at the first non-finite loss,
+    before it reaches the weights (every process agrees)."""
+    if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
+        raise TrainingError(diverged_message(args, step, f"the loss is {loss.item()}"))
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and args.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
 def moving_average(args, accelerator, model):
     """The EMA copy of `--use_ema` (None without it)."""
     if not args.use_ema:
@@ -1179,15 +1192,7 @@ def run_training(args, accelerator, started):
                 input_ids[dropped, 0] = config.start_token_id
             # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
             loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
-            # Stop at the first non-finite loss, before it reaches the weights (every process agrees).
-            if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
-                raise TrainingError(diverged_message(args, global_step + 1, f"the loss is {loss.item()}"))
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, args, model, loss, optimizer, scheduler, global_step + 1)
         tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue

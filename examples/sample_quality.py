@@ -17,8 +17,8 @@ small classes count) and is checked on the images `train.py` held out (same --ev
 
     python examples/sample_quality.py --model classcond-model --guidance_scale 1 2 3 4 5
 
---fid adds the Frechet Inception Distance (torchmetrics with torch-fidelity's Inception-v3, `pip install
-"pixelgpt[fid]"`) of the samples, of an untrained model's samples and of as many real training images (the floor
+--fid adds the Frechet Inception Distance (torchmetrics with torch-fidelity's Inception-v3: `pip install -e
+".[fid]"` in a clone) of the samples, of an untrained model's samples and of as many real training images (the floor
 at that sample count) against the held-out images the classifier is checked on. The Inception weights are not
 downloaded: pass the file with --inception_weights (see INCEPTION_WEIGHTS_NAME below for which one and where from).
 
@@ -82,7 +82,7 @@ def build_parser():
     p.add_argument("--fid", action="store_true",
                    help="Also report the Frechet Inception Distance to the held-out images (lower is closer) of the "
                    "samples, of the untrained model's samples and of real training images; needs "
-                   'pip install "pixelgpt[fid]" and --inception_weights.')
+                   'pip install torchmetrics torch-fidelity (the "fid" extra) and --inception_weights.')
     p.add_argument("--inception_weights", metavar="PATH",
                    help=f"With --fid: the local Inception-v3 FID weights file ({INCEPTION_WEIGHTS_NAME}, from "
                    f"{INCEPTION_WEIGHTS_URL}); it is never downloaded.")
@@ -109,7 +109,8 @@ def fid_metric(args):
         from torchmetrics.image.fid import FrechetInceptionDistance
     except (ImportError, RuntimeError) as err:  # RuntimeError: a torchvision built for another torch
         raise FIDError('--fid needs torchmetrics and torch-fidelity (with a torchvision that matches torch): '
-                       f'pip install "pixelgpt[fid]" ({type(err).__name__}: {err})') from err
+                       f'pip install torchmetrics torch-fidelity (in a clone: pip install -e ".[fid]") '
+                       f'({type(err).__name__}: {err})') from err
     try:
         torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code in the file runs
         # reset_real_features=False: the reference images' features are computed once for every set compared.

@@ -84,9 +84,12 @@ class SamplingOptions:
                              f"parallel_tokens={config.parallel_tokens}), got {self.tokens_per_step!r}.")
         if self.guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0 (1 = no guidance), got {self.guidance_scale}.")
-        if self.guidance_scale != 1.0 and (class_labels is None or not config.num_classes):
-            raise ValueError("`guidance_scale` guides towards class labels: it needs `class_labels` and a "
-                             "class-conditional model (trained with --class_conditional).")
+        if self.guidance_scale != 1.0 and not config.num_classes:
+            raise ValueError("`guidance_scale` guides towards class labels: it needs a class-conditional model "
+                             "(trained with --class_conditional).")
+        if self.guidance_scale != 1.0 and class_labels is None:
+            raise ValueError("`guidance_scale` guides towards class labels: give `class_labels`, or keep "
+                             "guidance_scale=1 for unconditional samples.")
         if not isinstance(self.exact, bool):
             raise ValueError(f"`exact` must be True or False, got {self.exact!r}.")
         if self.use_generate and self.tokens_per_step != 1:

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 
     p = sub.add_parser("demo", help='A web page with a tab for every operation of each model (`pip install '
-                       '"pixelgpt[demo]"`).')
+                       'gradio`).')
     p.add_argument("--model", required=True, action="append", help="Model folder or Hub repo id (repeat for several).")
     p.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: every network interface).")
     p.add_argument("--port", type=int, default=None, help="Port (default: 7860, or the next free one).")

@@ -3,7 +3,7 @@
     pixelgpt demo --model pixelgpt-fashion --model inpaint-fashion     # the command
     python app.py                                                      # a Hugging Face Space (see app.py)
 
-gradio is an optional extra (`pip install "pixelgpt[demo]"`), imported only when a demo is built, so the library
+gradio is an optional extra (`pip install -e ".[demo]"` in a clone), imported only when a demo is built, so the library
 never needs it. Every tab calls the model method `pixelgpt <operation>` calls (`<operation>_images`), with its
 widgets named after that method's keyword arguments.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-GRADIO_MISSING = 'The demo needs gradio: pip install "pixelgpt[demo]"'
+GRADIO_MISSING = 'The demo needs gradio: pip install gradio (or, in a clone, pip install -e ".[demo]")'
 # Model images are a few dozen pixels wide: the browser must not blur them when it scales them up, and an input
 # image is shown filling its box (gradio shows it at its own size: 28 pixels is a thumbnail).
 CSS = """img, canvas { image-rendering: pixelated; }
@@ -42,6 +42,11 @@ def _mask(editor: dict, processor) -> np.ndarray:
     area = type(processor)(quantization="gray8", image_size=processor.image_size, resize_mode=processor.resize_mode,
                            resample="box", background=processor.background)
     return area.to_array(Image.fromarray(painted.astype(np.uint8) * 255))[0, ..., 0] > 0
+
+
+def processor_crops(model) -> bool:
+    """Whether the model's processor crops a non-square image to its centre square (resize mode `crop`)."""
+    return model.get_image_processor().resize_mode == "crop"
 
 
 def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
@@ -87,7 +92,8 @@ def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
                 w["temperature"] = gr.Slider(0, 2, value=1, step=0.05, label="Temperature (0 = greedy)")
                 w["top_k"] = gr.Slider(0, config.vocab_size, value=0, step=1, precision=0, label="Top-k (0 = off)")
                 w["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (1 = off)")
-                w["seed"] = gr.Number(0, precision=0, label="Seed (same seed, same images)")
+                w["seed"] = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1,
+                                      label="Seed (same seed, same images)")
             run = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
         with gr.Column():
             gallery = gr.Gallery(label=f"Results (shown enlarged; model size {size}x{size})", format="png",
@@ -106,13 +112,18 @@ def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
         if editor is not None and editor["background"] is not None:
             kwargs["images"], kwargs["mask_image"] = editor["background"], _mask(editor, model.get_image_processor())
             if not kwargs["mask_image"].any():
-                raise gr.Error("Paint over the pixels to redraw first.")
+                where = (" (on a non-square upload only the centre square, which the model reads, counts)"
+                         if processor_crops(model) else "")
+                raise gr.Error(f"Paint over the pixels to redraw first{where}.")
         if op != "generate" and kwargs.get("images") is None:
             raise gr.Error("Upload an input image first.")
         try:
             images = getattr(model, f"{op}_images")(**kwargs, generator=generator, show_progress=True)
         except ValueError as err:  # the library's message says what to change
             raise gr.Error(str(err)) from None
+        except RuntimeError as err:  # e.g. out of memory: say what happened rather than a bare "Error"
+            raise gr.Error(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (try fewer "
+                           "images)") from None
         folder = Path(tempfile.mkdtemp(prefix=f"{op}-", dir=outputs))  # gradio copies the files into its cache
         paths = [str(folder / f"{op}-{i:04d}.png") for i in range(len(images))]
         for image, path in zip(images, paths):

@@ -39,6 +39,7 @@ from .training import (
     check_images,
     check_output_dir,
     check_run_arguments,
+    data_settings,
     final_weights,
     find_resume_checkpoint,
     launch,
@@ -231,7 +232,7 @@ Stage two: `python examples/train.py --tokenizer {repo_id} --train_data_dir ...`
 def run_tokenizer_training(args, accelerator, started):
     """Everything after the output folder is secured: data, tokenizer, (resumed) training, evaluation, saving."""
     set_seed(args.seed)
-    settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+    settings = {name: getattr(args, name) for name in RESUME_SETTINGS} | data_settings(args)
     resume_path = find_resume_checkpoint(args, settings)
     train, held_out, dataset_name = load_splits(args)
     processor = PixelGPTImageProcessor(quantization="rgb8", image_size=args.resolution, resize_mode=args.resize_mode,
@@ -264,6 +265,7 @@ def run_tokenizer_training(args, accelerator, started):
 
     batches = TrainingBatches(args, accelerator, train, collate)
     eval_loader = torch.utils.data.DataLoader(held_out, batch_size=args.eval_batch_size,
+                                              generator=torch.Generator().manual_seed(args.seed),  # see TrainingBatches
                                               collate_fn=partial(collate, baseline=True),
                                               num_workers=args.dataloader_num_workers)
     shown = collate(held_out[:8])["pixel_values"]

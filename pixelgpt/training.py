@@ -339,7 +339,7 @@ def load_splits(args):
     if eval_split:
         held_out = dataset[eval_split]
     elif args.streaming:  # a stream cannot be split at random: its first images are held out, the rest trained on
-        held_out, train = train.take(args.max_eval_samples), train.skip(args.max_eval_samples)
+        held_out = train.take(args.max_eval_samples)
     else:
         parts = train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
         train, held_out = parts["train"], parts["test"]
@@ -364,7 +364,22 @@ def load_splits(args):
     held_out = list(held_out)
     if not held_out:
         raise ValueError("There are no held-out images to evaluate on (the eval split is empty).")
+    if args.streaming and not eval_split:
+        # Leave the held-out images out by content, not with `skip()`: a skip is divided among the files when
+        # processes or DataLoader workers split the stream, and it stops the files' order from being shuffled.
+        held = {image_key(row[args.image_column]) for row in held_out}
+        train = train.filter(lambda value: image_key(value) not in held, input_columns=args.image_column)
     return train, held_out, name
+
+
+def image_key(value) -> str:
+    """What identifies an undecoded image: its file's path, else a digest of its bytes."""
+    if isinstance(value, dict):
+        if value.get("path"):
+            return value["path"]
+        if value.get("bytes"):
+            return hashlib.sha1(value["bytes"]).hexdigest()
+    return repr(value)
 
 
 def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:
@@ -592,20 +607,20 @@ class TrainingBatches:
     by the collate function as batches are made; bad images are counted in `bad_images` or stop the run."""
 
     def __init__(self, args, accelerator, train, collate):
-        self.accelerator, self.skip_bad = accelerator, args.skip_bad_images
+        self.accelerator, self.args = accelerator, args
         self.streaming, self.epoch, self.position = args.streaming, 0, 0  # position: micro-batches read this pass
         self.bad_images: dict[str, None] = {}  # an ordered set: an image met again in the next pass counts once
+        # Each loader has its own generator: creating an iterator (every pass, the skipping loader of a resumed run)
+        # then never draws from torch's global RNG, which training randomness relies on.
         loader = dict(batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.dataloader_num_workers,
-                      drop_last=True)
+                      generator=torch.Generator().manual_seed(args.seed))
         if self.streaming:
             train = train.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
             self.dataset = split_dataset_by_node(train, accelerator.process_index, accelerator.num_processes)
+            # No drop_last: each DataLoader worker batches its own files, and would drop its own remainder.
             self.loader, self.steps_per_epoch = torch.utils.data.DataLoader(self.dataset, **loader), None
         else:
-            # Its own generator: creating an iterator (every pass, the skipping loader of a resumed run) then
-            # never draws from torch's global RNG, which training randomness relies on.
-            loader = torch.utils.data.DataLoader(train, shuffle=True, generator=torch.Generator().manual_seed(
-                args.seed), **loader)
+            loader = torch.utils.data.DataLoader(train, shuffle=True, drop_last=True, **loader)
             if len(loader) == 0:
                 raise ValueError(f"{len(train)} training images are fewer than one batch of {args.train_batch_size}.")
             self.loader = accelerator.prepare(loader)
@@ -615,11 +630,11 @@ class TrainingBatches:
     def __iter__(self):
         """Batches without end, from (`epoch`, `position`); the caller stops at its last step."""
         while True:
-            start = self.position
+            start, usable = self.position, 0
             if self.streaming:
                 self.dataset.set_epoch(self.epoch)  # another shuffle each pass
                 # A resumed stream is read again from the start of its pass; the batches already trained on are
-                # decoded and dropped (the order is the same: same seed, same pass).
+                # decoded and dropped (the order is the same: same seed, same pass, same settings).
                 batches = itertools.islice(self.loader, start, None)
             else:
                 self.loader.set_epoch(self.epoch)
@@ -630,39 +645,58 @@ class TrainingBatches:
                 self.bad_images.update(dict.fromkeys(bad))
                 rows = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
                 # Every process takes the same decision, or the others would wait for it forever.
-                worst = self.accelerator.gather(torch.tensor([2 if bad and not self.skip_bad else int(rows == 0)],
-                                                             device=self.accelerator.device)).max().item()
-                if worst == 2:
-                    raise ValueError((f"Bad training image: {bad[0]}." if bad and not self.skip_bad else
-                                      "Another process met a bad training image (see its message).") +
-                                     " Fix or remove it, or pass --skip_bad_images to skip such images (counted and "
-                                     "listed), then continue with --resume_from_checkpoint latest.")
-                if worst == 1:  # every image of some process's batch was bad: all skip this micro-batch
+                worst = self.accelerator.gather(torch.tensor([2 if bad and not self.args.skip_bad_images else
+                                                              int(rows == 0)], device=self.accelerator.device))
+                if worst.max().item() == 2:
+                    raise ValueError(self._bad_message(bad))
+                if worst.max().item() == 1:  # every image of some process's batch was bad: all skip this micro-batch
                     continue
+                usable += 1
                 yield send_to_device(batch, self.accelerator.device) if self.streaming else batch
-            if start == 0 and self.position == 0:
-                raise ValueError(f"The training data holds fewer than one batch of {self.loader.batch_size} images"
-                                 f"{' for this process' if self.accelerator.num_processes > 1 else ''}.")
+            if start == 0 and usable == 0:  # a whole pass without one usable batch: another pass would not help
+                raise ValueError(self._empty_message())
             self.epoch, self.position = self.epoch + 1, 0
 
-    def state(self) -> list:
-        """[pass, micro-batches read in it] of every process (a collective: call it on all)."""
-        here = torch.tensor([[self.epoch, self.position]], device=self.accelerator.device)
-        return self.accelerator.gather(here).tolist()
+    def _bad_message(self, bad: list) -> str:
+        found = list_checkpoints(self.args.output_dir)
+        then = (f"then continue from {found[-1].name} with --resume_from_checkpoint latest" if found else
+                "then start the run again")
+        where = (f"Bad training image: {bad[0]}." if bad else
+                 "Another process met a bad training image (see its message).")
+        return (f"{where} Fix or remove it, or pass --skip_bad_images to skip such images (counted and listed), "
+                f"{then}.")
 
-    def restore(self, saved: list | None, step: int, accumulation: int) -> None:
+    def _empty_message(self) -> str:
+        what = f"fewer than one batch of {self.args.train_batch_size} images"
+        if self.bad_images:
+            what = f"no usable image: {len(self.bad_images)} bad ones were skipped, e.g. {next(iter(self.bad_images))}"
+        held = " after the first --max_eval_samples held out" if self.streaming and not self.args.eval_split else ""
+        part = (f" in this process's part (process {self.accelerator.process_index} of "
+                f"{self.accelerator.num_processes}; use fewer processes)" if self.accelerator.num_processes > 1 else "")
+        return f"The training data holds {what}{held}{part}."
+
+    def state(self) -> dict:
+        """Where every process is (pass, micro-batches read in it) and the bad images met so far (a collective:
+        call it on all processes)."""
+        here = torch.tensor([[self.epoch, self.position]], device=self.accelerator.device)
+        return {"positions": self.accelerator.gather(here).tolist(), "bad_images": self.all_bad_images()}
+
+    def restore(self, saved: dict | None, step: int) -> None:
         """Continue where a checkpoint's `state()` was; older checkpoints give only their step."""
         if saved is None:
             if self.streaming:
                 raise TrainingError("This checkpoint does not record where the stream was; resume it without "
                                     "--streaming.")
-            saved = [[step // self.steps_per_epoch, (step % self.steps_per_epoch) * accumulation]]
-        elif self.streaming and len(saved) != self.accelerator.num_processes:
-            raise TrainingError(f"The checkpoint was written by {len(saved)} processes, each reading its own part of "
-                                f"the stream; resume it with {len(saved)} processes, not "
+            saved = {"positions": [[step // self.steps_per_epoch,
+                                    (step % self.steps_per_epoch) * self.args.gradient_accumulation_steps]]}
+        positions = saved["positions"]
+        if self.streaming and len(positions) != self.accelerator.num_processes:
+            raise TrainingError(f"The checkpoint was written by {len(positions)} processes, each reading its own part "
+                                f"of the stream; resume it with {len(positions)} processes, not "
                                 f"{self.accelerator.num_processes}.")
         # Prepared data: every process is at the same place.
-        self.epoch, self.position = saved[self.accelerator.process_index if self.streaming else 0]
+        self.epoch, self.position = positions[self.accelerator.process_index if self.streaming else 0]
+        self.bad_images.update(dict.fromkeys(saved.get("bad_images", [])))
 
     def all_bad_images(self) -> list:
         """The bad images every process met, each once (a collective)."""
@@ -676,6 +710,18 @@ RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "p
                    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
                    "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
                    "class_embedding", "tokenizer")
+# What decides which images a resumed run's position in its data points to (`TrainingBatches`); both training
+# scripts record them. The worker count matters only to a stream (each worker reads its own files).
+DATA_SETTINGS = ("streaming", "seed", "train_batch_size", "shuffle_buffer_size", "max_eval_samples", "eval_fraction",
+                 "eval_split", "split", "max_train_samples")
+
+
+def data_settings(args) -> dict:
+    settings = {name: getattr(args, name) for name in DATA_SETTINGS}
+    settings["dataloader_num_workers"] = args.dataloader_num_workers if args.streaming else None
+    return settings
+
+
 # Arguments that never reach a tracker, a log, a card or a file.
 SECRET_ARGS = ("hub_token",)
 LOCK_NAME = ".pixelgpt-train.lock"
@@ -684,7 +730,7 @@ LOCK_NAME = ".pixelgpt-train.lock"
 def run_settings(args) -> dict:
     """The RESUME_SETTINGS of this run, with the model size as it resolves (a preset's width given explicitly, or
     the derived MLP width, is the same model)."""
-    settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+    settings = {name: getattr(args, name) for name in RESUME_SETTINGS} | data_settings(args)
     sizes = dict(PIXELGPT_PRESETS[args.model_size], **{k: settings[k] for k in ("hidden_size", "num_hidden_layers",
                  "num_attention_heads", "intermediate_size") if settings[k] is not None})
     resolved = PixelGPTConfig(**sizes)
@@ -951,7 +997,7 @@ def resume_state(accelerator, args, resume_path, ema, batches: TrainingBatches) 
     saved = json.loads((resume_path / "pixelgpt_step.json").read_text())
     if ema is not None:
         ema.load_state_dict(load_file(str(resume_path / "ema.safetensors")))
-    batches.restore(saved.get("data"), saved["step"], args.gradient_accumulation_steps)
+    batches.restore(saved.get("data"), saved["step"])
     logger.info(f"Resumed from {resume_path.name} at step {saved['step']}")
     return saved["step"]
 
@@ -1148,6 +1194,7 @@ def run_training(args, accelerator, started):
     batches = TrainingBatches(args, accelerator, train, collate)
     batches.bad_images.update(dict.fromkeys(encode_bad))
     eval_loader = torch.utils.data.DataLoader(held_out, batch_size=args.eval_batch_size, collate_fn=collate,
+                                              generator=torch.Generator().manual_seed(args.seed),  # see TrainingBatches
                                               num_workers=args.dataloader_num_workers)
 
     # ---- optimisation: decay matrices only (not norms or embeddings' biases), warm-up then cosine

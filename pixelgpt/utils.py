@@ -1,5 +1,6 @@
 """Small helpers shared by the training script and the CLI: image files, image grids and the model card."""
 
+import hashlib
 import importlib.metadata
 import io
 import re
@@ -67,11 +68,14 @@ def open_image(value, where: str) -> Image.Image:
         return value
     source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
     name = value.get("path") if isinstance(value, dict) and value.get("path") else where
+    if isinstance(source, bytes) and name == where:  # no file name (parquet, Hub data): name it by its content
+        name = f"{where} without a file name (sha1 {hashlib.sha1(source).hexdigest()[:12]})"
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()  # force a full decode: truncated files fail here, not later in a worker
     except Exception as err:  # PIL raises many types for broken files
-        raise ValueError(f"{name}: cannot read image ({type(err).__name__}: {err})") from err
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "its bytes", str(err))  # no memory address
+        raise ValueError(f"{name}: cannot read image ({type(err).__name__}: {detail})") from err
     image.info["pixelgpt_name"] = name
     return image
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelgpt import PixelGPTImageProcessor
+from pixelgpt import PixelGPTImageProcessor, demo
 from pixelgpt.cli import build_parser
 
 from conftest import save_model
@@ -50,22 +50,21 @@ def test_without_gradio_the_error_names_the_extra(tmp_path):
     hide = "import sys; sys.modules['gradio'] = None\n"  # `import gradio` now raises ImportError
     result = run_python(hide + f"from pixelgpt.demo import build_demo\nbuild_demo([{folder!r}])")
     assert result.returncode != 0
-    assert 'ImportError: The demo needs gradio: pip install "pixelgpt[demo]"' in result.stderr
+    assert "ImportError: " + demo.GRADIO_MISSING in result.stderr
     result = run_python(hide + f"from pixelgpt.cli import run\nsys.argv = ['pixelgpt', 'demo', '--model', {folder!r}]\n"
                         "run()")
     assert result.returncode == 1
-    assert result.stderr.strip() == 'pixelgpt: The demo needs gradio: pip install "pixelgpt[demo]"'  # one line
+    assert result.stderr.strip() == "pixelgpt: " + demo.GRADIO_MISSING  # one line
 
 
 # ------------------------------------------------------------------------------------------------ in the browser
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The demo of a class-conditional generate model (m0) and an inpaint model (m1), served on 127.0.0.1."""
-    pytest.importorskip("gradio", reason='the demo needs gradio: pip install "pixelgpt[demo]"')
+    pytest.importorskip("gradio", reason=demo.GRADIO_MISSING)
     sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (the test extra)")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    from pixelgpt import demo
 
     root = tmp_path_factory.mktemp("demo")
     models = [save_model(root / "generate", num_classes=2), save_model(root / "inpaint", task="inpaint")]

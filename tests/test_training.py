@@ -302,8 +302,25 @@ def test_a_bad_training_image_stops_the_run_naming_the_file_when_it_is_read(tmp_
                                   "--max_eval_samples", "1"))
     message = str(info.value)
     assert re.search(r"Bad training image: \S*(broken|truncated|tiny)\.png", message), message
-    assert "--skip_bad_images" in message and "--resume_from_checkpoint latest" in message
+    # No checkpoint was written yet (every 500 steps): the advice is to run again, not to resume.
+    assert "--skip_bad_images" in message and "then start the run again" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_skipping_every_training_image_stops_instead_of_looping(tmp_path):
+    root = tmp_path / "imgs"
+    make_folder(root / "test", sizes=((12, 12),) * 2)  # good held-out images; every training image is bad
+    for c in ("cats", "dogs"):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            (root / "train" / c / f"bad{i}.png").write_bytes(b"not an image")
+    for extra in ([], ["--streaming"]):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        args = folder_args(tmp_path, root, "--skip_bad_images", "--train_batch_size", "2", "--max_train_steps", "50",
+                           *extra)
+        with pytest.raises(ValueError, match=r"holds no usable image: 8 bad ones were skipped, e\.g\. \S*bad"):
+            training.main(args)
 
 
 def test_no_image_is_decoded_before_training_only_as_batches_are_made(tmp_path):
@@ -659,10 +676,12 @@ def test_a_non_finite_moving_average_is_never_checkpointed(tmp_path):
 # ----------------------------------------------------------------------------------------------------- streaming
 def test_a_streamed_folder_trains_and_a_resumed_stream_ends_with_the_same_weights(tmp_path):
     root = make_folder(tmp_path / "imgs", sizes=((12, 12),) * 12)
-    # 24 images: the first 4 are held out, 20 train in passes of 5 batches; step 6 is inside the second pass.
+    add_bad_images(root)
+    # 27 images: the first 4 (good) are held out, 23 train (3 bad, skipped) in passes of 6 batches (the last of 3
+    # images); step 8 is inside the second pass.
     common = ["--train_data_dir", str(root), "--streaming", "--shuffle_buffer_size", "8", "--max_eval_samples", "4",
-              "--train_batch_size", "4", "--max_train_steps", "8", "--checkpointing_steps", "3",
-              "--checkpoints_total_limit", "0", "--class_conditional"]
+              "--train_batch_size", "4", "--max_train_steps", "10", "--checkpointing_steps", "4",
+              "--checkpoints_total_limit", "0", "--class_conditional", "--skip_bad_images"]
     straight = run(tmp_path, *common, name="straight")
     model = AutoModel.from_pretrained(straight)
     assert model.config.num_classes == 2  # the labels' ClassLabel, known without reading the stream
@@ -671,23 +690,50 @@ def test_a_streamed_folder_trains_and_a_resumed_stream_ends_with_the_same_weight
 
     def save_then_crash(accelerator, args, step, ema, settings, data_state):
         path = save(accelerator, args, step, ema, settings, data_state)
-        if step == 6:
+        if step == 8:
             raise KeyboardInterrupt
         return path
 
     with mock.patch.object(training, "save_checkpoint", save_then_crash), pytest.raises(KeyboardInterrupt):
         run(tmp_path, *common, name="resumed")
-    saved = json.loads((tmp_path / "resumed" / "checkpoint-6" / "pixelgpt_step.json").read_text())
-    assert saved["data"] == [[1, 1]]  # pass 1, one batch into it
+    saved = json.loads((tmp_path / "resumed" / "checkpoint-8" / "pixelgpt_step.json").read_text())
+    assert saved["data"]["positions"] == [[1, 2]]  # pass 1, two batches into it
+    assert len(saved["data"]["bad_images"]) == 3  # the whole first pass was read
     run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed")
     assert_same_weights(weights(tmp_path / "resumed"), weights(straight))
+    for out in (straight, tmp_path / "resumed"):  # the resumed run kept the count of the images skipped before
+        assert json.loads((out / "eval_results.json").read_text())["skipped_train_images"] == 3
+        assert len((out / "skipped_train_images.txt").read_text().splitlines()) == 3
 
-    # The stream's place belongs to the processes that read it: another count is refused, naming both.
-    shutil.copytree(tmp_path / "resumed" / "checkpoint-6", tmp_path / "other" / "checkpoint-6")
-    step_file = tmp_path / "other" / "checkpoint-6" / "pixelgpt_step.json"
-    step_file.write_text(json.dumps(dict(saved, data=[[1, 1], [1, 1]])))
+    # What decides the place in the data must not change on resume, nor the number of processes.
+    with pytest.raises(TrainingError, match=r"other settings \(--train_batch_size 4 -> 2\)"):
+        run(tmp_path, *common, "--train_batch_size", "2", "--resume_from_checkpoint", "latest", name="resumed")
+    shutil.copytree(tmp_path / "resumed" / "checkpoint-8", tmp_path / "other" / "checkpoint-8")
+    step_file = tmp_path / "other" / "checkpoint-8" / "pixelgpt_step.json"
+    step_file.write_text(json.dumps(dict(saved, data=dict(saved["data"], positions=[[1, 2], [1, 2]]))))
     with pytest.raises(TrainingError, match="written by 2 processes.*resume it with 2 processes, not 1"):
         run(tmp_path, *common, "--resume_from_checkpoint", "latest", name="other")
+
+
+def test_a_sharded_stream_never_trains_on_its_held_out_images(tmp_path):
+    """Held-out images are left out by content: each DataLoader worker (and process) reads whole files, and a skip
+    of the first images would be divided among them."""
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    for shard in range(2):  # images as bytes without file names, as Hub parquet files hold them
+        Dataset.from_dict({"image": [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(10)]},
+                          features=Features({"image": ImageFeature()})).to_parquet(
+            str(tmp_path / "data" / f"train-{shard}.parquet"))
+    args = training.parse_args(["--dataset_name", str(tmp_path / "data"), "--streaming", "--max_train_steps", "1",
+                                "--max_eval_samples", "4", "--dataloader_num_workers", "2"])
+    train, held_out, _ = training.load_splits(args)
+    loader = torch.utils.data.DataLoader(train.shuffle(seed=0, buffer_size=4), batch_size=None, num_workers=2)
+    trained = [training.image_key(row["image"]) for row in loader]
+    held = {training.image_key(row["image"]) for row in held_out}
+    assert len(held) == 4 and len(trained) == 16 and not held & set(trained)
 
 
 def test_streaming_refuses_what_it_cannot_do(tmp_path):

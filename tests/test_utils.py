@@ -130,3 +130,16 @@ def test_update_model_card_adds_then_replaces_a_measured_section(tmp_path):
     assert text.index("## Results") < text.index("## Task quality") < text.index("## Training")
     with pytest.raises(FileNotFoundError, match="README.md not found"):
         utils.update_model_card(tmp_path / "elsewhere", key="k", title="t", body="b", eval_results=[])
+
+
+def test_an_unreadable_image_without_a_file_name_is_named_by_its_content():
+    from pixelgpt.utils import open_image
+
+    def message(data):
+        with pytest.raises(ValueError) as info:
+            open_image({"bytes": data, "path": None}, "image")
+        return str(info.value)
+
+    first, again, other = message(b"not an image"), message(b"not an image"), message(b"not one either")
+    assert first == again != other  # the same bytes met in another pass count once; others apart
+    assert first.startswith("image without a file name (sha1 ") and "0x" not in first  # no memory address

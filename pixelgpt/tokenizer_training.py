@@ -55,7 +55,7 @@ from .training import (
     start_trackers,
     write_skipped,
 )
-from .utils import DEFAULT_DATASET_HUB_ID, make_image_grid, save_card_grid
+from .utils import DEFAULT_DATASET_HUB_ID, local_data, make_image_grid, save_card_grid
 
 logger = get_logger(__name__)
 
@@ -190,8 +190,9 @@ def write_tokenizer_card(folder: Path, args, config: PixelGPTVQVAEConfig, metric
                ("bicubic_psnr", f"held-out PSNR (dB) of the same-budget baseline: bicubic from {config.grid_size}x"
                                 f"{config.grid_size} RGB", metrics["bicubic_psnr"]),
                ("codebook_usage", "share of the codebook the held-out images use", metrics["codebook_usage"])]
+    local = local_data(args)
     results = [EvalResult(task_type="image-to-image", task_name="image reconstruction through the token grid",
-                          dataset_type=hub_dataset or "imagefolder", dataset_name=hub_dataset or "local image folder",
+                          dataset_type=hub_dataset or local[0], dataset_name=hub_dataset or local[1],
                           metric_type=metric_type, metric_name=name, metric_value=round(value, 4))
                for metric_type, name, value in figures]
     grid = save_card_grid(folder, "reconstructions.png")  # enlarged for the card as reconstructions_large.png

@@ -140,6 +140,11 @@ def project_url() -> str | None:
     return next((url for url in candidates if url and re.match(r"https?://\S+$", url)), None)
 
 
+def local_data(args) -> tuple[str, str]:
+    """(type, name) of data that has no Hub id, for a card's model-index: an image folder or a local dataset."""
+    return ("imagefolder", "local image folder") if args.train_data_dir else ("local", "local dataset")
+
+
 def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name,
                      num_train_images: int | None, grid_name: str = "samples.png"):
     """Write README.md (YAML metadata + usage + results + hyper-parameters). Holds no token, no local path and
@@ -150,7 +155,8 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
     folder = Path(folder)
     repo_id = args.hub_model_id or folder.resolve().name
     is_default = dataset_name is not None and "built-in" in dataset_name
-    hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for a local image folder
+    hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for local data
+    local = local_data(args)
     images = "images streamed" if num_train_images is None else f"{num_train_images} images"  # None: --streaming
     if is_default:
         subset = f"a {num_train_images}-image subset" if num_train_images else "the subset"
@@ -185,8 +191,8 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         datasets=[hub_dataset] if hub_dataset else None,
         metrics=[bits_name],
         model_name=repo_id,
-        eval_results=[EvalResult(task_type="unconditional-image-generation", dataset_type=hub_dataset or "imagefolder",
-                                 dataset_name=hub_dataset or "local image folder", metric_type=metric_type,
+        eval_results=[EvalResult(task_type="unconditional-image-generation", dataset_type=hub_dataset or local[0],
+                                 dataset_name=hub_dataset or local[1], metric_type=metric_type,
                                  metric_name=name, metric_value=round(value, 4))
                       for metric_type, name, value in figures if value is not None],
     )

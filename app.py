@@ -11,4 +11,4 @@ import os
 
 from pixelgpt.demo import launch
 
-launch(os.environ.get("PIXELGPT_DEMO_MODEL", "pixelgpt-fashion").split(","))
+launch([name.strip() for name in os.environ.get("PIXELGPT_DEMO_MODEL", "pixelgpt-fashion").split(",") if name.strip()])

@@ -62,7 +62,9 @@ def weights(folder):
 def assert_same_weights(a, b, **tolerance):
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], **(tolerance or dict(rtol=0, atol=0)), msg=key)
+        difference = (a[key].double() - b[key].double()).abs().max().item()
+        torch.testing.assert_close(a[key], b[key], **(tolerance or dict(rtol=0, atol=0)),
+                                   msg=f"{key}: largest difference {difference:.3g}")
 
 
 def test_help_documents_every_argument():

@@ -85,7 +85,8 @@ def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path)
     processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8, condition_size=4,
                                        condition_quantization="gray8")
     model = save(tmp_path / "upscale", processor, task="upscale", condition_size=4, condition_vocab_size=256)
-    args = training.parse_args(["--output_dir", model, "--task", "upscale", "--resolution", "8"])
+    args = training.parse_args(["--output_dir", model, "--task", "upscale", "--resolution", "8", "--train_data_dir",
+                                str(folder)])
     config = PixelGPTForImageGeneration.config_class.from_pretrained(model)
     metrics = {"bits_per_token": 2.9, "untrained_bits_per_token": 3.0, "steps": 2}
     utils.write_model_card(model, args=args, config=config, processor=processor, dataset_name=None, metrics=metrics,

@@ -17,6 +17,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def one_cpu_thread():
+    """For a module whose tests compare weights bit for bit across runs (in this process and in subprocesses):
+    one CPU thread here and in every child. With two, a reduction now and then splits differently and a weight
+    differs by one float32 step (seen: 1.5e-8 in 1 of ~15 killed-and-resumed runs), which says nothing about
+    resuming. Use as `one_thread = pytest.fixture(scope="module", autouse=True)(one_cpu_thread)`."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
 def tiny_config(**overrides) -> PixelGPTConfig:
     """Odd sizes on purpose: shape mistakes do not hide behind equal dimensions."""
     fields = dict(vocab_size=13, image_size=5, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,

@@ -26,11 +26,13 @@ from pixelgpt import PixelGPTImageProcessor, training
 from pixelgpt.modeling import layouts_pixelgpt
 from pixelgpt.utils import TrainingError
 
-from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
+from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement, one_cpu_thread
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
         "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
         "--num_samples", "4", "--lr_warmup_steps", "2"]
+
+one_thread = pytest.fixture(scope="module", autouse=True)(one_cpu_thread)
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,12 @@ from test_training import TINY, assert_same_weights, weights
 from pixelgpt import training
 from pixelgpt.utils import TrainingError
 
+from conftest import one_cpu_thread
+
 pytestmark = pytest.mark.slow
 STEPS = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "100", "--sample_steps", "100"]
+
+one_thread = pytest.fixture(scope="module", autouse=True)(one_cpu_thread)
 
 
 def argv(out, limit):

@@ -323,14 +323,17 @@ def work_stream_train(p):
             first.setdefault("seconds", time.perf_counter() - STARTED)
             yield batch
 
-    training.TrainingBatches.__iter__ = timed
+    training.TrainingBatches.__iter__ = timed  # put back below: the tests call this worker in their own process
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--dataset_name", p["folder"], "--cache_dir", str(Path(tmp, "cache")), "--output_dir",
                 str(Path(tmp, "out")), "--resolution", str(p.get("resolution", 32)), "--quantization", "rgb",
                 "--num_levels", "4", "--max_train_steps", str(p.get("steps", 5)), "--train_batch_size", "16",
                 "--max_eval_samples", "16",
                 "--eval_steps", "1000", "--sample_steps", "1000", "--num_samples", "1", "--lr_warmup_steps", "1"]
-        training.main(training.parse_args(argv + (["--streaming"] if p["streaming"] else [])))
+        try:
+            training.main(training.parse_args(argv + (["--streaming"] if p["streaming"] else [])))
+        finally:
+            training.TrainingBatches.__iter__ = original
     return {"startup_seconds": first["seconds"], "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

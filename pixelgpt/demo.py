@@ -44,11 +44,6 @@ def _mask(editor: dict, processor) -> np.ndarray:
     return area.to_array(Image.fromarray(painted.astype(np.uint8) * 255))[0, ..., 0] > 0
 
 
-def processor_crops(model) -> bool:
-    """Whether the model's processor crops a non-square image to its centre square (resize mode `crop`)."""
-    return model.get_image_processor().resize_mode == "crop"
-
-
 def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
     """The tab of one operation: its inputs, sampling settings, a Run button, the enlarged results and their
     PNG files (written under `outputs`). Element ids are `<key>-input`, `-run`, `-gallery`, `-files` (the browser
@@ -113,7 +108,7 @@ def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
             kwargs["images"], kwargs["mask_image"] = editor["background"], _mask(editor, model.get_image_processor())
             if not kwargs["mask_image"].any():
                 where = (" (on a non-square upload only the centre square, which the model reads, counts)"
-                         if processor_crops(model) else "")
+                         if model.get_image_processor().resize_mode == "crop" else "")
                 raise gr.Error(f"Paint over the pixels to redraw first{where}.")
         if op != "generate" and kwargs.get("images") is None:
             raise gr.Error("Upload an input image first.")

@@ -61,7 +61,7 @@ from .modeling.layouts_pixelgpt import task_inputs
 from .modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .processing import PixelGPTImageProcessor
 from .processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUANTIZATIONS, RESAMPLE, RESIZE_MODES
-from .utils import IMAGE_EXTENSIONS, TrainingError, make_image_grid, open_image, write_model_card
+from .utils import IMAGE_EXTENSIONS, TrainingError, image_key, make_image_grid, open_image, write_model_card
 
 logger = get_logger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -371,15 +371,6 @@ def load_splits(args):
         train = train.filter(lambda value: image_key(value) not in held, input_columns=args.image_column)
     return train, held_out, name
 
-
-def image_key(value) -> str:
-    """What identifies an undecoded image: its file's path, else a digest of its bytes."""
-    if isinstance(value, dict):
-        if value.get("path"):
-            return value["path"]
-        if value.get("bytes"):
-            return hashlib.sha1(value["bytes"]).hexdigest()
-    return repr(value)
 
 
 def pair_with_sources(dataset: DatasetDict, args) -> DatasetDict:

@@ -61,6 +61,16 @@ class TrainingError(RuntimeError):
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def image_key(value) -> str:
+    """What identifies an undecoded image (a datasets value): its file's path, else a sha1 digest of its bytes."""
+    if isinstance(value, dict):
+        if value.get("path"):
+            return value["path"]
+        if value.get("bytes"):
+            return hashlib.sha1(value["bytes"]).hexdigest()
+    return repr(value)
+
+
 def open_image(value, where: str) -> Image.Image:
     """Decode one image: a PIL image, a path, or a datasets value (dict with bytes/path). A file that cannot be
     read raises a ValueError naming it (or `where`)."""
@@ -69,7 +79,7 @@ def open_image(value, where: str) -> Image.Image:
     source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
     name = value.get("path") if isinstance(value, dict) and value.get("path") else where
     if isinstance(source, bytes) and name == where:  # no file name (parquet, Hub data): name it by its content
-        name = f"{where} without a file name (sha1 {hashlib.sha1(source).hexdigest()[:12]})"
+        name = f"{where} without a file name (sha1 {image_key(value)[:12]})"
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()  # force a full decode: truncated files fail here, not later in a worker

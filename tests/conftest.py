@@ -33,6 +33,15 @@ def one_cpu_thread():
         os.environ["OMP_NUM_THREADS"] = env
 
 
+def parse_error(parse_args, argv) -> str:
+    """What a script's `parse_args` prints before it exits on `argv`."""
+    from unittest import mock
+
+    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
+        parse_args(argv)
+    return "".join(c.args[0] for c in err.write.call_args_list)
+
+
 def tiny_config(**overrides) -> PixelGPTConfig:
     """Odd sizes on purpose: shape mistakes do not hide behind equal dimensions."""
     fields = dict(vocab_size=13, image_size=5, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,

@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from pixelgpt import PixelGPTVQVAE, tokenizer_training, training
 
-from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
+from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement, parse_error
 
 TINY = ["--resolution", "16", "--base_channels", "8", "--fsq_levels", "3", "3", "3", "--train_batch_size", "4",
         "--eval_batch_size", "8", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
@@ -57,11 +57,6 @@ def train_tokenizer(tmp_path, folder, *extra, name="tok"):
     return tmp_path / name
 
 
-def parse_error(argv) -> str:
-    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
-        tokenizer_training.parse_args(argv)
-    return "".join(c.args[0] for c in err.write.call_args_list)
-
 
 def test_help_documents_every_argument():
     undocumented = [a.dest for a in tokenizer_training.build_parser()._actions if a.dest != "help" and not a.help]
@@ -76,7 +71,7 @@ def test_help_documents_every_argument():
     (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
 ])
 def test_impossible_flags_are_refused(argv, message):
-    assert message in parse_error(argv)
+    assert message in parse_error(tokenizer_training.parse_args, argv)
 
 
 def test_a_run_saves_a_loadable_tokenizer_with_figures_grid_and_card(tmp_path, folder):

@@ -24,9 +24,9 @@ from transformers import AutoModel
 
 from pixelgpt import PixelGPTImageProcessor, training
 from pixelgpt.modeling import layouts_pixelgpt
-from pixelgpt.utils import TrainingError
+from pixelgpt.utils import TrainingError, image_key
 
-from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement, one_cpu_thread
+from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement, one_cpu_thread, parse_error
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
         "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
@@ -49,12 +49,6 @@ def run(tmp_path, *extra, name="out"):
     training.main(args)
     return tmp_path / name
 
-
-def parse_error(argv) -> str:
-    """What parse_args prints before it exits on `argv`."""
-    with pytest.raises(SystemExit), mock.patch.object(sys, "stderr") as err:
-        training.parse_args(argv)
-    return "".join(c.args[0] for c in err.write.call_args_list)
 
 
 def weights(folder):
@@ -398,7 +392,7 @@ def test_bad_arguments_are_rejected():
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize"),
                           (["--task", "upscale", "--no-aligned_condition", "--no-condition_prefix"],
                            "leaves the model no way to read its condition")):
-        assert message in parse_error(argv)
+        assert message in parse_error(training.parse_args, argv)
 
 
 @pytest.mark.parametrize("probability, expected_null_share", [(0.0, 0.0), (1.0, 1.0)])
@@ -540,7 +534,7 @@ def test_the_example_script_trains_one_step_and_saves_a_loadable_model(tmp_path)
     (["--adam_beta2", "1.5"], "--adam_beta2 must be in [0, 1), got 1.5"),
 ])
 def test_numbers_that_cannot_work_are_refused(argv, message):
-    assert message in parse_error(argv)
+    assert message in parse_error(training.parse_args, argv)
 
 
 def test_latest_with_nothing_to_resume_fails_instead_of_starting_over(tmp_path):
@@ -735,15 +729,15 @@ def test_a_sharded_stream_never_trains_on_its_held_out_images(tmp_path):
                                 "--max_eval_samples", "4", "--dataloader_num_workers", "2"])
     train, held_out, _ = training.load_splits(args)
     loader = torch.utils.data.DataLoader(train.shuffle(seed=0, buffer_size=4), batch_size=None, num_workers=2)
-    trained = [training.image_key(row["image"]) for row in loader]
-    held = {training.image_key(row["image"]) for row in held_out}
+    trained = [image_key(row["image"]) for row in loader]
+    held = {image_key(row["image"]) for row in held_out}
     assert len(held) == 4 and len(trained) == 16 and not held & set(trained)
 
 
 def test_streaming_refuses_what_it_cannot_do(tmp_path):
-    assert "--streaming needs --max_train_steps" in parse_error(["--streaming"])
-    assert "--source_dir pairs files" in parse_error(["--streaming", "--max_train_steps", "1", "--task", "translate",
-                                                      "--train_data_dir", "a", "--source_dir", "b"])
+    assert "--streaming needs --max_train_steps" in parse_error(training.parse_args, ["--streaming"])
+    assert "--source_dir pairs files" in parse_error(training.parse_args, [
+        "--streaming", "--max_train_steps", "1", "--task", "translate", "--train_data_dir", "a", "--source_dir", "b"])
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 

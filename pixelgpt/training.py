@@ -495,38 +495,34 @@ def load_tokenizer(args) -> PixelGPTVQVAE:
     return tokenizer
 
 
-def encode_with_tokenizer(dataset, tokenizer, processor, args, split_name, batch_size: int = 64,
-                          condition_column=None):
+def encode_with_tokenizer(dataset, tokenizer, processor, args, split_name, batch_size: int = 64):
     """Add a `token_ids` column: every image encoded once by the tokenizer, not at every step (and, for the
-    conditional tasks, `condition_ids`: the processor's tokens of `condition_column`'s images, or of the images
-    themselves when it is the image column). `datasets` caches the result beside a file-backed dataset under a
-    fingerprint of the data, the tokenizer's weights and the processor, so a second run on the same data reads it
-    back. Returns (dataset, bad images): unusable images are left out with --skip_bad_images, else stop the run."""
-    column = args.image_column
+    conditional tasks, `condition_ids`: the processor's tokens of each row's condition image, see `read_row`).
+    `datasets` caches the result beside a file-backed dataset under a fingerprint of the data, the tokenizer's
+    weights, the processor and the task, so a second run on the same data reads it back. Returns (dataset, bad
+    images): unusable images are left out with --skip_bad_images, else stop the run."""
+    conditional = args.task in CONDITIONAL_TASKS
     digest = hashlib.sha256(dataset._fingerprint.encode())
     for name, tensor in sorted(tokenizer.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
-    digest.update(json.dumps([processor.to_dict(), condition_column], sort_keys=True, default=str).encode())
-    condition = processor.condition_processor
+    digest.update(json.dumps([processor.to_dict(), args.task, args.source_column], sort_keys=True,
+                             default=str).encode())
+    blank = (np.zeros((args.resolution, args.resolution, 3), np.uint8), Image.new("RGB", (1, 1)))
 
     def encode(batch):
         pixels, sources, problems = [], [], []
-        for value, source in zip(batch[column], batch[condition_column] if condition_column else batch[column]):
+        for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
             try:
-                image, array = read_image(value, "image", processor, args.resolution)
-                if condition_column and condition_column != column:
-                    source = read_image(source, "source", condition, args.condition_size)[0]
+                array, source = read_row(row, processor, args)
                 problems.append("")
             except ValueError as err:  # a placeholder row, dropped below
+                array, source = blank
                 problems.append(str(err))
-                image, array = None, np.zeros((args.resolution, args.resolution, 3), np.uint8)
             pixels.append(array)
-            sources.append(image if condition_column == column else source)
+            sources.append(source)
         ids = tokenizer.encode(PixelGPTVQVAE.to_pixel_values(torch.from_numpy(np.stack(pixels))))  # (b, h, w)
         out = {"token_ids": ids.flatten(1).to(torch.int32).numpy(), "problem": problems}
-        if condition_column:
-            blank = Image.new("RGB", (args.condition_size,) * 2)
-            sources = [s if p == "" else blank for s, p in zip(sources, problems)]
+        if conditional:
             out["condition_ids"] = processor.encode_condition(sources, return_tensors="np").condition_ids
         return out
 
@@ -542,13 +538,21 @@ def encode_with_tokenizer(dataset, tokenizer, processor, args, split_name, batch
     return dataset.remove_columns("problem"), problems
 
 
+def read_row(row: dict, processor, args) -> tuple[np.ndarray, Image.Image]:
+    """One training row: its image's processed `(H, W, C)` uint8 pixels and the condition image the conditional
+    tasks read (the image itself for colorize and upscale, the source image for translate). A ValueError names
+    an unusable file."""
+    image, array = read_image(row[args.image_column], "image", processor, args.resolution)
+    if args.task == "translate":
+        image = read_image(row[args.source_column], "source", processor.condition_processor, args.condition_size)[0]
+    return array, image
+
+
 def make_collate(processor, config, args, label_column, tokenizer=None):
     """The DataLoader's `collate_fn`: undecoded rows -> a batch (`input_ids`, `condition_ids` for the conditional
     tasks, and `bad_images`). Images are decoded here, in DataLoader workers when there are some, never all before
     training; a row whose image cannot be used is left out of the batch and named in `bad_images`. Rows encoded
     ahead by a tokenizer (`token_ids`) are used as they are; `tokenizer` encodes the others (a stream)."""
-    condition = processor.condition_processor
-
     def collate(rows):
         pixels, sources, tokens, conditions, labels, bad = [], [], [], [], [], []
         for row in rows:
@@ -557,10 +561,7 @@ def make_collate(processor, config, args, label_column, tokenizer=None):
                 conditions.append(row.get("condition_ids"))
             else:
                 try:
-                    image, array = read_image(row[args.image_column], "image", processor, args.resolution)
-                    source = image  # colorize / upscale learn from the images themselves, translate from sources
-                    if args.task == "translate":
-                        source = read_image(row[args.source_column], "source", condition, args.condition_size)[0]
+                    array, source = read_row(row, processor, args)
                 except ValueError as err:
                     bad.append(str(err))
                     continue
@@ -1150,13 +1151,9 @@ def run_training(args, accelerator, started):
     vocab_size, grid_size, encode_bad = processor.vocab_size, args.resolution, []
     if tokenizer is not None:
         vocab_size, grid_size = tokenizer.config.codebook_size, args.resolution // tokenizer.config.downsample_factor
-        condition_column = None
-        if args.task in CONDITIONAL_TASKS:  # colorize / upscale read the images themselves, translate the sources
-            condition_column = args.source_column if args.task == "translate" else args.image_column
         if not args.streaming:  # encoded once, not at every pass (a stream is encoded as it is read)
             with accelerator.main_process_first():  # the main process encodes and caches; the others read it
-                train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, args, "train",
-                                                          condition_column=condition_column)
+                train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, args, "train")
 
     overrides = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "intermediate_size") if getattr(args, k) is not None}

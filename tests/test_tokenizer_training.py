@@ -191,8 +191,7 @@ def test_stage_two_upscale_reads_pixel_conditions_encoded_once(tmp_path, folder)
     assert [i.size for i in out] == [(16, 16)] * 2
     train, _, _ = training.load_splits(args)
     processor = AutoImageProcessor.from_pretrained(tmp_path / "up")
-    encoded, _ = training.encode_with_tokenizer(train, model.image_tokenizer, processor, args, "train",
-                                                condition_column="image")
+    encoded, _ = training.encode_with_tokenizer(train, model.image_tokenizer, processor, args, "train")
     first = Image.open(encoded[0]["image"]["path"])
     assert encoded[0]["condition_ids"] == processor.encode_condition([first]).condition_ids[0].tolist()
 
@@ -210,7 +209,7 @@ def test_streamed_runs_of_both_stages_encode_images_as_they_are_read(tmp_path, f
     prepared = training.parse_args(argv)
     train, _, _ = training.load_splits(prepared)
     encoded, _ = training.encode_with_tokenizer(train.select(range(4)), model.image_tokenizer, processor, prepared,
-                                                "train", condition_column="image")
+                                                "train")
     collate = training.make_collate(processor, model.config, prepared, None, model.image_tokenizer)
     streamed, once = collate([{"image": row["image"]} for row in encoded]), collate(list(encoded))
     assert streamed["input_ids"].shape == (4, 1 + 16) and streamed["condition_ids"].shape == (4, 16)

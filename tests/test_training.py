@@ -382,6 +382,7 @@ def test_bad_arguments_are_rejected():
     for argv, message in ((["--quantization", "palette"], "needs --fit_palette"),
                           (["--train_data_dir", "a", "--dataset_name", "b"], "not both"),
                           (["--train_batch_size", "0"], "--train_batch_size must be >= 1"),
+                          (["--shuffle_buffer_size", "0"], "--shuffle_buffer_size must be >= 1, got 0"),
                           (["--task", "translate"], "--task translate needs paired source images"),
                           (["--task", "translate", "--source_dir", "s"], "--source_dir pairs with --train_data_dir"),
                           (["--source_column", "s"], "are for --task translate"),

@@ -21,7 +21,7 @@ MAX_CLASSES = 100_000
 PIXELGPT_TASKS = ("generate", "inpaint", "colorize", "upscale", "translate")
 CONDITIONAL_TASKS = ("colorize", "upscale", "translate")
 # How an inpainting model orders the pixels it draws last (`inpaint_fill_order`).
-FILL_ORDERS = ("random", "raster")
+FILL_ORDERS = ("random", "raster", "raster_both")
 
 # The one table of which image operation a model of each task can do: the model's `<operation>_images` methods,
 # `pipeline()` and the `pixelgpt` command all ask `config.check_operation`.
@@ -110,8 +110,9 @@ class PixelGPTConfig(PreTrainedConfig):
             is added to every row, not only read once from the start token. Needs `num_classes` > 0.
         inpaint_fill_order (`str`, defaults to `"random"`):
             Task "inpaint": the order in which the pixels left for last (training rectangles, inpainting holes,
-            scored pixels) are drawn: `"random"`, or `"raster"` (known pixels in any order, then the hole row by
-            row, which learns and scores better at the same budget; `train.py`'s default).
+            scored pixels) are drawn: `"random"`; `"raster"` (known pixels in random order, then the hole row by
+            row, which learns and scores better at the same budget); or `"raster_both"` (known pixels row by row
+            too, skipping the hole, then the hole row by row: the first part is then the raster task itself).
         tokenizer_config (`PixelGPTVQVAEConfig` or `dict`, *optional*):
             The image tokenizer the model works on (`train.py --tokenizer`), carried inside the model as Janus
             carries its VQ model: tokens are then the tokenizer's codes on a grid `downsample_factor` times smaller

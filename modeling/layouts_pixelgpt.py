@@ -5,7 +5,7 @@ a model is scored in exactly the layout it was trained in.
 - raster / k-ahead ("generate", and the conditional tasks with k = 1): row t holds token t - k, predicts token t;
 - any order ("inpaint"): row t holds token `order[t - 1]`, predicts `order[t]`, with a random order per image in
   which a random rectangle (the shape of inpainting masks) or the scored pixels come last (in random or raster
-  order: the config's `inpaint_fill_order`).
+  order, or everything in raster order with the last group after the rest: the config's `inpaint_fill_order`).
 
 The `*_inputs` functions return keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
 """
@@ -25,11 +25,14 @@ def k_ahead_inputs(input_ids: torch.LongTensor, k: int) -> dict:
 def random_orders(last: torch.BoolTensor, tokens_per_pixel: int, generator: torch.Generator | None = None,
                   fill_order: str = "random") -> torch.LongTensor:
     """Generation orders, `(B, N)` token indices, from a `(B, pixels)` mask: pixels where `last` is False come
-    first in random order, then those where it is True, in random order or (`fill_order="raster"`) row by row. A
-    pixel's sub-pixel tokens stay together in R, G, B order."""
+    first in random order, then those where it is True, in random order or (`fill_order="raster"`) row by row;
+    `"raster_both"` puts both groups row by row. A pixel's sub-pixel tokens stay together in R, G, B order."""
     noise = torch.rand(last.shape, generator=generator, device=last.device)  # (B, P) in [0, 1)
+    rising = torch.arange(last.shape[1], device=last.device) / last.shape[1]  # (P,) in [0, 1)
     if fill_order == "raster":  # keys in [1, 2) rising with the pixel index sort the last group in raster order
-        noise = torch.where(last, torch.arange(last.shape[1], device=last.device) / last.shape[1], noise)
+        noise = torch.where(last, rising, noise)
+    elif fill_order == "raster_both":  # and keys in [0, 1) rising too sort the first group the same way
+        noise = rising.expand_as(noise)
     pixels = (noise + last.float()).argsort(dim=1)  # (B, P)
     t = tokens_per_pixel
     return (pixels[..., None] * t + torch.arange(t, device=last.device)).flatten(1)  # (B, N)

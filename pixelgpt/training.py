@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "image per side) for last; the rest are wholly random orders.")
     model.add_argument("--inpaint_fill_order", default="raster", choices=FILL_ORDERS,
                        help="--task inpaint: order of the pixels left for last (rectangles in training, holes when "
-                       "inpainting): raster (row by row; better likelihood at the same budget) or random.")
+                       "inpainting): raster (row by row; better likelihood at the same budget) or random; raster_both "
+                       "also reads the known pixels row by row (slightly better likelihood, worse samples: README).")
     model.add_argument("--aligned_condition", action=argparse.BooleanOptionalAction, default=True,
                        help="Conditional tasks: add the condition pixel under each predicted pixel to its row "
                        "(--no-aligned_condition: attention alone finds it).")

@@ -78,7 +78,7 @@ def test_presets_are_valid(name):
         (dict(aligned_condition=True), r"`aligned_condition` is for the conditional tasks"),
         (dict(class_embedding=True), r"`class_embedding` needs a class-conditional model"),
         (dict(task="inpaint", inpaint_fill_order="spiral"),
-         r"`inpaint_fill_order` must be one of \('random', 'raster'\)"),
+         r"`inpaint_fill_order` must be one of \('random', 'raster', 'raster_both'\)"),
         (dict(num_classes=2, class_embedding="yes"), r"`class_embedding` must be True or False"),
     ],
 )

@@ -67,6 +67,14 @@ def test_raster_fill_order_draws_the_last_pixels_row_by_row_after_the_rest_in_ra
     assert not torch.equal(shuffled, shuffled.sort().values)
 
 
+def test_raster_both_puts_the_known_pixels_row_by_row_too():
+    last = torch.rand(4, 36, generator=torch.Generator().manual_seed(0)) < 0.4  # (B, pixels), scattered
+    order = random_orders(last, 3, torch.Generator().manual_seed(1), fill_order="raster_both")  # (B, 108)
+    for row, marked in zip(order, last):
+        expected = torch.cat([(~marked).nonzero()[:, 0], marked.nonzero()[:, 0]])  # known ascending, then marked
+        assert torch.equal(row, (expected[:, None] * 3 + torch.arange(3)).flatten())
+
+
 def test_any_order_loss_scores_every_token_once():
     model = make_model(task="inpaint")
     ids = random_ids(model.config)

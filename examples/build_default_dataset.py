@@ -5,6 +5,11 @@ idx files. Maintainers only: users get the parquet files with the package.
 
 Takes the first 600 images of each class from the official training set and the first 100 of each class from the
 official test set (official order), PNG-encodes them and writes two parquet files readable by `datasets`.
+`--train_per_class 6000` writes the whole official training set instead (for measurements that need more data than
+the package ships; the test file stays the same 1,000 images):
+
+    python examples/build_default_dataset.py --source ../shared/data/fashion-mnist --train_per_class 6000 \
+        --out fashion-full        # then: train.py --dataset_name fashion-full
 """
 
 import argparse
@@ -43,8 +48,11 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True, help="Folder with the four official *-ubyte.gz files.")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pixelgpt" / "data",
                         help="Output folder (default: pixelgpt/data).")
+    parser.add_argument("--train_per_class", type=int, default=600, choices=range(1, 6001), metavar="[1-6000]",
+                        help="Training images per class (the package ships 600; the official set has 6,000).")
     args = parser.parse_args()
-    for split, prefix, per_class in (("train", "train", 600), ("test", "t10k", 100)):
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split, prefix, per_class in (("train", "train", args.train_per_class), ("test", "t10k", 100)):
         images = read_idx(args.source / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
         labels = read_idx(args.source / f"{prefix}-labels-idx1-ubyte.gz", 8)
         build(images, labels, per_class, args.out / f"fashion_mnist_{split}.parquet")

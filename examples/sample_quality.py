@@ -17,6 +17,12 @@ small classes count) and is checked on the images `train.py` held out (same --ev
 
     python examples/sample_quality.py --model classcond-model --guidance_scale 1 2 3 4 5
 
+Copies: a model that memorised its training images would score well here by reproducing them. The report's
+`nearest_training_image` gives the distance (root mean square over pixels, 0-1 scale, as the classifier sees them)
+from each sample to its nearest training image, beside the same distance for held-out real images: samples that sit
+much closer to the training images than unseen real ones do are copies. The training images searched are the
+classifier's, or with --nearest_dataset the whole training split of a dataset (train.py's --dataset_name).
+
 --fid adds the Frechet Inception Distance (torchmetrics with torch-fidelity's Inception-v3: `pip install -e
 ".[fid]"` in a clone) of the samples, of an untrained model's samples and of as many real training images (the floor
 at that sample count) against the held-out images the classifier is checked on. The Inception weights are not
@@ -79,6 +85,10 @@ def build_parser():
     p.add_argument("--eval_fraction", type=float, default=0.05,
                    help="With --train_data_dir: the share train.py held out (its --eval_fraction).")
     p.add_argument("--split_seed", type=int, default=0, help="With --train_data_dir: train.py's --seed (the split).")
+    p.add_argument("--nearest_dataset", metavar="DATASET",
+                   help="The model's training data as train.py's --dataset_name (Hub name or local path, an 'image' "
+                   "column): the copy check searches its whole training split (default: the classifier's training "
+                   "images).")
     p.add_argument("--fid", action="store_true",
                    help="Also report the Frechet Inception Distance to the held-out images (lower is closer) of the "
                    "samples, of the untrained model's samples and of real training images; needs "
@@ -240,6 +250,29 @@ def describe(net, images, confidence, real: Real, requested=None):
     return report
 
 
+@torch.no_grad()
+def nearest_distances(images, reference: torch.Tensor, real: Real) -> torch.Tensor:
+    """Root-mean-square pixel distance (0-1 scale) from each image to its nearest row of `reference` (M, C*S*S)."""
+    x = as_input(images, real).flatten(1)  # (B, C*S*S)
+    return torch.cat([torch.cdist(part, reference).min(1).values for part in x.split(256)]) / x.shape[1] ** 0.5
+
+
+def copy_check(args, real: Real, samples, pixel_size: int) -> dict:
+    """How close samples sit to the training images, beside held-out real images (see the module docstring)."""
+    train = real.train_images
+    if args.nearest_dataset:
+        rows, _, _ = training.load_splits(training.parse_args(
+            ["--dataset_name", args.nearest_dataset, "--resolution", str(pixel_size), "--max_eval_samples", "1"]))
+        train = real.see([open_image(v, "image") for v in rows["image"]])
+    reference = as_input(train, real).flatten(1)  # (M, C*S*S)
+
+    def summary(distances):
+        return {"median": float(distances.median()), "5th_percentile": float(distances.quantile(0.05))}
+
+    return {"training_images_searched": len(reference), "samples": summary(nearest_distances(samples, reference, real)),
+            "held_out_real_images": summary(nearest_distances(real.test_images[: len(samples)], reference, real))}
+
+
 def sample(model, processor, args, guidance_scale):
     labels = None
     if model.config.num_classes:
@@ -279,6 +312,7 @@ def main(args):
             described["fid"] = fid(images)
         if scale == first:
             report["trained_model_samples"] = described
+            report["nearest_training_image"] = copy_check(args, real, images, model.config.pixel_size)
         if len(args.guidance_scale) > 1:
             report.setdefault("guidance_curve", {})[str(scale)] = {
                 key: described[key] for key in ("matches_requested_class", "recognised_share", "class_entropy_bits",

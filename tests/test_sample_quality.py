@@ -41,6 +41,40 @@ def test_reports_confidence_for_real_trained_and_untrained_samples(tmp_path):
     assert sum(report["real_test_images"]["class_histogram"]) == 1000
     assert len(report["real_test_images"]["class_histogram"]) == 11  # 10 garments + "not clothing"
     assert report["real_test_images"]["class_entropy_bits"] > 3.0  # the balanced test set: close to log2(10)
+    copies = report["nearest_training_image"]
+    assert copies["training_images_searched"] == 1000  # the classifier's training images
+    for part in ("samples", "held_out_real_images"):  # no test image repeats a training image exactly
+        assert 0 < copies[part]["5th_percentile"] <= copies[part]["median"] <= 1
+
+
+def test_the_copy_check_finds_training_images_at_distance_zero(default_dataset):
+    real = sample_quality.Real.__new__(sample_quality.Real)
+    real.size, real.mode = 28, "L"
+    train = default_dataset["train"]["image"][:50]
+    reference = sample_quality.as_input(train, real).flatten(1)
+    shifted = [Image.fromarray(np.roll(np.asarray(image), 3, axis=1)) for image in train[:5]]
+    distances = sample_quality.nearest_distances(train[:5] + shifted, reference, real)
+    assert (distances[:5] < 1e-3).all()  # zero up to cdist's rounding (it expands |x - y|^2 through a matmul)
+    x = sample_quality.as_input(shifted, real).flatten(1)
+    expected = torch.cdist(x, reference).min(1).values / 28
+    torch.testing.assert_close(distances[5:], expected)
+    assert (distances[5:] > 0.05).all()  # a shifted garment is far from every training image
+
+
+def test_nearest_dataset_searches_that_datasets_whole_training_split(tmp_path, default_dataset):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    default_dataset["train"].select(range(40)).to_parquet(str(folder / "train.parquet"))
+    default_dataset["test"].select(range(10)).to_parquet(str(folder / "test.parquet"))
+    real = sample_quality.Real.__new__(sample_quality.Real)
+    real.size, real.mode, real.see = 28, "L", lambda images: images
+    real.train_images, real.test_images = default_dataset["train"]["image"][:5], default_dataset["test"]["image"][:4]
+    args = sample_quality.build_parser().parse_args(["--model", "unused", "--nearest_dataset", str(folder)])
+    samples = default_dataset["train"]["image"][30:33]  # in the dataset, not among the classifier's 5
+    report = sample_quality.copy_check(args, real, samples, 28)
+    assert report["training_images_searched"] == 40
+    assert report["samples"]["median"] < 1e-3 and report["samples"]["5th_percentile"] < 1e-3
+    assert report["held_out_real_images"]["5th_percentile"] > 0.05
 
 
 def test_a_class_folder_is_split_as_train_py_split_it(tmp_path):

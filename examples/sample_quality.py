@@ -163,6 +163,11 @@ def quantized(processor, images):
     return processor.decode(processor(images).input_ids)
 
 
+def decode_images(rows) -> list:
+    """PIL images of a split's undecoded `image` column (as `training.load_splits` returns it)."""
+    return [open_image(v, "image") for v in rows["image"]]
+
+
 class Real:
     """The real images the classifier learns from and is checked on, and how it sees an image: Fashion-MNIST as
     28x28 gray (after the model's quantization), or a folder's classes as 32x32 colour."""
@@ -176,7 +181,7 @@ class Real:
             test = {column: [row[column] for row in held_out] for column in ("image", "label")}
             self.names = train.features["label"].names
             self.size, self.mode, self.see = 32, "RGB", lambda images: images
-            decode = lambda rows: [open_image(v, "image") for v in rows["image"]]  # noqa: E731
+            decode = decode_images
         else:
             data = load_default_dataset()
             train, test = data["train"], data["test"]
@@ -257,14 +262,19 @@ def nearest_distances(images, reference: torch.Tensor, real: Real) -> torch.Tens
     return torch.cat([torch.cdist(part, reference).min(1).values for part in x.split(256)]) / x.shape[1] ** 0.5
 
 
-def copy_check(args, real: Real, samples, pixel_size: int) -> dict:
-    """How close samples sit to the training images, beside held-out real images (see the module docstring)."""
+def training_reference(args, real: Real, pixel_size: int) -> torch.Tensor:
+    """The training images the copy check searches, `(M, C*S*S)` as the classifier sees them. Read before any
+    sampling, so that a wrong --nearest_dataset fails at once."""
     train = real.train_images
     if args.nearest_dataset:
         rows, _, _ = training.load_splits(training.parse_args(
             ["--dataset_name", args.nearest_dataset, "--resolution", str(pixel_size), "--max_eval_samples", "1"]))
-        train = real.see([open_image(v, "image") for v in rows["image"]])
-    reference = as_input(train, real).flatten(1)  # (M, C*S*S)
+        train = real.see(decode_images(rows))
+    return as_input(train, real).flatten(1)
+
+
+def copy_check(reference: torch.Tensor, real: Real, samples) -> dict:
+    """How close samples sit to the training images, beside held-out real images (see the module docstring)."""
 
     def summary(distances):
         return {"median": float(distances.median()), "5th_percentile": float(distances.quantile(0.05))}
@@ -292,6 +302,7 @@ def main(args):
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
     real = Real(args, processor)
+    searched = training_reference(args, real, model.config.pixel_size)  # (M, C*S*S)
     fid = None
     if metric is not None:
         reference = real.test_images[: args.fid_reference_images]
@@ -312,7 +323,7 @@ def main(args):
             described["fid"] = fid(images)
         if scale == first:
             report["trained_model_samples"] = described
-            report["nearest_training_image"] = copy_check(args, real, images, model.config.pixel_size)
+            report["nearest_training_image"] = copy_check(searched, real, images)
         if len(args.guidance_scale) > 1:
             report.setdefault("guidance_curve", {})[str(scale)] = {
                 key: described[key] for key in ("matches_requested_class", "recognised_share", "class_entropy_bits",

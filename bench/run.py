@@ -14,11 +14,13 @@ bits/dim (so > 1 always means PixelGPT is better).
 B1 training throughput (tokens/s) and achieved GFLOP/s against this machine's measured matmul peak.
 B2 generation images/s and ms per token, KV cache, batches 1/8/64 at 16x16 and 32x32; PixelGPT also with parallel
    decoding (8 tokens per forward pass, 8x fewer passes), and the kernel floor of one-token sampling (the step's
-   matmuls and attention alone), which bounds what any one-token loop at this size could gain over ImageGPT.
+   matmuls and attention alone), which bounds what any one-token loop at this size could gain over ImageGPT; and
+   PixelGPT through torch.compile (compiled in the untimed warm-up run; the first call's time is noted).
 B3 peak memory (RSS; CUDA max allocated on GPU) in training and generation.
 B4 scaling: training time and memory per image at 8x8 .. 64x64.
 B6 exact speculative sampling on a trained k-ahead model (--exact_model): images/s, forward passes per image and
-   tokens per pass against one token per pass, approximate k-ahead decoding and ImageGPT at the same size.
+   tokens per pass against one token per pass, approximate k-ahead decoding and ImageGPT at the same size; one token
+   and exact also through torch.compile.
 B5 quality per compute: both trained by the same loop for the same wall-clock on Fashion-MNIST (../shared/data),
    held-out bits/dim (lossless 8-bit gray tokens).
 B7 64x64 colour images/s, training (batch 2) and sampling (batch 8), tiny size: PixelGPT on an image tokenizer's
@@ -147,6 +149,8 @@ def work_generate(p):
     n = p["image_size"] ** 2
     passes = []
     forward = model.forward
+    if p.get("compile"):  # PixelGPT's forward through torch.compile; the untimed warm-up run compiles it
+        forward = torch.compile(forward, dynamic=True)
 
     def counted(*args, **kwargs):
         passes[-1] += 1
@@ -411,6 +415,7 @@ def suite(args):
                               repeats=1 if batch == 64 or image_size == 32 else 2)
                 best = alternate("generate", 1, **params)
                 best["pixelgpt_parallel8"] = run_worker("generate", kind="pixelgpt", tokens_per_step=8, **params)
+                best["pixelgpt_compiled"] = run_worker("generate", kind="pixelgpt", compile=True, **params)
                 report["rows"]["B2_generate"][f"{image_size}x{image_size}_b{batch}"] = best
                 ours, ref, par = best["pixelgpt"], best["imagegpt"], best["pixelgpt_parallel8"]
                 name = f"B2 generate {image_size}x{image_size} b{batch}"
@@ -418,6 +423,10 @@ def suite(args):
                     ours["images_per_s"] / ref["images_per_s"])
                 add(name, "ms/token", ours["ms_per_token"], ref["ms_per_token"],
                     ref["ms_per_token"] / ours["ms_per_token"])
+                compiled = best["pixelgpt_compiled"]
+                add(name + " compiled", "images/s", compiled["images_per_s"], ref["images_per_s"],
+                    compiled["images_per_s"] / ref["images_per_s"],
+                    f"(torch.compile; first call {compiled['first_call_seconds']:.0f} s)")
                 add(name + " parallel k=8", "images/s", par["images_per_s"], ref["images_per_s"],
                     par["images_per_s"] / ref["images_per_s"], f"({par['forward_passes']} passes)")
                 floor = min((run_worker("floor", **params) for _ in range(2)), key=lambda r: r["seconds"])
@@ -444,15 +453,20 @@ def suite(args):
             best = alternate("generate", 1, **params)
             best["exact"] = run_worker("generate", kind="pixelgpt", tokens_per_step=k, exact=True, **params)
             best["approximate"] = run_worker("generate", kind="pixelgpt", tokens_per_step=k, **params)
+            best["one_compiled"] = run_worker("generate", kind="pixelgpt", compile=True, **params)
+            best["exact_compiled"] = run_worker("generate", kind="pixelgpt", tokens_per_step=k, exact=True,
+                                                compile=True, **params)
             report["rows"]["B6_exact"][f"b{batch}"] = best
             ref, one, exact, approx = best["imagegpt"], best["pixelgpt"], best["exact"], best["approximate"]
             name = f"B6 trained k={k} {image_size}x{image_size} b{batch}"
-            add(name + " one token", "images/s", one["images_per_s"], ref["images_per_s"],
-                one["images_per_s"] / ref["images_per_s"], f"({one['forward_passes']:.0f} passes)")
-            add(name + " exact", "images/s", exact["images_per_s"], ref["images_per_s"],
-                exact["images_per_s"] / ref["images_per_s"],
-                f"({exact['forward_passes']:.0f} passes, {exact['tokens_per_pass']:.2f} tokens/pass, "
-                f"{one['forward_passes'] / exact['forward_passes']:.2f}x fewer than one token)")
+            for label, row in (("one token", one), ("one token compiled", best["one_compiled"])):
+                add(f"{name} {label}", "images/s", row["images_per_s"], ref["images_per_s"],
+                    row["images_per_s"] / ref["images_per_s"], f"({row['forward_passes']:.0f} passes)")
+            for label, row in (("exact", exact), ("exact compiled", best["exact_compiled"])):
+                add(f"{name} {label}", "images/s", row["images_per_s"], ref["images_per_s"],
+                    row["images_per_s"] / ref["images_per_s"],
+                    f"({row['forward_passes']:.0f} passes, {row['tokens_per_pass']:.2f} tokens/pass, "
+                    f"{one['forward_passes'] / row['forward_passes']:.2f}x fewer than one token)")
             add(name + " approximate", "images/s", approx["images_per_s"], ref["images_per_s"],
                 approx["images_per_s"] / ref["images_per_s"], f"({approx['forward_passes']:.0f} passes)")
 

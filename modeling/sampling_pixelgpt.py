@@ -207,14 +207,18 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
         for buffer in self.keys + self.values:
             buffer.zero_()
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # The longest row's length as a Python int, kept by `keep` outside the forward pass: a pass then reads no
+        # tensor value to size its attention, so `torch.compile` compiles it without graph breaks.
+        self.longest = 0
         self._slots = None  # (B, m): where this pass writes
+        self._width = 0  # slots a pass attends over: the longest row plus its new rows
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.lengths.max())
+        return self.longest
 
     def causal_mask(self, num_new: int, attn_implementation: str):
         self._slots = self.lengths[:, None] + torch.arange(num_new, device=self.lengths.device)  # (B, m)
-        width = int(self._slots.max()) + 1
+        self._width = width = self.longest + num_new
         if width > self.max_length:
             raise ValueError(f"PixelGPTRaggedCache holds {self.max_length} positions; {width} were asked for.")
         allowed = torch.arange(width, device=self.lengths.device) <= self._slots[..., None]  # (B, m, width)
@@ -229,12 +233,13 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
         index = self._slots[:, None, :, None].expand(batch, heads, m, head_dim)
         self.keys[layer_idx].scatter_(2, index, key)
         self.values[layer_idx].scatter_(2, index, value)
-        width = int(self._slots.max()) + 1
+        width = self._width
         return self.keys[layer_idx][:, :, :width], self.values[layer_idx][:, :, :width]  # (B, heads, width, hd)
 
     def keep(self, counts: torch.LongTensor) -> None:
         """Make the first `counts[b]` rows of the last pass part of batch row b; the others are dropped."""
         self.lengths += counts
+        self.longest = int(self.lengths.max())
 
 
 @contextmanager

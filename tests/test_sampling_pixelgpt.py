@@ -340,3 +340,19 @@ def test_ragged_cache_rows_of_different_lengths_match_recomputing_each_image():
         full = model(ids[:, :5]).logits
     torch.testing.assert_close(later[0], full[0, 3:5])
     torch.testing.assert_close(later[1], full[1, 1:3])
+
+
+def test_compiled_model_samples_as_eager_in_one_graph():
+    """`model.compile(dynamic=True)` is the documented speed-up: the static-cache loop and the exact speculative loop
+    (whose ragged cache sizes each pass from Python ints, not tensor values) compile without a graph break
+    (`fullgraph`) and draw what eager mode draws (greedy, so float rounding cannot flip a draw)."""
+    model = make_model(vocab_size=13, image_size=4, parallel_tokens=3)
+
+    def draw(**options):
+        return model.generate_images(3, batch_size=3, temperature=0, output_type="tokens", show_progress=False,
+                                     **options)
+
+    eager = [draw(), draw(tokens_per_step=3, exact=True)]
+    model.compile(dynamic=True, fullgraph=True)
+    compiled = [draw(), draw(tokens_per_step=3, exact=True)]
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))

@@ -78,7 +78,8 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
     plain next-token loss and for conditional models), random orders for "inpaint".
 
     `scored` `(B, N)`: score only these tokens (labels elsewhere are -100); an inpainting model then reads every
-    other pixel first. Without it, an inpainting order leaves a random rectangle last with `box_probability`.
+    other pixel first. Without it, an inpainting order leaves a random rectangle last with `box_probability`, and
+    `hole` `(B, N)` says which rows predict a pixel of that rectangle (for a loss that weighs them differently).
     Random orders draw from `generator` (default: torch's global RNG, which training checkpoints restore).
     """
     if config.task != "inpaint":
@@ -93,6 +94,8 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
     else:
         order = last_tokens_order(scored, config.tokens_per_pixel, generator, fill_order)  # (B, N)
     inputs = any_order_inputs(input_ids, order)
+    if scored is None:
+        inputs["hole"] = boxes.repeat_interleave(config.tokens_per_pixel, dim=1).gather(1, order)  # (B, N)
     if scored is not None:
         inputs["labels"] = inputs["labels"].masked_fill(~scored.gather(1, order), -100)
     return inputs

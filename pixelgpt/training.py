@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--inpaint_box_probability", type=float, default=1.0,
                        help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
                        "image per side) for last; the rest are wholly random orders.")
+    model.add_argument("--inpaint_hole_weight", type=float, default=1.0,
+                       help="--task inpaint: weight of the rectangle's pixels in the training loss against the pixels "
+                       "read before them (1 = all alike); above 1 spends more of the training on filling holes.")
     model.add_argument("--inpaint_fill_order", default="raster", choices=FILL_ORDERS,
                        help="--task inpaint: order of the pixels left for last (rectangles in training, holes when "
                        "inpainting): raster (row by row; better likelihood at the same budget) or random; raster_both "
@@ -272,6 +275,8 @@ def parse_args(argv=None):
         p.error("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
     if not 0 <= args.inpaint_box_probability <= 1:
         p.error("--inpaint_box_probability must be in [0, 1]")
+    if not 0 < args.inpaint_hole_weight <= 100:
+        p.error("--inpaint_hole_weight must be in (0, 100]")
     if args.task == "translate":
         if not (args.source_column or args.source_dir):
             p.error("--task translate needs paired source images: --source_column (a dataset column) or "
@@ -1020,14 +1025,21 @@ def push_folder(args, out: Path, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
-def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean"):
+def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean", hole_weight=1.0):
     """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
-    the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest."""
+    the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest.
+    `hole_weight` weighs an inpainting order's rectangle against the pixels before it (in the mean loss)."""
     config = accelerator.unwrap_model(model).config
     inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator)
-    labels = inputs.pop("labels")
+    labels, hole = inputs.pop("labels"), inputs.pop("hole", None)
     logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
+    weighted = hole is not None and hole_weight != 1 and reduction == "mean"
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                             reduction="none" if weighted else reduction)
+    if weighted:
+        weights = 1 + (hole_weight - 1) * hole.flatten().float()
+        loss = (loss * weights).sum() / weights.sum()
+    return loss
 
 
 @torch.no_grad()
@@ -1227,7 +1239,8 @@ def run_training(args, accelerator, started):
                 input_ids = input_ids.clone()
                 input_ids[dropped, 0] = config.start_token_id
             # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
-            loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability)
+            loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability,
+                             hole_weight=args.inpaint_hole_weight)
             optimizer_step(accelerator, args, model, loss, optimizer, scheduler, global_step + 1)
         tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
         if not accelerator.sync_gradients:

@@ -45,10 +45,11 @@ def test_any_order_inputs_are_a_shifted_permutation_with_boxes_last():
     assert torch.equal(order % 3, torch.arange(3).repeat(n // 3).expand(3, -1))  # a pixel's R, G, B stay in order
     # The rectangle (drawn with the same generator) is a contiguous block at the end of every order.
     boxes = random_boxes(3, model.config.image_size, 1.0, torch.Generator().manual_seed(0))  # (B, pixels)
-    for row, box in zip(order, boxes):
+    for row, box, hole in zip(order, boxes, inputs["hole"]):
         pixels = row[::3] // 3
         in_box = box[pixels]
         assert in_box.any() and not in_box[: len(pixels) - int(in_box.sum())].any()
+        assert torch.equal(hole, in_box.repeat_interleave(3))  # `hole` marks the rows that predict its tokens
 
 
 def test_raster_fill_order_draws_the_last_pixels_row_by_row_after_the_rest_in_random_order():
@@ -79,6 +80,7 @@ def test_any_order_loss_scores_every_token_once():
     model = make_model(task="inpaint")
     ids = random_ids(model.config)
     inputs = task_inputs(model.config, ids, generator=torch.Generator().manual_seed(1))
+    inputs.pop("hole")
     out = model(**inputs)
     expected = F.cross_entropy(out.logits.flatten(0, 1), inputs["labels"].flatten())
     torch.testing.assert_close(out.loss, expected)

@@ -390,6 +390,7 @@ def test_bad_arguments_are_rejected():
                             "--source_column", "c"],
                            "--source_column or --source_dir, not both"),
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
+                          (["--inpaint_hole_weight", "0"], "--inpaint_hole_weight must be in (0, 100]"),
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize"),
                           (["--task", "upscale", "--no-aligned_condition", "--no-condition_prefix"],
                            "leaves the model no way to read its condition")):
@@ -414,6 +415,28 @@ def test_class_dropout_trains_some_images_unconditionally(tmp_path, probability,
 
 
 # ---------------------------------------------------------------------------------------------- transformation tasks
+def test_hole_weight_weighs_the_rectangle_rows_of_the_training_loss():
+    from accelerate import Accelerator
+
+    from conftest import make_model, random_ids
+
+    model = make_model(task="inpaint")
+    ids = random_ids(model.config, batch=3)
+    accelerator = Accelerator(cpu=True)
+
+    def loss(weight):
+        torch.manual_seed(0)  # the same rectangles and orders each time
+        return training.task_loss(model, accelerator, {"input_ids": ids}, box_probability=1.0, hole_weight=weight)
+
+    torch.manual_seed(0)
+    inputs = layouts_pixelgpt.task_inputs(model.config, ids, box_probability=1.0)
+    labels, hole = inputs.pop("labels"), inputs.pop("hole").float()
+    nll = torch.nn.functional.cross_entropy(model(**inputs).logits.transpose(1, 2), labels, reduction="none")
+    assert 0 < hole.mean() < 1
+    torch.testing.assert_close(loss(1.0), nll.mean())
+    torch.testing.assert_close(loss(3.0), (nll * (1 + 2 * hole)).sum() / (1 + 2 * hole).sum())
+
+
 def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
     original, probabilities = layouts_pixelgpt.random_boxes, []
 

@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--inpaint_box_probability", type=float, default=1.0,
                        help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
                        "image per side) for last; the rest are wholly random orders.")
+    model.add_argument("--inpaint_box_warmup", type=float, default=0.0,
+                       help="--task inpaint: share of the training steps over which the share of orders with a "
+                       "rectangle rises linearly from 0 to --inpaint_box_probability, as RAR anneals its orders (with "
+                       "--inpaint_fill_order raster_both, the orders without one are the raster order); 0 = none.")
     model.add_argument("--inpaint_hole_weight", type=float, default=1.0,
                        help="--task inpaint: weight of the rectangle's pixels in the training loss against the pixels "
                        "read before them (1 = all alike); above 1 spends more of the training on filling holes.")
@@ -275,6 +279,8 @@ def parse_args(argv=None):
         p.error("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
     if not 0 <= args.inpaint_box_probability <= 1:
         p.error("--inpaint_box_probability must be in [0, 1]")
+    if not 0 <= args.inpaint_box_warmup <= 1:
+        p.error("--inpaint_box_warmup must be in [0, 1]")
     if not 0 < args.inpaint_hole_weight <= 100:
         p.error("--inpaint_hole_weight must be in (0, 100]")
     if args.task == "translate":
@@ -1239,7 +1245,10 @@ def run_training(args, accelerator, started):
                 input_ids = input_ids.clone()
                 input_ids[dropped, 0] = config.start_token_id
             # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
-            loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, args.inpaint_box_probability,
+            box_probability = args.inpaint_box_probability
+            if args.inpaint_box_warmup > 0:  # depends on the step only, so a resumed run anneals alike
+                box_probability *= min(1.0, global_step / (args.inpaint_box_warmup * max_steps))
+            loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, box_probability,
                              hole_weight=args.inpaint_hole_weight)
             optimizer_step(accelerator, args, model, loss, optimizer, scheduler, global_step + 1)
         tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes

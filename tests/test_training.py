@@ -437,6 +437,22 @@ def test_hole_weight_weighs_the_rectangle_rows_of_the_training_loss():
     torch.testing.assert_close(loss(3.0), (nll * (1 + 2 * hole)).sum() / (1 + 2 * hole).sum())
 
 
+def test_box_warmup_raises_the_share_of_rectangles_linearly(tmp_path):
+    seen = []
+    original = training.task_loss
+
+    def spy(model, accelerator, batch, k=1, box_probability=0.5, *args, reduction="mean", **kwargs):
+        if reduction == "mean":  # training steps (evaluation uses reduction="none")
+            seen.append(box_probability)
+        return original(model, accelerator, batch, k, box_probability, *args, reduction=reduction, **kwargs)
+
+    with mock.patch.object(training, "task_loss", spy):
+        run(tmp_path, "--task", "inpaint", "--max_train_steps", "4", "--inpaint_box_warmup", "0.5",
+            "--inpaint_box_probability", "0.8")
+    assert seen == pytest.approx([0.0, 0.4, 0.8, 0.8])  # over the first 2 of 4 steps, then constant
+    assert "--inpaint_box_warmup must be in [0, 1]" in parse_error(training.parse_args, ["--inpaint_box_warmup", "2"])
+
+
 def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
     original, probabilities = layouts_pixelgpt.random_boxes, []
 

@@ -96,7 +96,7 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
     inputs = any_order_inputs(input_ids, order)
     if scored is None:
         inputs["hole"] = boxes.repeat_interleave(config.tokens_per_pixel, dim=1).gather(1, order)  # (B, N)
-    if scored is not None:
+    else:
         inputs["labels"] = inputs["labels"].masked_fill(~scored.gather(1, order), -100)
     return inputs
 

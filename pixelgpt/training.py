@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "version; translate: learn targets from paired source images.")
     model.add_argument("--inpaint_box_probability", type=float, default=1.0,
                        help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
-                       "image per side) for last; the rest are wholly random orders.")
+                       "image per side) for last; the rest are wholly random orders (raster orders with "
+                       "--inpaint_fill_order raster_both).")
     model.add_argument("--inpaint_box_warmup", type=float, default=0.0,
                        help="--task inpaint: share of the training steps over which the share of orders with a "
                        "rectangle rises linearly from 0 to --inpaint_box_probability, as RAR anneals its orders (with "

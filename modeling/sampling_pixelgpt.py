@@ -211,14 +211,13 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
         # tensor value to size its attention, so `torch.compile` compiles it without graph breaks.
         self.longest = 0
         self._slots = None  # (B, m): where this pass writes
-        self._width = 0  # slots a pass attends over: the longest row plus its new rows
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.longest
 
     def causal_mask(self, num_new: int, attn_implementation: str):
         self._slots = self.lengths[:, None] + torch.arange(num_new, device=self.lengths.device)  # (B, m)
-        self._width = width = self.longest + num_new
+        width = self.longest + num_new  # slots a pass attends over: the longest row plus its new rows
         if width > self.max_length:
             raise ValueError(f"PixelGPTRaggedCache holds {self.max_length} positions; {width} were asked for.")
         allowed = torch.arange(width, device=self.lengths.device) <= self._slots[..., None]  # (B, m, width)
@@ -233,7 +232,7 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
         index = self._slots[:, None, :, None].expand(batch, heads, m, head_dim)
         self.keys[layer_idx].scatter_(2, index, key)
         self.values[layer_idx].scatter_(2, index, value)
-        width = self._width
+        width = self.longest + m
         return self.keys[layer_idx][:, :, :width], self.values[layer_idx][:, :, :width]  # (B, heads, width, hd)
 
     def keep(self, counts: torch.LongTensor) -> None:

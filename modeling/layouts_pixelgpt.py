@@ -46,13 +46,16 @@ def last_tokens_order(last: torch.BoolTensor, tokens_per_pixel: int, generator: 
 
 
 def random_boxes(batch: int, image_size: int, probability: float, generator: torch.Generator | None = None,
-                 device=None) -> torch.BoolTensor:
-    """`(batch, pixels)` masks: with `probability` a random rectangle (sides 1..image_size), else empty."""
+                 device=None, sides: tuple[float, float] = (0.0, 1.0)) -> torch.BoolTensor:
+    """`(batch, pixels)` masks: with `probability` a random rectangle, else empty. Its height and width are uniform
+    between `sides` (fractions of `image_size`, at least 1 pixel; the default: 1..image_size)."""
 
     def draw(high):  # uniform integers in [0, high) per row
         return (torch.rand(batch, generator=generator, device=device) * high).long()
 
-    height, width = draw(image_size) + 1, draw(image_size) + 1
+    low = max(1, round(sides[0] * image_size))
+    high = max(low, round(sides[1] * image_size))
+    height, width = draw(high - low + 1) + low, draw(high - low + 1) + low
     top, left = draw(image_size - height + 1), draw(image_size - width + 1)
     used = torch.rand(batch, generator=generator, device=device) < probability
     grid = torch.arange(image_size, device=device)
@@ -73,13 +76,15 @@ def any_order_inputs(input_ids: torch.LongTensor, order: torch.LongTensor) -> di
 
 
 def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability: float = 0.5,
-                generator: torch.Generator | None = None, scored: torch.BoolTensor | None = None) -> dict:
+                generator: torch.Generator | None = None, scored: torch.BoolTensor | None = None,
+                box_sides: tuple[float, float] = (0.0, 1.0)) -> dict:
     """The layout of `config.task` for `(B, 1 + N)` processor ids: k-ahead rows for raster models (k = 1 for the
     plain next-token loss and for conditional models), random orders for "inpaint".
 
     `scored` `(B, N)`: score only these tokens (labels elsewhere are -100); an inpainting model then reads every
-    other pixel first. Without it, an inpainting order leaves a random rectangle last with `box_probability`, and
-    `hole` `(B, N)` says which rows predict a pixel of that rectangle (for a loss that weighs them differently).
+    other pixel first. Without it, an inpainting order leaves a random rectangle (sides within `box_sides` of the
+    image side) last with `box_probability`, and `hole` `(B, N)` says which rows predict a pixel of that rectangle
+    (for a loss that weighs them differently).
     Random orders draw from `generator` (default: torch's global RNG, which training checkpoints restore).
     """
     if config.task != "inpaint":
@@ -89,7 +94,8 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
         return inputs
     fill_order = config.inpaint_fill_order
     if scored is None:
-        boxes = random_boxes(input_ids.shape[0], config.image_size, box_probability, generator, input_ids.device)
+        boxes = random_boxes(input_ids.shape[0], config.image_size, box_probability, generator, input_ids.device,
+                             box_sides)
         order = random_orders(boxes, config.tokens_per_pixel, generator, fill_order)  # (B, N)
     else:
         order = last_tokens_order(scored, config.tokens_per_pixel, generator, fill_order)  # (B, N)

@@ -209,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "variations); colorize / upscale: learn images from their own grayscale / low-resolution "
                        "version; translate: learn targets from paired source images.")
     model.add_argument("--inpaint_box_probability", type=float, default=1.0,
-                       help="--task inpaint: share of training orders that leave a random rectangle (1 to the whole "
-                       "image per side) for last; the rest are wholly random orders (raster orders with "
-                       "--inpaint_fill_order raster_both).")
+                       help="--task inpaint: share of training orders that leave a random rectangle for last; the "
+                       "rest are wholly random orders (raster orders with --inpaint_fill_order raster_both).")
+    model.add_argument("--inpaint_box_sides", type=float, nargs=2, default=[0.0, 1.0], metavar=("LOW", "HIGH"),
+                       help="--task inpaint: the training rectangles' height and width are uniform between these "
+                       "fractions of the image side (at least 1 pixel; default 0 1: any size). 0.25 0.75 spends the "
+                       "training on object-sized holes, the masks transform_quality.py measures (README).")
     model.add_argument("--inpaint_box_warmup", type=float, default=0.0,
                        help="--task inpaint: share of the training steps over which the share of orders with a "
                        "rectangle rises linearly from 0 to --inpaint_box_probability, as RAR anneals its orders (with "
@@ -282,6 +285,10 @@ def parse_args(argv=None):
         p.error("--inpaint_box_probability must be in [0, 1]")
     if not 0 <= args.inpaint_box_warmup <= 1:
         p.error("--inpaint_box_warmup must be in [0, 1]")
+    low, high = args.inpaint_box_sides
+    if not 0 <= low <= high <= 1 or high == 0:
+        p.error(f"--inpaint_box_sides must be two fractions of the image side with 0 <= LOW <= HIGH <= 1 and HIGH > 0, "
+                f"got {low} {high}")
     if not 0 < args.inpaint_hole_weight <= 100:
         p.error("--inpaint_hole_weight must be in (0, 100]")
     if args.task == "translate":
@@ -1032,12 +1039,14 @@ def push_folder(args, out: Path, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
-def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean", hole_weight=1.0):
+def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean", hole_weight=1.0,
+              box_sides=(0.0, 1.0)):
     """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
     the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest.
-    `hole_weight` weighs an inpainting order's rectangle against the pixels before it (in the mean loss)."""
+    `hole_weight` weighs an inpainting order's rectangle against the pixels before it (in the mean loss);
+    `box_sides` bounds the rectangle's sides (fractions of the image side)."""
     config = accelerator.unwrap_model(model).config
-    inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator)
+    inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator, box_sides=box_sides)
     labels, hole = inputs.pop("labels"), inputs.pop("hole", None)
     logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
     weighted = hole is not None and hole_weight != 1 and reduction == "mean"
@@ -1250,7 +1259,7 @@ def run_training(args, accelerator, started):
             if args.inpaint_box_warmup > 0:  # depends on the step only, so a resumed run anneals alike
                 box_probability *= min(1.0, global_step / (args.inpaint_box_warmup * max_steps))
             loss = task_loss(model, accelerator, dict(batch, input_ids=input_ids), k, box_probability,
-                             hole_weight=args.inpaint_hole_weight)
+                             hole_weight=args.inpaint_hole_weight, box_sides=tuple(args.inpaint_box_sides))
             optimizer_step(accelerator, args, model, loss, optimizer, scheduler, global_step + 1)
         tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
         if not accelerator.sync_gradients:

@@ -52,6 +52,17 @@ def test_any_order_inputs_are_a_shifted_permutation_with_boxes_last():
         assert torch.equal(hole, in_box.repeat_interleave(3))  # `hole` marks the rows that predict its tokens
 
 
+@pytest.mark.parametrize("sides, low, high", [((0.0, 1.0), 1, 9), ((0.25, 0.75), 2, 7), ((0.5, 0.5), 4, 4)])
+def test_random_boxes_are_rectangles_with_sides_in_the_given_range(sides, low, high):
+    boxes = random_boxes(2000, 9, 1.0, torch.Generator().manual_seed(0), sides=sides).view(2000, 9, 9)
+    rows, cols = boxes.any(2), boxes.any(1)  # (B, 9) each
+    heights, widths = rows.sum(1), cols.sum(1)
+    assert torch.equal(boxes.sum((1, 2)), heights * widths)  # a filled rectangle, nothing else
+    for side in (heights, widths):  # 9 * 0.25 and 9 * 0.75 round to 2 and 7; every size in range is drawn
+        assert set(side.tolist()) == set(range(low, high + 1))
+    assert not random_boxes(50, 9, 0.0, torch.Generator().manual_seed(0), sides=sides).any()
+
+
 def test_raster_fill_order_draws_the_last_pixels_row_by_row_after_the_rest_in_random_order():
     last = torch.rand(4, 36, generator=torch.Generator().manual_seed(0)) < 0.4  # (B, pixels), scattered
     order = random_orders(last, 3, torch.Generator().manual_seed(1), fill_order="raster")  # (B, 108)

@@ -391,6 +391,8 @@ def test_bad_arguments_are_rejected():
                            "--source_column or --source_dir, not both"),
                           (["--task", "inpaint", "--parallel_tokens", "4"], "--parallel_tokens needs --task generate"),
                           (["--inpaint_hole_weight", "0"], "--inpaint_hole_weight must be in (0, 100]"),
+                          (["--inpaint_box_sides", "0.75", "0.25"], "LOW <= HIGH <= 1 and HIGH > 0, got 0.75 0.25"),
+                          (["--inpaint_box_sides", "0", "0"], "--inpaint_box_sides must be two fractions"),
                           (["--task", "colorize", "--class_conditional"], "does not combine with --task colorize"),
                           (["--task", "upscale", "--no-aligned_condition", "--no-condition_prefix"],
                            "leaves the model no way to read its condition")):
@@ -456,14 +458,14 @@ def test_box_warmup_raises_the_share_of_rectangles_linearly(tmp_path):
 def test_inpaint_task_learns_random_orders_and_inpaints_after_loading(tmp_path):
     original, probabilities = layouts_pixelgpt.random_boxes, []
 
-    def spy(batch, image_size, probability, *args, **kwargs):
-        probabilities.append(probability)
-        return original(batch, image_size, probability, *args, **kwargs)
+    def spy(batch, image_size, probability, generator, device, sides):
+        probabilities.append((probability, sides))
+        return original(batch, image_size, probability, generator, device, sides)
 
     with mock.patch.object(layouts_pixelgpt, "random_boxes", spy):
         out = run(tmp_path, "--task", "inpaint", "--max_train_steps", "40", "--learning_rate", "3e-3",
-                  "--inpaint_box_probability", "0.25")
-    assert probabilities.count(0.25) >= 40  # every training step (and evaluation) used random orders
+                  "--inpaint_box_probability", "0.25", "--inpaint_box_sides", "0.25", "0.75")
+    assert probabilities.count((0.25, (0.25, 0.75))) == 40  # every training step used random orders and the sides
     results = json.loads((out / "eval_results.json").read_text())
     assert results["bits_per_token"] < 0.8 * results["untrained_bits_per_token"], results
     model = AutoModel.from_pretrained(out)

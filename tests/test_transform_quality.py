@@ -31,11 +31,17 @@ def run(*argv):
 def test_inpaint_reports_likelihood_and_pixel_errors_against_both_baselines(tmp_path):
     processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
     report = run("inpaint", "--model", save(tmp_path / "inpaint", processor, task="inpaint"),
-                 "--raster_model", save(tmp_path / "raster", processor), "--grid", str(tmp_path / "grid.png"))
+                 "--raster_model", save(tmp_path / "raster", processor), "--grid", str(tmp_path / "grid.png"),
+                 "--num_scored_images", "10")
+    assert report["num_images"] == 6 and report["num_scored_images"] == 10
     for kind in ("centre", "random"):
         bits = report[kind]["masked_bits_per_token"]
         # ~log2(8) bits for untrained models over 8 levels
         assert 2.5 < bits["inpainting_model_all_sides"] < 3.5 and 2.5 < bits["raster_model_prefix_only"] < 3.5
+        # the paired difference of the means, with a standard error of the same order as the per-image spread
+        difference = bits["inpainting_model_all_sides"] - bits["raster_model_prefix_only"]
+        assert bits["difference"] == pytest.approx(difference, abs=1e-6)
+        assert 0 < bits["difference_standard_error"] < 1
         errors = report[kind]["masked_pixel_error"]
         assert set(errors) == {"inpainting_model_sample", "inpainting_model_mean_of_4", "raster_prefix_only_sample",
                                "mean_fill"}

@@ -8,10 +8,9 @@ inpaint: held-out images with a centre square (half the side) or a random rectan
 pixels' negative log-likelihood (bits/token) under the inpainting model, which reads every other pixel, and under a
 raster model, which sees only the rows above, and their paired difference (inpainting minus raster, same images
 and masks) with its standard error (--num_scored_images scores more images than are sampled, for a tighter
-figure); the masked pixels' mean absolute and squared error (0-255) of
-inpainted samples, of raster-prefix-only filling (the raster model completes from the first masked row; the rest
-is pasted back) and of mean-fill (the mean of the image's kept pixels), plus the mean of 4 samples (the
-squared-error-optimal estimate a sampler can give).
+figure); the masked pixels' mean absolute and squared error (0-255) of inpainted samples, of raster-prefix-only
+filling (the raster model completes from the first masked row; the rest is pasted back) and of mean-fill (the mean
+of the image's kept pixels), plus the mean of 4 samples (the squared-error-optimal estimate a sampler can give).
 upscale / colorize: PSNR (dB) against the original of a sample (and that figure averaged over 4 draws), of greedy
 decoding and of the mean of 4 samples, against the naive baseline (bicubic upsampling of the low-resolution input /
 the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized; for
@@ -263,8 +262,10 @@ def update_card(args, report: dict, examples: list, cols: int) -> None:
                                   metric_type=f"{name}_" + "_".join(path), metric_name=f"{args.task}: {label}",
                                   metric_value=round(value, 4)))
     data = "the built-in Fashion-MNIST test images" if hub_dataset else "images held out of its local training folder"
-    body = (f"Measured by `examples/transform_quality.py {args.task}` on {report['num_images']} {data} (sampling "
-            f"temperature {report['temperature']}); the whole report is `{name}.json`. {CARD_NOTES[args.task]}\n\n"
+    scored = f"; masked bits/token on {report['num_scored_images']}" if "num_scored_images" in report else ""
+    body = (f"Measured by `examples/transform_quality.py {args.task}` on {report['num_images']} {data}{scored} "
+            f"(sampling temperature {report['temperature']}); the whole report is `{name}.json`. "
+            f"{CARD_NOTES[args.task]}\n\n"
             "| figure | value |\n|---|---|\n" + "\n".join(rows) + "\n")
     if grid:
         body += f"\n![{args.task} examples]({grid[0]})\n\n{GRID_ROWS[args.task]} {grid[1]}\n"

@@ -273,6 +273,8 @@ def update_card(args, report: dict, examples: list, cols: int) -> None:
 
 
 def main(args):
+    if args.num_scored_images is not None and args.num_scored_images < 1:
+        raise ValueError(f"--num_scored_images must be >= 1 (held-out images to score), got {args.num_scored_images}.")
     if args.update_card and not (Path(args.model) / "README.md").is_file():
         raise ValueError(f"--update_card needs a local model folder with its model card (README.md, as train.py "
                          f"writes it); {args.model} has none.")

@@ -75,6 +75,8 @@ def test_the_model_must_match_the_task(tmp_path):
     processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
     with pytest.raises(ValueError, match="trained for task 'generate', not 'inpaint'"):
         run("inpaint", "--model", save(tmp_path / "raster", processor), "--raster_model", "x")
+    with pytest.raises(ValueError, match="--num_scored_images must be >= 1 .held-out images to score., got 0"):
+        run("inpaint", "--model", str(tmp_path / "raster"), "--raster_model", "x", "--num_scored_images", "0")
 
 
 def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path):

@@ -149,13 +149,15 @@ class PixelGPTRotaryEmbedding(nn.Module):
         # Token indices of one model are few (start rows down to -64, k-ahead targets up to N + 63): their tables
         # are computed once per device and dtype and then looked up, which saves ~8% of a small model's sampling
         # step. A plain attribute, not a buffer: never saved, and rebuilt wherever the model moves.
+        # A compiled graph computes its own (the table is not touched there: filling it would make the graph's
+        # guards fail on the next call and compile it a second time).
         low, high = -64, self.image_size * self.image_size * self.tokens_per_pixel + 64
-        key = (token_index.device, dtype)
-        if key not in self._tables:
-            self._tables[key] = self._compute_cos_sin(torch.arange(low, high, device=token_index.device), dtype)
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or token_index.numel() == 0 or not (
                 low <= int(token_index.min()) and int(token_index.max()) < high):
             return self._compute_cos_sin(token_index, dtype)
+        key = (token_index.device, dtype)
+        if key not in self._tables:
+            self._tables[key] = self._compute_cos_sin(torch.arange(low, high, device=token_index.device), dtype)
         cos, sin = self._tables[key]
         return cos[token_index - low], sin[token_index - low]  # each (..., T, hd)
 

@@ -356,3 +356,10 @@ def test_compiled_model_samples_as_eager_in_one_graph():
     model.compile(dynamic=True, fullgraph=True)
     compiled = [draw(), draw(tokens_per_step=3, exact=True)]
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    # Once warm, sampling never compiles again, whatever the draws make of each pass's shape (how many drafts are
+    # left, how far each image's cache has grown): a recompilation mid-run costs seconds.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(4):
+            for options in ({}, dict(tokens_per_step=3, exact=True)):
+                model.generate_images(3, batch_size=3, temperature=1.0, output_type="tokens", show_progress=False,
+                                      generator=torch.Generator().manual_seed(seed), **options)

@@ -48,10 +48,26 @@ CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string on Linux (`GenuineIntel`, `AuthenticAMD`, ...); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+# PyTorch's float32 CPU matmul is MKL's sgemm, which takes a slow path on non-Intel x86 CPUs (AMD EPYC: half
+# oneDNN's speed at sampling sizes, 216 against 478 GFLOP/s at 2048^2). On Intel CPUs MKL is level with oneDNN in
+# training and faster in sampling (Xeon, Sapphire Rapids: 1.3-1.5x more images/s one token per pass), so oneDNN is
+# used elsewhere only.
+PREFER_ONEDNN = ONEDNN and cpu_vendor() != "GenuineIntel"
+
+
 def use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether float32 CPU matmuls go through oneDNN here: not under autocast, tracing or `torch.compile`, nor with
-    `torch.backends.mkldnn.flags(enabled=False)`."""
-    return (device.type == "cpu" and dtype == torch.float32 and ONEDNN and torch.backends.mkldnn.enabled
+    """Whether float32 CPU matmuls go through oneDNN here: on non-Intel CPUs (`PREFER_ONEDNN`), not under autocast,
+    tracing or `torch.compile`, nor with `torch.backends.mkldnn.flags(enabled=False)`."""
+    return (device.type == "cpu" and dtype == torch.float32 and PREFER_ONEDNN and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing())
 
@@ -84,13 +100,15 @@ class PixelGPTLinearFunction(torch.autograd.Function):
 
 
 class PixelGPTLinear(nn.Linear):
-    """Bias-free `nn.Linear` (same weight, same state dict) whose float32 CPU matmuls run through oneDNN.
+    """Bias-free `nn.Linear` (same weight, same state dict) whose float32 CPU matmuls run through oneDNN on
+    non-Intel CPUs (see `PREFER_ONEDNN`).
 
     PyTorch's float32 CPU matmul is MKL's sgemm, which can run far below the chip's peak on AMD CPUs: on our
     benchmark machine (AVX-512 EPYC) 216 GFLOP/s against oneDNN's 478 at 2048^2, and half oneDNN's speed at the
-    8- to 64-row matmuls of sampling. Other devices and dtypes, autocast, tracing, `torch.compile` and one row
-    against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a sampling
-    loop runs, `packed` holds the weight in oneDNN's layout (`pack`, called by `sampling_pixelgpt.packed_weights`).
+    8- to 64-row matmuls of sampling. Intel CPUs, other devices and dtypes, autocast, tracing, `torch.compile` and
+    one row against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a
+    sampling loop runs, `packed` holds the weight in oneDNN's layout (`pack`, called by
+    `sampling_pixelgpt.packed_weights`).
     """
 
     packed: torch.Tensor | None = None

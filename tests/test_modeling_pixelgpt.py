@@ -211,6 +211,12 @@ def test_tiny_model_memorises_eight_real_images(default_dataset):
 
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this PyTorch build has no oneDNN")
+
+
+@pytest.fixture
+def onednn_preferred(monkeypatch):
+    """The oneDNN path as on a non-Intel CPU, whatever CPU runs the tests."""
+    monkeypatch.setattr(modeling_pixelgpt, "PREFER_ONEDNN", True)
 # `torch.backends.mkldnn.flags` also resets oneDNN's TF32 switch, which warns on builds without Intel GPU support.
 quiet_flags = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 
@@ -221,7 +227,7 @@ def spy_onednn():
 
 @needs_onednn
 @quiet_flags
-def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients():
+def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients(onednn_preferred):
     torch.manual_seed(0)
     linear = PixelGPTLinear(12, 7)
     x = torch.randn(2, 5, 12, requires_grad=True)
@@ -258,7 +264,7 @@ def test_linear_runs_through_onednn_and_matches_f_linear_with_gradients():
 
 @needs_onednn
 @quiet_flags
-def test_onednn_and_mkl_paths_train_and_sample_alike():
+def test_onednn_and_mkl_paths_train_and_sample_alike(onednn_preferred):
     model = make_model(num_classes=2).train()
     ids = random_ids(model.config, batch=3)
     loss = model(ids, labels=ids).loss
@@ -279,6 +285,18 @@ def test_onednn_and_mkl_paths_train_and_sample_alike():
     assert spy.call_count > 0 and all(m.packed is None for m in model.modules() if isinstance(m, PixelGPTLinear))
     with torch.backends.mkldnn.flags(enabled=False):
         assert torch.equal(fast, model.generate_images(generator=torch.Generator().manual_seed(1), **kwargs))
+
+
+def test_intel_cpus_keep_pytorchs_own_matmul(monkeypatch):
+    """Where MKL is fast (Intel CPUs: `PREFER_ONEDNN` false), every matmul is `F.linear`'s, in training and in
+    sampling, and no weight is packed."""
+    monkeypatch.setattr(modeling_pixelgpt, "PREFER_ONEDNN", False)
+    model = make_model()
+    ids = random_ids(model.config, batch=2)
+    with spy_onednn() as spy, mock.patch.object(modeling_pixelgpt, "pack_weight") as pack:
+        model(ids, labels=ids).loss.backward()
+        model.generate_images(2, batch_size=2, output_type="tokens", show_progress=False)
+    assert spy.call_count == 0 and pack.call_count == 0
 
 
 def test_condition_rows_come_first_and_predict_nothing():

@@ -125,7 +125,8 @@ def measure_inpaint(args, model):
     images = scored_images[: args.num_images]
     size = model.config.pixel_size  # image side in pixels (a tokenizer model's grid is smaller)
     truth = pixels(quantized(processor, images))  # quantized originals (B, H, W, C)
-    report, examples = {}, []
+    report = {"num_scored_images": len(scored_images)} if args.num_scored_images else {}
+    examples = []
     for kind in ("centre", "random"):
         scored_masks = masks_for(size, len(scored_images), kind, args.seed)
         masks = scored_masks[: len(images)]
@@ -287,8 +288,6 @@ def main(args):
     measure = measure_inpaint if args.task == "inpaint" else measure_conditional
     report, examples, cols = measure(args, model)
     report = {"task": args.task, "num_images": args.num_images, "temperature": args.temperature, **report}
-    if args.task == "inpaint" and args.num_scored_images:
-        report["num_scored_images"] = max(args.num_images, args.num_scored_images)
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))

@@ -211,14 +211,14 @@ def test_tiny_model_memorises_eight_real_images(default_dataset):
 
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this PyTorch build has no oneDNN")
+# `torch.backends.mkldnn.flags` also resets oneDNN's TF32 switch, which warns on builds without Intel GPU support.
+quiet_flags = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 
 
 @pytest.fixture
 def onednn_preferred(monkeypatch):
     """The oneDNN path as on a non-Intel CPU, whatever CPU runs the tests."""
     monkeypatch.setattr(modeling_pixelgpt, "PREFER_ONEDNN", True)
-# `torch.backends.mkldnn.flags` also resets oneDNN's TF32 switch, which warns on builds without Intel GPU support.
-quiet_flags = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 
 
 def spy_onednn():

@@ -198,7 +198,7 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
 
     A pass writes its `m` new rows at each batch row's own end and attends, per batch row, to that row's filled
     slots and the new rows before it; slots past a row's length (rejected drafts, padding) are never seen and are
-    overwritten by the next pass.
+    overwritten by the next pass. Rows whose sequence is complete leave the batch (`retire`).
     """
 
     def __init__(self, config, batch_size: int, max_length: int, device, dtype):
@@ -240,6 +240,21 @@ class PixelGPTRaggedCache(PixelGPTStaticCache):
         """Make the first `counts[b]` rows of the last pass part of batch row b; the others are dropped."""
         self.lengths += counts
         self.longest = int(self.lengths.max())
+
+    def retire(self, in_use: int, src: torch.LongTensor, dst: torch.LongTensor) -> None:
+        """From now on use only the first `in_use` batch rows, after moving rows `src` (at or past `in_use`) into
+        rows `dst` (before it, no longer needed). Cheaper than leaving finished rows in the batch: one copy of the
+        rows that move, instead of every later pass computing them (in exact sampling, about a third of the rows a
+        batch of 64 images computes belong to images already complete), and attention sized by the longest row
+        still in use."""
+        for buffer in self.keys + self.values:
+            buffer[dst, :, : self.longest] = buffer[src, :, : self.longest]
+        self.lengths[dst] = self.lengths[src]
+        # Views of the first rows: a compiled pass keeps seeing buffers as long as its batch (torch.compile
+        # specialises on that equality), so it is not compiled again when images leave.
+        self.keys, self.values = [b[:in_use] for b in self.keys], [b[:in_use] for b in self.values]
+        self.lengths = self.lengths[:in_use]
+        self.longest = int(self.lengths.max()) if in_use else 0
 
 
 @contextmanager
@@ -352,7 +367,8 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
     to both views. The one-token rows score the drafts: each is kept with probability min(1, p/q) until the first
     rejection, which is redrawn from max(0, p - q); if all are kept, the last row adds one more token from p. The
     k-ahead rows of the kept tokens give q for the next drafts, which thus depend only on accepted tokens. Every
-    pass fixes between 1 and k tokens per image, and the images of a batch advance at their own pace.
+    pass fixes between 1 and k tokens per image, and the images of a batch advance at their own pace; a complete
+    image leaves the batch, so later passes compute only the images still being drawn.
     `known` `(B, N)`: tokens to keep (-1 where drawn). Returns `(B, 1 + N)`.
     """
     config, device = model.config, start_ids.device
@@ -362,41 +378,109 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
                          f"tokens_per_step = parallel_tokens > 1 (this model: {config.parallel_tokens}), got {k}.")
     if known is None:
         known = torch.full((batch, n), -1, dtype=torch.long, device=device)
-    is_known = known >= 0
-    seq = known.clamp(min=0).clone()  # accepted tokens before each image's frontier, current drafts after it
-    guided = options.guidance_scale != 1.0
-    views = [start_ids, torch.full_like(start_ids, config.start_token_id)] if guided else [start_ids]
-    lane_starts = torch.cat(views * 2)  # one-token view (cond[, uncond]), then the k-ahead view
-    spare = n + k  # a slot of q_store that is written to and never read
-    q_store = torch.zeros(batch, n + k + 1, vocab, device=device)  # draft distribution q for each position
-    rows = torch.arange(batch, device=device)
-
-    def run(cache, held_p, held_q):
-        """One pass; `held_*` `(B, m)` the token index each row holds (negative: start rows) in each view.
-        Returns the warped distributions of both views, `(B, m, V)` each."""
-        held = torch.cat([held_p] * len(views) + [held_q] * len(views))  # (L * B, m)
-        tokens = seq.repeat(2 * len(views), 1).gather(1, held.clamp(0, n - 1))
-        ids = torch.where(held < 0, lane_starts[:, None], tokens)
-        targets = torch.cat([held_p + 1] * len(views) + [held_q + k] * len(views))
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
-                       target_positions=targets).logits.float()  # (L * B, m, V)
-        logits = logits.view(2, len(views), batch, *logits.shape[1:])
-        if guided:
-            cond, uncond = logits[:, 0].log_softmax(-1), logits[:, 1].log_softmax(-1)
-            logits = uncond + options.guidance_scale * (cond - uncond)  # (2, B, m, V)
-        else:
-            logits = logits[:, 0]
-        probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
-        return probs[0], probs[1]
-
-    def keep(cache, counts_p, counts_q):
-        cache.keep(torch.cat([counts_p] * len(views) + [counts_q] * len(views)))
-
     prefix = leading_known(known)
     if prefix == n:
-        return torch.cat([start_ids[:, None], seq], dim=1)
+        return torch.cat([start_ids[:, None], known], dim=1)
+    guided = options.guidance_scale != 1.0
+    views = [start_ids, torch.full_like(start_ids, config.start_token_id)] if guided else [start_ids]
+    lanes = 2 * len(views)  # cache rows per image: the one-token view (cond[, uncond]), then the k-ahead view
+    # Per-image state, one slot per image still being drawn (see `retire`); `image_of` maps slots to images.
+    seq = known.clamp(min=0)  # accepted tokens before each image's frontier, current drafts after it
+    known, is_known = known.clone(), known >= 0
+    lane_starts = torch.stack(views * 2, dim=1)  # (B, lanes)
+    spare = n + k  # a slot of q_store that is written to and never read
+    q_store = torch.zeros(batch, n + k + 1, vocab, device=device)  # draft distribution q for each position
+    frontier = torch.full((batch,), prefix + 1, device=device)  # tokens fixed so far, per image
+    # Tokens not given before each position, to count what a pass adds to the progress bar.
+    unknown_before = F.pad((~is_known).long().cumsum(1), (1, 0))  # (B, N + 1)
+    image_of = torch.arange(batch, device=device)
+    images = torch.empty_like(seq)
+
+    def run(cache, held_p, held_q):
+        """One pass over the first `len(held_p)` slots; `held_*` `(A, m)` the token index each row holds
+        (negative: start rows) in each view. Returns the warped distributions of both views, `(A, m, V)` each."""
+        active = held_p.shape[0]
+        held = torch.stack([held_p] * len(views) + [held_q] * len(views), dim=1)  # (A, lanes, m)
+        tokens = seq[:active, None].expand(-1, lanes, -1).gather(2, held.clamp(0, n - 1))
+        ids = torch.where(held < 0, lane_starts[:active, :, None], tokens)  # (A, lanes, m)
+        targets = torch.stack([held_p + 1] * len(views) + [held_q + k] * len(views), dim=1)
+        # start_ids every pass: the slots in use change as images leave (the cache would remember the first's).
+        logits = model(input_ids=ids.flatten(0, 1), past_key_values=cache, use_cache=True,
+                       input_positions=held.flatten(0, 1), target_positions=targets.flatten(0, 1),
+                       start_ids=lane_starts[:active].flatten()).logits.float()
+        logits = logits.view(active, 2, len(views), *logits.shape[1:])  # (A, view, cond[/uncond], m, V)
+        if guided:
+            cond, uncond = logits[:, :, 0].log_softmax(-1), logits[:, :, 1].log_softmax(-1)
+            logits = uncond + options.guidance_scale * (cond - uncond)  # (A, 2, m, V)
+        else:
+            logits = logits[:, :, 0]
+        probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
+        return probs[:, 0], probs[:, 1]
+
+    def keep(cache, counts_p, counts_q):
+        cache.keep(torch.stack([counts_p] * len(views) + [counts_q] * len(views), dim=1).flatten())
+
+    def retire(cache, active):
+        """Complete images among the first `active` slots leave the batch (their tokens go to `images`): the last
+        unfinished images move into their slots, with their cache rows. Returns how many slots stay in use."""
+        finished = frontier[:active] >= n
+        remaining = active - int(finished.sum())
+        if remaining == active:
+            return active
+        images[image_of[:active][finished]] = seq[:active][finished]
+        dst = finished[:remaining].nonzero()[:, 0]  # finished slots that unfinished images move into
+        src = (~finished[remaining:active]).nonzero()[:, 0] + remaining
+        for state in (seq, known, lane_starts, q_store, frontier, unknown_before, image_of):
+            state[dst] = state[src]
+
+        def cache_rows(slots):  # slot s holds cache rows s * lanes ... s * lanes + lanes - 1
+            return (slots[:, None] * lanes + torch.arange(lanes, device=device)).flatten()
+
+        cache.retire(remaining * lanes, cache_rows(src), cache_rows(dst))
+        return remaining
+
+    def advance(cache, seq, known, q_store, frontier, unknown_before):
+        """One pass of drafting and verification; each argument holds the rows of the slots in use."""
+        rows = torch.arange(len(frontier), device=device)
+        num_drafts = (n - 1 - frontier).clamp(min=0, max=k - 1)  # (A,)
+        # At least two rows: a one-row pass (no drafts left) would make `torch.compile` specialise a new graph
+        # mid-run (size-1 dimensions are static), several seconds; the spare row is dropped like a rejection.
+        m = max(int(num_drafts.max()) + 1, 2)
+        steps = torch.arange(m - 1, device=device)
+        draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (A, m - 1)
+        drafting = steps < num_drafts[:, None]
+        known_drafts = known.gather(1, draft_pos)  # (A, m - 1): -1 where drawn
+        q_drafts = q_store[rows[:, None], draft_pos]  # (A, m - 1, V)
+        # Padding positions (past an image's drafts) may have no q yet: their "drafts" are placeholders (0 or the
+        # given token), never kept nor written to `seq`.
+        drafts = torch.where(drafting & (known_drafts < 0), draw_from(q_drafts), known_drafts.clamp(min=0))
+        seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
+        held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (A, m)
+        p, q = run(cache, held, held)
+        accepted = speculative_accept(p[:, : m - 1], q_drafts, drafts, torch.rand(drafts.shape, device=device))
+        accepted = (accepted | (known_drafts >= 0)) & drafting
+        num_accepted = accepted.long().cumprod(1).sum(1)  # (A,): drafts kept before the first rejection
+        rejected = num_accepted < num_drafts
+        q_next = q_drafts[rows, num_accepted.clamp(max=m - 2)]  # (A, V): q of the first rejected draft
+        # A rejected draft is redrawn from the residual; after all drafts, the last row's p gives one more.
+        new = draw_from(residual(p[rows, num_accepted], q_next * rejected[:, None]))
+        new_pos = frontier + num_accepted
+        known_new = known[rows, new_pos]
+        seq[rows, new_pos] = torch.where(known_new >= 0, known_new, new)
+        # q of the kept k-ahead rows, for later drafts; other rows are written to a spare slot, never read
+        # (indexing by a boolean mask instead would cost a device sync and a copy per pass).
+        q_pos = held + k  # (A, m): the position each k-ahead row predicts
+        kept_rows = (torch.arange(m, device=device) <= num_accepted[:, None]) & (q_pos < n)
+        q_store[rows[:, None], torch.where(kept_rows, q_pos, spare)] = q
+        counts = num_accepted + 1
+        keep(cache, counts, counts)
+        if progress is not None:
+            progress.update(int((unknown_before.gather(1, (frontier + counts)[:, None])
+                                 - unknown_before.gather(1, frontier[:, None])).sum()))
+        frontier += counts
+
     with torch.inference_mode(), packed_weights(model):
-        cache = PixelGPTRaggedCache(config, len(lane_starts), n + 2 * k + 1, device, model.dtype)
+        cache = PixelGPTRaggedCache(config, batch * lanes, n + 2 * k + 1, device, model.dtype)
         # First pass: the start row and the known prefix in the one-token view (then padding), the k start rows and
         # the prefix in the k-ahead view; it draws the first free token and q for the next k - 1 positions.
         m = k + prefix
@@ -404,53 +488,14 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
         p, q = run(cache, (index - 1).clamp(max=prefix - 1), index - k)
         keep(cache, torch.full((batch,), prefix + 1, device=device), torch.full((batch,), m, device=device))
         q_store[:, :m] = q
-        first = draw_from(p[:, prefix])
-        seq[:, prefix] = torch.where(is_known[:, prefix], known[:, prefix], first)
-        frontier = torch.full((batch,), prefix + 1, device=device)  # tokens fixed so far, per image
+        seq[:, prefix] = torch.where(is_known[:, prefix], known[:, prefix], draw_from(p[:, prefix]))
         if progress is not None:
             progress.update(int((~is_known[:, : prefix + 1]).sum()))
-        # Tokens not given before each position, to count what a pass adds to the progress bar.
-        unknown_before = F.pad((~is_known).long().cumsum(1), (1, 0))  # (B, N + 1)
-        while bool((frontier < n).any()):
-            active = frontier < n
-            num_drafts = (n - 1 - frontier).clamp(min=0, max=k - 1) * active  # (B,)
-            # At least two rows: a one-row pass (no drafts left) would make `torch.compile` specialise a new graph
-            # mid-run (size-1 dimensions are static), several seconds; the spare row is dropped like a rejection.
-            m = max(int(num_drafts.max()) + 1, 2)
-            steps = torch.arange(m - 1, device=device)
-            draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (B, m - 1)
-            drafting = steps < num_drafts[:, None]
-            known_drafts = known.gather(1, draft_pos)  # (B, m - 1): -1 where drawn
-            q_drafts = q_store[rows[:, None], draft_pos]  # (B, m - 1, V)
-            # Padding positions (past an image's drafts) may have no q yet: their "drafts" are placeholders (0 or
-            # the given token), never kept nor written to `seq`.
-            drafts = torch.where(drafting & (known_drafts < 0), draw_from(q_drafts), known_drafts.clamp(min=0))
-            seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
-            held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (B, m)
-            p, q = run(cache, held, held)
-            accepted = speculative_accept(p[:, : m - 1], q_drafts, drafts, torch.rand(drafts.shape, device=device))
-            accepted = (accepted | (known_drafts >= 0)) & drafting
-            num_accepted = accepted.long().cumprod(1).sum(1)  # (B,): drafts kept before the first rejection
-            rejected = num_accepted < num_drafts
-            q_next = q_drafts[rows, num_accepted.clamp(max=m - 2)]  # (B, V): q of the first rejected draft
-            # A rejected draft is redrawn from the residual; after all drafts, the last row's p gives one more.
-            new = draw_from(residual(p[rows, num_accepted], q_next * rejected[:, None]))
-            new_pos = (frontier + num_accepted).clamp(max=n - 1)
-            known_new = known[rows, new_pos]
-            new = torch.where(known_new >= 0, known_new, new)
-            seq[rows, new_pos] = torch.where(active, new, seq[rows, new_pos])
-            # q of the kept k-ahead rows, for later drafts; other rows are written to a spare slot, never read
-            # (indexing by a boolean mask instead would cost a device sync and a copy per pass).
-            q_pos = held + k  # (B, m): the position each k-ahead row predicts
-            kept_rows = (torch.arange(m, device=device) <= num_accepted[:, None]) & active[:, None] & (q_pos < n)
-            q_store[rows[:, None], torch.where(kept_rows, q_pos, spare)] = q
-            counts = torch.where(active, num_accepted + 1, 0)
-            keep(cache, counts, counts)
-            if progress is not None:
-                progress.update(int((unknown_before.gather(1, (frontier + counts)[:, None])
-                                     - unknown_before.gather(1, frontier[:, None])).sum()))
-            frontier = frontier + counts
-    return torch.cat([start_ids[:, None], seq], dim=1)
+        active = retire(cache, batch)
+        while active:
+            advance(cache, *(state[:active] for state in (seq, known, q_store, frontier, unknown_before)))
+            active = retire(cache, active)
+    return torch.cat([start_ids[:, None], images], dim=1)
 
 
 def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTensor | None,

@@ -306,12 +306,16 @@ def test_exact_mode_keeps_known_tokens_and_takes_between_n_over_k_and_n_passes()
         return forward(*args, **kwargs)
 
     known = torch.full((6, 25), -1)
-    known[:, :7] = torch.arange(7)  # a known prefix (completion) and one known token further on
-    known[:, 15] = 9
+    known[:, :7] = torch.arange(7)  # a known prefix (completion) and one known token further on, its own per image
+    known[:, 15] = torch.arange(6) + 9
+    known[2, 7:] = torch.randint(0, 64, (18,), generator=torch.Generator().manual_seed(0))  # image 2: all given
+    given = known.clone()
     with mock.patch.object(model, "forward", counting):
         out = exact_sample_tokens(model, torch.full((6,), model.config.start_token_id),
                                   SamplingOptions(tokens_per_step=4, exact=True), known=known)
-    assert out.shape == (6, 26) and (out[:, 1:8] == torch.arange(7)).all() and (out[:, 16] == 9).all()
+    # Images leave the batch as they finish (image 2 first) and still come back in their places.
+    assert torch.equal(known, given) and out.shape == (6, 26) and torch.equal(out[2, 1:], given[2])
+    assert (out[:, 1:8] == torch.arange(7)).all() and torch.equal(out[:, 16], given[:, 15])
     assert math.ceil(18 / 4) + 1 <= len(calls) <= 18 + 1  # 18 free tokens, 1 to 4 per pass, plus the first pass
     images = model.generate_images(3, tokens_per_step=4, exact=True, output_type="tokens", show_progress=False,
                                    generator=torch.Generator().manual_seed(0))
@@ -342,6 +346,30 @@ def test_ragged_cache_rows_of_different_lengths_match_recomputing_each_image():
     torch.testing.assert_close(later[1], full[1, 1:3])
 
 
+def test_ragged_cache_rows_that_move_when_others_retire_keep_their_past():
+    """When image 0 leaves the batch, image 2 takes its row: a later pass over the rows in use must see each image's
+    own past, as recomputing it would."""
+    model = make_model(vocab_size=13, image_size=4)
+    ids = random_ids(model.config, batch=3)  # (3, 17)
+    positions = torch.arange(17).expand(3, 17) - 1
+    cache = PixelGPTRaggedCache(model.config, 3, 12, torch.device("cpu"), torch.float32)
+
+    def step(images, rows):  # rows `(len(images), m)` sequence indices fed to each image in use
+        return model(input_ids=ids[images].gather(1, rows), past_key_values=cache, use_cache=True,
+                     input_positions=positions[images].gather(1, rows),
+                     target_positions=positions[images].gather(1, rows) + 1).logits
+
+    with torch.no_grad():
+        step(torch.arange(3), torch.tensor([[0, 1, 2], [0, 1, 2], [0, 1, 2]]))
+        cache.keep(torch.tensor([3, 2, 1]))
+        cache.retire(2, src=torch.tensor([2]), dst=torch.tensor([0]))  # image 0 is done; image 2 moves to row 0
+        assert cache.lengths.tolist() == [1, 2] and cache.longest == 2
+        later = step(torch.tensor([2, 1]), torch.tensor([[1, 2], [2, 3]]))
+        full = model(ids[:, :4]).logits
+    torch.testing.assert_close(later[0], full[2, 1:3])
+    torch.testing.assert_close(later[1], full[1, 2:4])
+
+
 def test_compiled_model_samples_as_eager_in_one_graph():
     """`model.compile(dynamic=True)` is the documented speed-up: the static-cache loop and the exact speculative loop
     (whose ragged cache sizes each pass from Python ints, not tensor values) compile without a graph break
@@ -352,12 +380,13 @@ def test_compiled_model_samples_as_eager_in_one_graph():
         return model.generate_images(3, batch_size=3, temperature=0, output_type="tokens", show_progress=False,
                                      **options)
 
-    eager = [draw(), draw(tokens_per_step=3, exact=True)]
+    eager = [draw(tokens_per_step=3, exact=True), draw()]
     model.compile(dynamic=True, fullgraph=True)
-    compiled = [draw(), draw(tokens_per_step=3, exact=True)]
+    compiled = [draw(tokens_per_step=3, exact=True), draw()]  # exact first: its graph is compiled before any other
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     # Once warm, sampling never compiles again, whatever the draws make of each pass's shape (how many drafts are
-    # left, how far each image's cache has grown): a recompilation mid-run costs seconds.
+    # left, how far each image's cache has grown, how many images are still drawn): a recompilation mid-run costs
+    # seconds.
     with torch._dynamo.config.patch(error_on_recompile=True):
         for seed in range(4):
             for options in ({}, dict(tokens_per_step=3, exact=True)):

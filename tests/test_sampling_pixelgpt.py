@@ -113,6 +113,31 @@ def test_progress_bar_counts_every_image_token(model_and_processor):
         assert bar.n == 3 * model.config.num_image_tokens, kwargs
 
 
+def test_exact_progress_bar_counts_the_tokens_drawn():
+    """Exact sampling fixes a different number of tokens per image and pass, and images leave the batch as they
+    finish: the bar still counts each drawn token once, and no given one."""
+    model = make_model(vocab_size=64, image_size=5, parallel_tokens=4)
+
+    class Bar:
+        n = 0
+
+        def update(self, amount):
+            self.n += amount
+
+    bar = Bar()
+    with mock.patch("pixelgpt.modeling.tasks_pixelgpt.tqdm", return_value=mock.MagicMock(update=bar.update)):
+        model.generate_images(5, batch_size=4, output_type="tokens", tokens_per_step=4, exact=True)
+    assert bar.n == 5 * 25
+    known = torch.full((4, 25), -1)
+    known[:, :3] = 1
+    known[torch.arange(4), torch.tensor([5, 9, 14, 24])] = 2  # a given token at another place in each image
+    known[1, 10:] = 3  # image 1 has only 7 tokens to draw: it finishes early
+    bar = Bar()
+    exact_sample_tokens(model, torch.full((4,), model.config.start_token_id), SamplingOptions(tokens_per_step=4),
+                        known=known, progress=bar)
+    assert bar.n == int((known < 0).sum())
+
+
 @pytest.mark.parametrize("class_embedding", [False, True], ids=["start_token_only", "class_every_row"])
 def test_guided_static_cache_loop_matches_generate_with_cfg(class_embedding):
     model = make_model(num_classes=3, class_embedding=class_embedding)

@@ -4,17 +4,17 @@ reconstruction grid and model card.
     accelerate launch examples/train_tokenizer.py --train_data_dir ./emoji --output_dir emoji-tokenizer
     python examples/train.py --tokenizer emoji-tokenizer --train_data_dir ./emoji     # stage two: PixelGPT on tokens
 
-The flags and the loop are library code (`pixelgpt.tokenizer_training`), run also by `pixelgpt train-tokenizer`;
+The flags and the loop are library code (`pixelgpt.training`), run also by `pixelgpt train-tokenizer`;
 `python examples/train_tokenizer.py --help` lists every flag.
 """
 
 import sys
 
-from pixelgpt.tokenizer_training import main, parse_args
+from pixelgpt.training import parse_tokenizer_args, tokenizer_main
 from pixelgpt.utils import TrainingError
 
 if __name__ == "__main__":
     try:
-        main(parse_args())
+        tokenizer_main(parse_tokenizer_args())
     except (ValueError, TrainingError) as err:  # bad data, a busy or unwritable folder, divergence: one line
         sys.exit(f"train_tokenizer.py: {err}")

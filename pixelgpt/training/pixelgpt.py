@@ -1,0 +1,252 @@
+"""What is particular to training a PixelGPT: its processor (and palette, or a carried image tokenizer), its config
+and model, the task's loss (k-ahead, random orders, conditions, class dropout), held-out bits, sample grids and card.
+The loop, checkpoints and saving are `loop.Trainer`'s."""
+
+import itertools
+import math
+import time
+from types import SimpleNamespace
+
+import torch
+from accelerate.logging import get_logger
+from PIL import Image
+
+from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
+from ..modeling.layouts_pixelgpt import task_inputs
+from ..processing import PixelGPTImageProcessor
+from ..utils import make_image_grid, open_image, write_model_card
+from .arguments import TrainingArguments
+from .checkpoints import recorded_settings
+from .data import encode_with_tokenizer, load_tokenizer, make_collate, read_image, resolve_label_column
+from .loop import Trainer, launch
+
+logger = get_logger(__name__)
+
+# What a checkpoint is only meaningful with: resuming with another value is refused, naming the setting.
+RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "palette_size", "resize_mode",
+                   "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
+                   "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
+                   "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
+                   "class_embedding", "tokenizer")
+
+
+def run_settings(args: TrainingArguments) -> dict:
+    """The RESUME_SETTINGS of this run, with the model size as it resolves (a preset's width given explicitly, or
+    the derived MLP width, is the same model)."""
+    settings = recorded_settings(args, RESUME_SETTINGS)
+    resolved = PixelGPTConfig(**args.model.sizes())
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        settings[name] = getattr(resolved, name)
+    return settings
+
+
+def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=None, reduction="mean", hole_weight=1.0,
+              box_sides=(0.0, 1.0)):
+    """Cross-entropy through the prepared model, for the model's task: k-ahead prediction for "generate" (k = 1:
+    the usual next-token loss), random orders for "inpaint", raster order after the condition for the rest.
+    `hole_weight` weighs an inpainting order's rectangle against the pixels before it (in the mean loss);
+    `box_sides` bounds the rectangle's sides (fractions of the image side)."""
+    config = accelerator.unwrap_model(model).config
+    inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator, box_sides=box_sides)
+    labels, hole = inputs.pop("labels"), inputs.pop("hole", None)
+    logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
+    weighted = hole is not None and hole_weight != 1 and reduction == "mean"
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                             reduction="none" if weighted else reduction)
+    if weighted:
+        weights = 1 + (hole_weight - 1) * hole.flatten().float()
+        loss = (loss * weights).sum() / weights.sum()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator, k=1, seed=0):
+    """Mean held-out negative log-likelihood in bits per token (= bits/dim for lossless 8-bit modes), for
+    k-ahead prediction (k = 1: ordinary one-token-per-pass decoding). Any-order models are scored on random orders
+    drawn from `seed`, the same ones at every evaluation."""
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
+    for batch in dataloader:
+        ids = batch["input_ids"]
+        nll = task_loss(model, accelerator, batch, k, generator=generator, reduction="none")
+        nll = accelerator.gather_for_metrics(nll.view(ids.shape[0], -1))
+        total += nll.sum()
+        count += nll.numel()
+    model.train()
+    return (total / count).item() / math.log(2)
+
+
+def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, condition_column: str):
+    """A grid of samples; conditional models show (condition, output) pairs for the first held-out images (their
+    `condition_column`), class-conditional ones one sample per class in turn."""
+    sampling = dict(image_processor=processor, generator=torch.Generator().manual_seed(seed),
+                    batch_size=num_samples, show_progress=False)
+    if model.config.is_conditional:
+        sources = [open_image(row[condition_column], "image") for row in held_out[: max(1, num_samples // 2)]]
+        outputs = model.translate_images(sources, **sampling)
+        condition = processor.condition_processor
+        shown = condition.decode(condition(sources).input_ids)  # what the model reads, as an image
+        shown = [c.resize((processor.image_size,) * 2, Image.Resampling.NEAREST) for c in shown]
+        images = [image for pair in zip(shown, outputs) for image in pair]
+    else:
+        classes = model.config.num_classes
+        labels = [i % classes for i in range(num_samples)] if classes else None
+        images = model.generate_images(1 if labels else num_samples, class_labels=labels, **sampling)
+    return make_image_grid(images, cols=min(8, len(images)))
+
+
+def fit_palette(processor, train, args: TrainingArguments) -> None:
+    """Learn the k-means palette of `--fit_palette` from up to --palette_samples training images."""
+    data, image, seed = args.data, args.image, args.run.seed
+    rows = (itertools.islice(train.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size), image.palette_samples)
+            if data.streaming else train.shuffle(seed=seed).select(range(min(image.palette_samples, len(train)))))
+    sample = []
+    for row in rows:
+        try:
+            sample.append(read_image(row[data.image_column], "image", processor, image.resolution)[0])
+        except ValueError:  # met again, and counted, in training
+            pass
+    if not sample:
+        raise ValueError("None of the images sampled to fit the palette can be read (see --skip_bad_images).")
+    processor.fit_palette(sample, image.palette_size, seed=seed)
+    logger.info(f"Fitted a {processor.vocab_size}-colour palette on {len(sample)} images")
+
+
+def build_processor(args: TrainingArguments, tokenizer) -> PixelGPTImageProcessor:
+    """The run's image processor; with a tokenizer it only resizes to 8-bit RGB pixels (the tokenizer makes the
+    tokens)."""
+    image, model = args.image, args.model
+    condition = {}
+    if model.is_conditional:
+        condition = dict(condition_quantization=model.condition_quantization,
+                         condition_num_levels=model.condition_num_levels, condition_size=model.condition_size)
+    return PixelGPTImageProcessor(quantization="rgb8" if image.fit_palette or tokenizer else image.quantization,
+                                  num_levels=image.num_levels, image_size=image.resolution,
+                                  resize_mode=image.resize_mode, resample=image.resample, **condition)
+
+
+def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int, class_names) -> PixelGPTConfig:
+    model = args.model
+    config_kwargs = model.sizes()
+    if model.class_conditional:
+        config_kwargs.update(num_classes=num_classes, class_embedding=model.class_embedding)
+        if class_names:
+            config_kwargs["id2label"] = dict(enumerate(class_names))
+    vocab_size, grid_size = processor.vocab_size, args.image.resolution
+    if tokenizer is not None:
+        vocab_size, grid_size = tokenizer.config.codebook_size, grid_size // tokenizer.config.downsample_factor
+    return PixelGPTConfig(vocab_size=vocab_size, image_size=grid_size,
+                          tokens_per_pixel=1 if tokenizer else processor.tokens_per_pixel,
+                          parallel_tokens=model.parallel_tokens,
+                          task=model.task, condition_size=processor.condition_size,
+                          condition_vocab_size=processor.condition_vocab_size,
+                          aligned_condition=model.aligned_condition and model.is_conditional,
+                          condition_prefix=model.condition_prefix, inpaint_fill_order=model.inpaint_fill_order,
+                          tokenizer_config=tokenizer.config if tokenizer is not None else None, **config_kwargs)
+
+
+class PixelGPTTrainer(Trainer):
+    """Trains a PixelGPT (on pixels, or on the token grid of a carried image tokenizer) for its task."""
+
+    def __init__(self, args: TrainingArguments, accelerator, started: float):
+        super().__init__(args, accelerator, started)
+        data, image, model_args = args.data, args.image, args.model
+        tokenizer = load_tokenizer(image.tokenizer) if image.tokenizer else None
+        self.find_resume(run_settings(args))
+
+        processor = self.processor = build_processor(args, tokenizer)
+        checks = [(data.source_column, processor.condition_processor, "eval_source")] if data.source_column else []
+        train, held_out, self.dataset_name = self.load_data(processor, checks)
+        label_column, num_classes, class_names = None, 0, None
+        if model_args.class_conditional:  # labels are read only when they are used
+            label_column, num_classes, class_names = resolve_label_column(data.label_column, train)
+        if image.fit_palette:
+            fit_palette(processor, train, args)
+        encode_bad = []
+        if tokenizer is not None and not data.streaming:  # encoded once, not at every pass (a stream as it is read)
+            with accelerator.main_process_first():  # the main process encodes and caches; the others read it
+                train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, data, model_args.task, "train")
+
+        config = self.config = build_config(args, processor, tokenizer, num_classes, class_names)
+        model = PixelGPTForImageGeneration(config)
+        if tokenizer is not None:  # carried frozen: saved with the model, never trained here
+            model.image_tokenizer.load_state_dict(tokenizer.state_dict())
+        if model_args.gradient_checkpointing:
+            model.activation_checkpointing_enable()
+        collate = make_collate(processor, config, data, label_column, tokenizer)
+        trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
+        self.prepare(model, trained, train, held_out, collate)
+        self.batches.bad_images.update(dict.fromkeys(encode_bad))
+        self.held_out, self.num_train_images = held_out, None if data.streaming else len(train)
+        self.bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim and not tokenizer else \
+            "bits_per_token"
+        self.resume()
+        logger.info(f"{'streamed' if data.streaming else len(train)} training / {len(held_out)} held-out images, "
+                    f"{self.max_steps} steps, {sum(p.numel() for p in trained) / 1e6:.2f}M trained parameters"
+                    f"{' (and the frozen tokenizer)' if tokenizer is not None else ''}, "
+                    f"{config.num_image_tokens} tokens per image")
+        self.untrained_bits = self.evaluate(0, untrained=True) if self.step == 0 else None
+        self.tokens_seen, self.tick = 0, time.time()
+
+    def loss(self, batch, step: int):
+        model_args, accelerator = self.args.model, self.accelerator
+        # k-ahead steps teach parallel decoding; the draw uses torch's RNG, which checkpoints restore.
+        k = 1
+        if model_args.parallel_tokens > 1 and torch.rand(()) < model_args.parallel_fraction:
+            k = model_args.parallel_tokens
+        input_ids = batch["input_ids"]
+        if model_args.class_conditional and model_args.class_dropout_prob > 0:
+            # Condition dropout: some images learn the unconditional start token, for guidance.
+            dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < model_args.class_dropout_prob
+            input_ids = input_ids.clone()
+            input_ids[dropped, 0] = self.config.start_token_id
+        # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
+        box_probability = model_args.inpaint_box_probability
+        if model_args.inpaint_box_warmup > 0:  # depends on the step only, so a resumed run anneals alike
+            box_probability *= min(1.0, step / (model_args.inpaint_box_warmup * self.max_steps))
+        loss = task_loss(self.model, accelerator, dict(batch, input_ids=input_ids), k, box_probability,
+                         hole_weight=model_args.inpaint_hole_weight, box_sides=tuple(model_args.inpaint_box_sides))
+        self.tokens_seen += batch["input_ids"][:, 1:].numel() * accelerator.num_processes
+        return loss
+
+    def shown(self, loss):
+        value = loss.item()
+        rate = self.tokens_seen / max(time.time() - self.tick, 1e-9)
+        postfix = {"loss": f"{value:.3f}", self.bits_name: f"{value / math.log(2):.3f}", "tok_s": f"{rate:,.0f}"}
+        return postfix, {"train/loss": value, f"train/{self.bits_name}": value / math.log(2),
+                         "train/tokens_per_s": rate}
+
+    def evaluate(self, step: int, final: bool = False, untrained: bool = False) -> dict:
+        held_out = evaluate(self.model, self.eval_loader, self.accelerator, seed=self.run.seed)
+        if untrained:
+            logger.info(f"untrained held-out {self.bits_name}: {held_out:.4f}")
+            return held_out
+        figures = {self.bits_name: held_out}
+        self.log_figures(step, figures, f"held-out {self.bits_name} {held_out:.4f}", final)
+        k = self.args.model.parallel_tokens
+        if final and k > 1:
+            figures[f"{self.bits_name}_{k}_ahead"] = ahead = evaluate(self.model, self.eval_loader, self.accelerator,
+                                                                      k=k, seed=self.run.seed)
+            logger.info(f"final held-out {self.bits_name} of {k}-ahead prediction: {ahead:.4f}")
+        return figures
+
+    def sample_grid(self):
+        data = self.args.data
+        return sample_grid(self.accelerator.unwrap_model(self.model), self.processor, self.held_out,
+                           self.run.num_samples, self.run.seed, data.source_column or data.image_column)
+
+    def final_metrics(self, figures: dict) -> dict:
+        metrics = {self.bits_name: figures[self.bits_name], "untrained_" + self.bits_name: self.untrained_bits}
+        return dict(metrics, **{k: v for k, v in figures.items() if k not in metrics})
+
+    def write_card(self, folder, metrics: dict) -> None:
+        write_model_card(folder, args=SimpleNamespace(**self.args.flat()), config=self.config,
+                         processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
+                         bits_name=self.bits_name, num_train_images=self.num_train_images)
+
+
+def main(args: TrainingArguments) -> float:
+    """Train a PixelGPT as `args` say (from `parse_args`); returns the final held-out bits per token (or dim)."""
+    figures = launch(args.run, lambda accelerator, started: PixelGPTTrainer(args, accelerator, started).train())
+    return next(iter(figures.values()))

@@ -1,4 +1,4 @@
-"""examples/transform_quality.py: one tiny pass per task (the real figures come from trained models, see docs/)."""
+"""examples/transform_quality.py: one tiny pass per task (real figures from trained models: docs/results/)."""
 
 import json
 import sys

@@ -175,9 +175,9 @@ class Real:
     def __init__(self, args, processor):
         if args.train_data_dir:
             # train.py's own split of the folder (the same flags give the same held-out images).
-            train, held_out, _ = training.load_splits(training.parse_args(
-                ["--train_data_dir", args.train_data_dir, "--eval_fraction", str(args.eval_fraction), "--seed",
-                 str(args.split_seed), "--max_eval_samples", str(10**9)]))
+            train, held_out, _ = training.load_splits(training.DataArguments(
+                train_data_dir=args.train_data_dir, eval_fraction=args.eval_fraction, max_eval_samples=10**9),
+                seed=args.split_seed)
             test = {column: [row[column] for row in held_out] for column in ("image", "label")}
             self.names = train.features["label"].names
             self.size, self.mode, self.see = 32, "RGB", lambda images: images
@@ -262,13 +262,12 @@ def nearest_distances(images, reference: torch.Tensor, real: Real) -> torch.Tens
     return torch.cat([torch.cdist(part, reference).min(1).values for part in x.split(256)]) / x.shape[1] ** 0.5
 
 
-def training_reference(args, real: Real, pixel_size: int) -> torch.Tensor:
+def training_reference(args, real: Real) -> torch.Tensor:
     """The training images the copy check searches, `(M, C*S*S)` as the classifier sees them. Read before any
     sampling, so that a wrong --nearest_dataset fails at once."""
     train = real.train_images
     if args.nearest_dataset:
-        rows, _, _ = training.load_splits(training.parse_args(
-            ["--dataset_name", args.nearest_dataset, "--resolution", str(pixel_size), "--max_eval_samples", "1"]))
+        rows, _, _ = training.load_splits(training.DataArguments(dataset_name=args.nearest_dataset, max_eval_samples=1))
         train = real.see(decode_images(rows))
     return as_input(train, real).flatten(1)
 
@@ -302,7 +301,7 @@ def main(args):
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
     real = Real(args, processor)
-    searched = training_reference(args, real, model.config.pixel_size)  # (M, C*S*S)
+    searched = training_reference(args, real)  # (M, C*S*S)
     fid = None
     if metric is not None:
         reference = real.test_images[: args.fid_reference_images]

@@ -79,8 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls, groups: dict, skip: tupl
 
 
 def from_namespace(cls, namespace: argparse.Namespace):
-    """The dataclass `cls` with the values of `namespace` (fields it lacks keep their defaults)."""
-    return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+    """The dataclass `cls` with the values of `namespace` (fields it lacks keep their defaults); argparse's lists
+    become tuples where the field is one, so parsed and constructed arguments compare equal."""
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
+    for f in dataclasses.fields(cls):
+        if typing.get_origin(f.type) is tuple and isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
 
 
 def at_least_one(part, names) -> None:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the training script and the CLI: image files, image grids and the model card."""
+"""Small helpers shared by the training script and the CLI: image files, image grids, PSNR and the model card."""
 
 import hashlib
 import importlib.metadata
@@ -6,6 +6,8 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 
@@ -112,13 +114,29 @@ def make_image_grid(images: list, cols: int = 8, pad: int = 1, background=(255, 
 CARD_GRID_MIN_WIDTH = 512
 
 
-def enlarge_nearest(image: Image.Image, min_width: int = CARD_GRID_MIN_WIDTH) -> Image.Image:
-    """`image` scaled up by the smallest whole factor that makes it at least `min_width` pixels wide, with nearest
-    neighbour: each pixel becomes a factor x factor block of the same value, nothing is blurred or invented."""
-    factor = max(1, -(-min_width // image.width))
+def enlarge_nearest(image: Image.Image, min_size: int = CARD_GRID_MIN_WIDTH, longer_side: bool = False) -> Image.Image:
+    """`image` scaled up by the smallest whole factor that makes its width (with `longer_side`: its longer side) at
+    least `min_size` pixels, with nearest neighbour: each pixel becomes a factor x factor block of the same value,
+    nothing is blurred or invented."""
+    factor = max(1, -(-min_size // (max(image.size) if longer_side else image.width)))
     if factor == 1:
         return image.copy()
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+# Identical images have no finite PSNR: the mean squared error is floored at this, so that they score 100 dB.
+PSNR_MIN_MSE = 255.0**2 * 1e-10
+
+
+def psnr(a, b):
+    """Per-image PSNR in dB (peak 255) of `(B, H, W, C)` images on the 0-255 scale: uint8, or floats such as a mean
+    of samples. Torch tensors give a float32 tensor (what training gathers across processes), numpy arrays a float64
+    array (average it for a mean over images); capped at 100 dB (see PSNR_MIN_MSE)."""
+    torch_inputs = isinstance(a, torch.Tensor)
+    xp = torch if torch_inputs else np
+    a, b = (a.float(), b.float()) if torch_inputs else (np.asarray(a, np.float64), np.asarray(b, np.float64))
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * xp.log10(255.0**2 / mse.clip(min=PSNR_MIN_MSE))
 
 
 def save_card_grid(folder, name: str, min_width: int = CARD_GRID_MIN_WIDTH) -> tuple[str, str] | None:

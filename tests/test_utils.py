@@ -6,6 +6,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from huggingface_hub import EvalResult, ModelCard
 from PIL import Image
 
@@ -45,6 +46,28 @@ def test_enlarge_nearest_uses_the_smallest_whole_factor_to_512_pixels(width, fac
     large = utils.enlarge_nearest(image)
     assert large.size == (width * factor, 5 * factor)
     assert np.array_equal(np.asarray(large), np.asarray(image).repeat(factor, 0).repeat(factor, 1))
+
+
+def test_enlarge_nearest_by_the_longer_side_as_the_demo_shows_outputs():
+    tall = Image.fromarray(np.arange(6 * 4, dtype=np.uint8).reshape(6, 4))  # 4 wide, 6 high
+    assert utils.enlarge_nearest(tall, 256, longer_side=True).size == (4 * 43, 6 * 43)  # 6 * 43 = 258 >= 256
+    assert utils.enlarge_nearest(tall, 256).size == (4 * 64, 6 * 64)  # by the width
+    assert utils.enlarge_nearest(tall, 6, longer_side=True).size == (4, 6)
+
+
+def test_psnr_per_image_for_torch_and_numpy_capped_at_100_db():
+    truth = np.random.default_rng(0).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    other = truth.copy()
+    other[1, 0, 0, 0] ^= 1  # one sub-pixel one level off: mse 1/60
+    other[2] = 255 - truth[2]
+    expected = 10 * np.log10(255.0**2 / ((other.astype(float) - truth) ** 2).reshape(3, -1).mean(1))
+    from_numpy, from_torch = utils.psnr(other, truth), utils.psnr(torch.from_numpy(other), torch.from_numpy(truth))
+    assert from_numpy.dtype == np.float64 and from_torch.dtype == torch.float32
+    assert from_numpy[0] == 100.0 and from_torch[0] == 100.0  # identical images
+    np.testing.assert_allclose(from_numpy[1:], expected[1:], rtol=0)
+    np.testing.assert_allclose(from_torch.numpy()[1:], expected[1:], rtol=1e-6)
+    mean_of_two = (truth.astype(float) + other) / 2  # floats off the 0-255 grid are scored as they are
+    assert utils.psnr(mean_of_two, truth)[1] == pytest.approx(10 * np.log10(255.0**2 * 60 * 4))
 
 
 def test_the_card_of_the_default_run_shows_an_enlarged_grid_and_links_nowhere(tmp_path):

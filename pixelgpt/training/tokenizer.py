@@ -16,7 +16,7 @@ from torch import nn
 from ..modeling.configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
 from ..modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from ..processing import PixelGPTImageProcessor
-from ..utils import DEFAULT_DATASET_HUB_ID, local_data, make_image_grid, save_card_grid
+from ..utils import DEFAULT_DATASET_HUB_ID, local_data, make_image_grid, psnr, save_card_grid
 from .arguments import TokenizerTrainingArguments
 from .data import read_image
 from .loop import Trainer, adamw, launch
@@ -49,12 +49,6 @@ def bicubic_baseline(pixels: np.ndarray, grid: int) -> np.ndarray:
     size = pixels.shape[1]
     return np.stack([np.asarray(Image.fromarray(p).resize((grid, grid), Image.Resampling.BICUBIC)
                                 .resize((size, size), Image.Resampling.BICUBIC)) for p in pixels])
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 `(B, H, W, C)` images (capped at 100 dB for identical images)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp(min=255.0**2 * 1e-10))
 
 
 @torch.no_grad()

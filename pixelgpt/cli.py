@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pixelgpt.loading import load_model
 from pixelgpt.utils import IMAGE_EXTENSIONS, TrainingError, open_image
 
 
@@ -161,31 +162,6 @@ def _output_paths(args, names: list[str]) -> list[Path]:
     return paths
 
 
-def load_model(name: str, device: str | None = None):
-    """The model of a folder or Hub repo id on `device`, in eval mode; a bad name or device exits with one line."""
-    from transformers import AutoModel
-
-    try:
-        torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise SystemExit(f"pixelgpt: --device {device!r} is not a torch device ({err}).") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"pixelgpt: --device {device} asks for a GPU, but torch sees none here; use --device cpu.")
-    source = Path(name).expanduser()
-    if source.is_file():
-        raise SystemExit(f"pixelgpt: --model {name} is a file; give the model's folder (the one holding "
-                         "config.json) or a Hub repo id.")
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not source.exists():
-        raise SystemExit(f"pixelgpt: --model {name}: no such folder.")
-    try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=True)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"pixelgpt: cannot load --model {name}: {first_line}") from None
-    return model.to(torch_device).eval()
-
-
 def _save(images, paths: list[Path]) -> list[Path]:
     for image, path in zip(images, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         training.main(training.parse_args(argv[1:]))
         return 0
     if argv[:1] == ["train-tokenizer"]:
-        from pixelgpt import tokenizer_training
+        from pixelgpt import training
 
-        tokenizer_training.main(tokenizer_training.parse_args(argv[1:]))
+        training.tokenizer_main(training.parse_tokenizer_args(argv[1:]))
         return 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixelgpt.loading import load_model
+from pixelgpt.utils import enlarge_nearest
+
 GRADIO_MISSING = 'The demo needs gradio: pip install gradio (or, in a clone, pip install -e ".[demo]")'
 # Model images are a few dozen pixels wide: the browser must not blur them when it scales them up, and an input
 # image is shown filling its box (gradio shows it at its own size: 28 pixels is a thumbnail).
@@ -25,12 +28,6 @@ CSS = """img, canvas { image-rendering: pixelated; }
 DISPLAY_SIZE = 256  # outputs are shown enlarged (whole pixels) to at least this many pixels a side
 # The widget that sets how many results a method draws, by operation (outpaint draws one per input).
 COUNT = {"generate": "num_images", "complete": "num_completions", "vary": "num_variations", "outpaint": None}
-
-
-def enlarge(image: Image.Image) -> Image.Image:
-    """`image` scaled by a whole factor with nearest-neighbour resampling, so every pixel stays a sharp square."""
-    factor = -(-DISPLAY_SIZE // max(image.size))
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
 
 
 def _mask(editor: dict, processor) -> np.ndarray:
@@ -44,58 +41,50 @@ def _mask(editor: dict, processor) -> np.ndarray:
     return area.to_array(Image.fromarray(painted.astype(np.uint8) * 255))[0, ..., 0] > 0
 
 
-def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
-    """The tab of one operation: its inputs, sampling settings, a Run button, the enlarged results and their
-    PNG files (written under `outputs`). Element ids are `<key>-input`, `-run`, `-gallery`, `-files` (the browser
-    tests find them)."""
-    config, size = model.config, model.config.pixel_size
-    w = {}  # widgets, named after the keyword arguments of `model.<op>_images`
-    with gr.Tab(op.capitalize()), gr.Row():
-        with gr.Column():
-            if op == "generate" and config.num_classes:
-                # Class names where training saved them (id2label), else transformers' LABEL_<i> placeholders.
-                names = [(f"{i}: {config.id2label[i]}" if config.id2label.get(i, f"LABEL_{i}") != f"LABEL_{i}"
-                          else str(i), i) for i in range(config.num_classes)]
-                w["class_labels"] = gr.Dropdown(names + [("none (unconditional)", -1)], value=0, label="Class",
-                                                elem_id=f"{key}-class")
-                w["guidance_scale"] = gr.Slider(0, 5, value=1, step=0.1, label="Guidance scale",
-                                                info="Classifier-free guidance towards the class (1 = none).",
-                                                elem_id=f"{key}-guidance")
-            elif op == "inpaint":
-                # Brush sizes count pixels of the upload: gradio's default (25) would cover a whole model-sized
-                # image. PNG, as webp would change the pixels kept around the mask.
-                brush = gr.Brush(default_size=3, colors=["#ff00ff"], color_mode="fixed")
-                w["editor"] = gr.ImageEditor(type="pil", label="Paint over the pixels to redraw", layers=False,
-                                             transforms=(), brush=brush, format="png", elem_id=f"{key}-input")
-            elif op != "generate":
-                # image_mode=None keeps transparency: the image processor flattens it on its own background.
-                w["images"] = gr.Image(type="pil", image_mode=None, label="Input image", elem_id=f"{key}-input",
-                                       elem_classes="pixel-input")
-            if op == "complete":
-                w["keep_rows"] = gr.Slider(0, size, value=size // 2, step=1, precision=0,
-                                           label="Rows kept from the top")
-            elif op == "outpaint":
-                for side in ("left", "right", "top", "bottom"):
-                    w[side] = gr.Slider(0, size, value=size // 2 if side == "right" else 0, step=1, precision=0,
-                                        label=f"Pixels added on the {side}")
-            elif op == "vary":
-                w["strength"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength (share of pixels redrawn)")
-            count = COUNT.get(op, "num_samples")
-            if count:
-                w[count] = gr.Slider(1, 16, value=8 if op == "generate" else 4, step=1, precision=0, label="Images")
-            with gr.Accordion("Sampling", open=False):
-                w["temperature"] = gr.Slider(0, 2, value=1, step=0.05, label="Temperature (0 = greedy)")
-                w["top_k"] = gr.Slider(0, config.vocab_size, value=0, step=1, precision=0, label="Top-k (0 = off)")
-                w["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (1 = off)")
-                w["seed"] = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1,
-                                      label="Seed (same seed, same images)")
-            run = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
-        with gr.Column():
-            gallery = gr.Gallery(label=f"Results (shown enlarged; model size {size}x{size})", format="png",
-                                 columns=4, object_fit="contain", elem_id=f"{key}-gallery")
-            files = gr.File(label="PNG files at the model's size", file_count="multiple", height=200,
-                            elem_id=f"{key}-files")
+def _operation_widgets(gr, config, op: str, key: str) -> dict:
+    """The inputs and settings of tab `op`, named after the keyword arguments of `model.<op>_images`."""
+    size, w = config.pixel_size, {}
+    if op == "generate" and config.num_classes:
+        # Class names where training saved them (id2label), else transformers' LABEL_<i> placeholders.
+        names = [(f"{i}: {config.id2label[i]}" if config.id2label.get(i, f"LABEL_{i}") != f"LABEL_{i}"
+                  else str(i), i) for i in range(config.num_classes)]
+        w["class_labels"] = gr.Dropdown(names + [("none (unconditional)", -1)], value=0, label="Class",
+                                        elem_id=f"{key}-class")
+        w["guidance_scale"] = gr.Slider(0, 5, value=1, step=0.1, label="Guidance scale",
+                                        info="Classifier-free guidance towards the class (1 = none).",
+                                        elem_id=f"{key}-guidance")
+    elif op == "inpaint":
+        # Brush sizes count pixels of the upload: gradio's default (25) would cover a whole model-sized
+        # image. PNG, as webp would change the pixels kept around the mask.
+        brush = gr.Brush(default_size=3, colors=["#ff00ff"], color_mode="fixed")
+        w["editor"] = gr.ImageEditor(type="pil", label="Paint over the pixels to redraw", layers=False,
+                                     transforms=(), brush=brush, format="png", elem_id=f"{key}-input")
+    elif op != "generate":
+        # image_mode=None keeps transparency: the image processor flattens it on its own background.
+        w["images"] = gr.Image(type="pil", image_mode=None, label="Input image", elem_id=f"{key}-input",
+                               elem_classes="pixel-input")
+    if op == "complete":
+        w["keep_rows"] = gr.Slider(0, size, value=size // 2, step=1, precision=0, label="Rows kept from the top")
+    elif op == "outpaint":
+        for side in ("left", "right", "top", "bottom"):
+            w[side] = gr.Slider(0, size, value=size // 2 if side == "right" else 0, step=1, precision=0,
+                                label=f"Pixels added on the {side}")
+    elif op == "vary":
+        w["strength"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength (share of pixels redrawn)")
+    count = COUNT.get(op, "num_samples")
+    if count:
+        w[count] = gr.Slider(1, 16, value=8 if op == "generate" else 4, step=1, precision=0, label="Images")
+    with gr.Accordion("Sampling", open=False):
+        w["temperature"] = gr.Slider(0, 2, value=1, step=0.05, label="Temperature (0 = greedy)")
+        w["top_k"] = gr.Slider(0, config.vocab_size, value=0, step=1, precision=0, label="Top-k (0 = off)")
+        w["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (1 = off)")
+        w["seed"] = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed (same seed, same images)")
+    return w
 
+
+def _draw_function(gr, model, op: str, w: dict, outputs: Path):
+    """The Run button's callback: `model.<op>_images` on the values of widgets `w`, returning the enlarged results
+    and the paths of their PNG files (written under `outputs`); a bad input is a gr.Error shown in the page."""
     progress = gr.Progress(track_tqdm=True)  # the model's tqdm bar (show_progress=True) becomes the page's
 
     def draw(values: dict, progress=progress):
@@ -123,24 +112,40 @@ def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
         paths = [str(folder / f"{op}-{i:04d}.png") for i in range(len(images))]
         for image, path in zip(images, paths):
             image.save(path)
-        return [enlarge(image) for image in images], paths
+        return [enlarge_nearest(image, DISPLAY_SIZE, longer_side=True) for image in images], paths
 
+    return draw
+
+
+def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
+    """The tab of one operation: its inputs, sampling settings, a Run button, the enlarged results and their
+    PNG files (written under `outputs`). Element ids are `<key>-input`, `-run`, `-gallery`, `-files` (the browser
+    tests find them)."""
+    size = model.config.pixel_size
+    with gr.Tab(op.capitalize()), gr.Row():
+        with gr.Column():
+            w = _operation_widgets(gr, model.config, op, key)
+            run = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
+        with gr.Column():
+            gallery = gr.Gallery(label=f"Results (shown enlarged; model size {size}x{size})", format="png",
+                                 columns=4, object_fit="contain", elem_id=f"{key}-gallery")
+            files = gr.File(label="PNG files at the model's size", file_count="multiple", height=200,
+                            elem_id=f"{key}-files")
     # One model call at a time, whichever tab asks: sampling seeds torch's global generator (forked per call) and
     # packs the layers' weights for the call, unpacking them after, so two calls at once would disturb each other.
-    run.click(draw, inputs=set(w.values()), outputs=[gallery, files], concurrency_id="model", concurrency_limit=1)
+    run.click(_draw_function(gr, model, op, w, outputs), inputs=set(w.values()), outputs=[gallery, files],
+              concurrency_id="model", concurrency_limit=1)
 
 
 def build_demo(models: list[str], device: str | None = None):
     """The gradio Blocks for model folders / Hub repo ids `models`: one tab per operation of each model (and one
-    tab per model when there are several)."""
+    tab per model when there are several). A model that cannot be loaded is a ValueError saying why."""
     # No usage reports to gradio's servers unless the user turns them on (and none on machines without internet).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
     except ImportError:
         raise ImportError(GRADIO_MISSING) from None
-    from pixelgpt.cli import load_model
-
     loaded = [load_model(name, device) for name in models]
     for model in loaded:
         model.get_image_processor()  # a missing or mismatched processor fails now, not at the first click

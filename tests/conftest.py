@@ -147,3 +147,13 @@ def save_model(folder, **overrides) -> str:
         condition = dict(condition_quantization="gray8", condition_size=overrides["condition_size"])
     PixelGPTImageProcessor(quantization="gray8", image_size=6, **condition).save_pretrained(folder)
     return str(folder)
+
+
+def save_tokenizer(folder) -> str:
+    """A tiny image tokenizer (8x8 pixels, 9 codes) saved in `folder`, as train_tokenizer.py saves one."""
+    from pixelgpt import PixelGPTVQVAE, PixelGPTVQVAEConfig
+
+    torch.manual_seed(0)
+    config = PixelGPTVQVAEConfig(image_size=8, base_channels=8, downsample_factor=2, fsq_levels=[3, 3])
+    PixelGPTVQVAE(config).save_pretrained(folder)
+    return str(folder)

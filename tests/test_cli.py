@@ -13,7 +13,7 @@ from PIL import Image
 from pixelgpt import PixelGPTForImageGeneration
 from pixelgpt.cli import build_parser, main
 
-from conftest import save_model
+from conftest import save_model, save_tokenizer
 
 TINY_TRAIN = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
               "--max_train_samples", "32", "--max_eval_samples", "16", "--train_batch_size", "8", "--num_samples", "2",
@@ -164,7 +164,9 @@ def test_bad_model_output_device_and_numbers_are_one_line_messages(models, tmp_p
     for argv, message in (
         (["vary", "--model", str(tmp_path / "no-such-model"), image], "no such folder"),
         (["vary", "--model", "./no-such-model", image], "no such folder"),
-        (["vary", "--model", str(models["root"] / "mask.png"), image], "is a file; give the model's folder"),
+        (["vary", "--model", str(models["root"] / "mask.png"), image], "is a file; give a model folder"),
+        (["generate", "--model", save_tokenizer(tmp_path / "tokenizer"), "--output_dir", str(tmp_path / "t")],
+         "holds an image tokenizer, not a PixelGPT model: `pixelgpt train --tokenizer"),
         (["vary", "--model", models["inpaint"], "--output_dir", str(tmp_path / "a_file"), image],
          "--output_dir " + str(tmp_path / "a_file") + " is a file"),
         (["generate", "--model", models["generate"], "--temperature", "nan", "--output_dir", str(tmp_path / "n")],

@@ -19,7 +19,7 @@ from PIL import Image
 from pixelgpt import PixelGPTImageProcessor, demo
 from pixelgpt.cli import build_parser
 
-from conftest import save_model
+from conftest import save_model, save_tokenizer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -55,6 +55,15 @@ def test_without_gradio_the_error_names_the_extra(tmp_path):
                         "run()")
     assert result.returncode == 1
     assert result.stderr.strip() == "pixelgpt: " + demo.GRADIO_MISSING  # one line
+
+
+def test_a_model_that_cannot_load_is_a_value_error_not_an_exit(tmp_path):
+    """In a notebook or a Space, build_demo raises what was wrong; the process goes on."""
+    pytest.importorskip("gradio", reason=demo.GRADIO_MISSING)
+    with pytest.raises(ValueError, match="no such folder"):
+        demo.build_demo([str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="holds an image tokenizer"):
+        demo.build_demo([save_tokenizer(tmp_path / "tokenizer")])
 
 
 # ------------------------------------------------------------------------------------------------ in the browser

@@ -24,9 +24,9 @@ logger = get_logger(__name__)
 
 def load_splits(data: DataArguments, seed: int = 0):
     """Returns (train, held-out rows, dataset name for the card). `train` is a `Dataset`, or with --streaming an
-    `IterableDataset` that nothing has read yet; the held-out images (at most --max_eval_samples) are a list of rows; `seed` draws the held-out share when the data has no
-    eval split.
-    Image columns stay undecoded (bytes/path): training images are decoded as batches are made (`make_collate`)."""
+    `IterableDataset` that nothing has read yet; the held-out images (at most --max_eval_samples) are a list of rows
+    (`seed` draws the held-out share when the data has no eval split). Image columns stay undecoded (bytes/path):
+    training images are decoded as batches are made (`make_collate`)."""
     stream = dict(streaming=True) if data.streaming else {}
     if data.train_data_dir:
         root = Path(data.train_data_dir)

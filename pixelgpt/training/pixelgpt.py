@@ -5,16 +5,16 @@ The loop, checkpoints and saving are `loop.Trainer`'s."""
 import itertools
 import math
 import time
-from types import SimpleNamespace
 
 import torch
 from accelerate.logging import get_logger
 from PIL import Image
 
+from ..cards import write_model_card
 from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
 from ..modeling.layouts_pixelgpt import task_inputs
 from ..processing import PixelGPTImageProcessor
-from ..utils import make_image_grid, open_image, write_model_card
+from ..utils import make_image_grid, open_image
 from .arguments import TrainingArguments
 from .checkpoints import recorded_settings
 from .data import encode_with_tokenizer, load_tokenizer, make_collate, read_image, resolve_label_column
@@ -241,7 +241,7 @@ class PixelGPTTrainer(Trainer):
         return dict(metrics, **{k: v for k, v in figures.items() if k not in metrics})
 
     def write_card(self, folder, metrics: dict) -> None:
-        write_model_card(folder, args=SimpleNamespace(**self.args.flat()), config=self.config,
+        write_model_card(folder, args=self.args, config=self.config,
                          processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
                          bits_name=self.bits_name, num_train_images=self.num_train_images)
 

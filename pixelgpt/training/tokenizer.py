@@ -3,20 +3,18 @@ discriminator, held-out PSNR against the same-budget bicubic baseline, reconstru
 checkpoints and saving are `loop.Trainer`'s."""
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 from torch import nn
 
-from ..modeling.configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
+from ..cards import write_tokenizer_card
 from ..modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from ..processing import PixelGPTImageProcessor
-from ..utils import DEFAULT_DATASET_HUB_ID, local_data, make_image_grid, psnr, save_card_grid
+from ..utils import make_image_grid, psnr
 from .arguments import TokenizerTrainingArguments
 from .data import read_image
 from .loop import Trainer, adamw, launch
@@ -80,58 +78,6 @@ def reconstruction_grid(model, held_out_pixels: torch.Tensor) -> Image.Image:
         tiles += [Image.fromarray(a.cpu().numpy()) for a in originals[i : i + 8]]
         tiles += [Image.fromarray(a.cpu().numpy()) for a in decoded[i : i + 8]]
     return make_image_grid(tiles, cols=min(8, len(originals)))
-
-
-def write_tokenizer_card(folder: Path, args: TokenizerTrainingArguments, config: PixelGPTVQVAEConfig, metrics: dict,
-                         dataset_name, num_train_images: int | None) -> None:
-    """README.md: what the tokenizer does, how to load it and train a PixelGPT on it, and the measured figures."""
-    repo_id = args.run.hub_model_id or folder.resolve().name
-    images = "images streamed" if num_train_images is None else f"{num_train_images} images"  # None: --streaming
-    data = f"{images} from `{dataset_name}`" if dataset_name else f"{images} from local files"
-    hub_dataset = DEFAULT_DATASET_HUB_ID if dataset_name and "built-in" in dataset_name else dataset_name
-    # Every held-out figure is in the YAML model-index too (PSNR of the tokenizer and of the baseline, code usage).
-    figures = [("psnr", "held-out reconstruction PSNR (dB)", metrics["psnr"]),
-               ("bicubic_psnr", f"held-out PSNR (dB) of the same-budget baseline: bicubic from {config.grid_size}x"
-                                f"{config.grid_size} RGB", metrics["bicubic_psnr"]),
-               ("codebook_usage", "share of the codebook the held-out images use", metrics["codebook_usage"])]
-    local = local_data(args.data)
-    results = [EvalResult(task_type="image-to-image", task_name="image reconstruction through the token grid",
-                          dataset_type=hub_dataset or local[0], dataset_name=hub_dataset or local[1],
-                          metric_type=metric_type, metric_name=name, metric_value=round(value, 4))
-               for metric_type, name, value in figures]
-    grid = save_card_grid(folder, "reconstructions.png")  # enlarged for the card as reconstructions_large.png
-    grid_text = (f"![originals above reconstructions]({grid[0]})\n\nHeld-out originals above their reconstructions. "
-                 f"{grid[1]}") if grid else ""
-    card = ModelCard.from_template(
-        ModelCardData(library_name="transformers", tags=["pixelgpt", "image-tokenizer", "fsq", "custom_code"],
-                      datasets=[hub_dataset] if hub_dataset else None, model_name=repo_id, eval_results=results),
-        template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
-        body=f"""# {repo_id}
-
-A PixelGPT image tokenizer: a convolutional autoencoder with finite scalar quantization. It turns a
-{config.image_size}x{config.image_size} RGB image into a {config.grid_size}x{config.grid_size} grid of token ids
-(codebook of {config.codebook_size:,}, levels {config.fsq_levels}) and back, so that a PixelGPT can generate and
-edit images on the token grid. Trained on {data} for {metrics['steps']} steps.
-
-| held-out figure | value |
-|---|---|
-| reconstruction PSNR | {metrics['psnr']:.2f} dB |
-| same-budget baseline: bicubic from {config.grid_size}x{config.grid_size} RGB | {metrics['bicubic_psnr']:.2f} dB |
-| share of the codebook in use | {metrics['codebook_usage']:.1%} |
-
-{grid_text}
-
-```python
-from transformers import AutoModel
-tokenizer = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
-factor = tokenizer.config.downsample_factor  # {config.downsample_factor}
-ids = tokenizer.encode(pixel_values)         # (B, 3, H, W) in [-1, 1] -> (B, H / factor, W / factor)
-pixel_values = tokenizer.decode(ids)
-```
-
-Stage two: `python examples/train.py --tokenizer {repo_id} --train_data_dir ...` trains a PixelGPT on this grid.
-""")
-    card.save(folder / "README.md")
 
 
 class TokenizerTrainer(Trainer):

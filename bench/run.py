@@ -232,7 +232,7 @@ def work_peak(p):
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     kernels = {"torch.mm": lambda: a @ b}
     if device == "cpu":
-        from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, onednn_matmul
+        from pixelgpt.modeling.linear_pixelgpt import ONEDNN, onednn_matmul
 
         if ONEDNN:
             kernels["oneDNN"] = lambda: onednn_matmul(a, b)
@@ -321,16 +321,17 @@ def work_stream_train(p):
     import tempfile
 
     from pixelgpt import training
+    from pixelgpt.training.batches import TrainingBatches
 
     first = {}
-    original = training.TrainingBatches.__iter__
+    original = TrainingBatches.__iter__
 
     def timed(self):
         for batch in original(self):
             first.setdefault("seconds", time.perf_counter() - STARTED)
             yield batch
 
-    training.TrainingBatches.__iter__ = timed  # put back below: the tests call this worker in their own process
+    TrainingBatches.__iter__ = timed  # put back below: the tests call this worker in their own process
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--dataset_name", p["folder"], "--cache_dir", str(Path(tmp, "cache")), "--output_dir",
                 str(Path(tmp, "out")), "--resolution", str(p.get("resolution", 32)), "--quantization", "rgb",
@@ -340,7 +341,7 @@ def work_stream_train(p):
         try:
             training.main(training.parse_args(argv + (["--streaming"] if p["streaming"] else [])))
         finally:
-            training.TrainingBatches.__iter__ = original
+            TrainingBatches.__iter__ = original
     return {"startup_seconds": first["seconds"], "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

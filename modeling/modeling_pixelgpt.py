@@ -12,8 +12,9 @@ and a key by the position of the token it holds, so every attention score sees t
 drawn" and "a pixel already drawn" (the start token sits at pixel -1, just before the first one). Tokens of the
 same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
 
-This file is the network and its loss. The rows it reads for each task are built in `layouts_pixelgpt.py`, the
-sampling loop is `sampling_pixelgpt.py`, and the image methods (`generate_images`, `inpaint_images`, ...) come from
+This file is the network and its loss. Its projections are `PixelGPTLinear` (`linear_pixelgpt.py`), the rows it
+reads for each task are built in `layouts_pixelgpt.py`, the sampling loops are `sampling_pixelgpt.py` with their
+caches in `cache_pixelgpt.py`, and the image methods (`generate_images`, `inpaint_images`, ...) come from
 `PixelGPTImageTasksMixin` in `tasks_pixelgpt.py`.
 """
 
@@ -31,10 +32,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .cache_pixelgpt import PixelGPTStaticCache
 from .configuration_pixelgpt import PixelGPTConfig
+from .linear_pixelgpt import PixelGPTLinear
 from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
-from .sampling_pixelgpt import PixelGPTStaticCache
 from .tasks_pixelgpt import PixelGPTImageTasksMixin
 
 # The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
@@ -43,106 +45,6 @@ PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
 # transformers 5.24 renamed `past_key_values` to `cache` in model inputs, outputs and generate(); the forwards
 # below take either name and return the cache under the installed version's name.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-# oneDNN ships inside PyTorch's CPU builds (x86 and ARM); its compiled graphs call this matmul op.
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor string on Linux (`GenuineIntel`, `AuthenticAMD`, ...); empty where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
-
-
-# PyTorch's float32 CPU matmul is MKL's sgemm, which takes a slow path on non-Intel x86 CPUs (AMD EPYC: half
-# oneDNN's speed at sampling sizes, 216 against 478 GFLOP/s at 2048^2). On Intel CPUs MKL is level with oneDNN in
-# training and faster in sampling (Xeon, Sapphire Rapids: 1.3-1.5x more images/s one token per pass), so oneDNN is
-# used elsewhere only.
-PREFER_ONEDNN = ONEDNN and cpu_vendor() != "GenuineIntel"
-
-
-def use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether float32 CPU matmuls go through oneDNN here: on non-Intel CPUs (`PREFER_ONEDNN`), not under autocast,
-    tracing or `torch.compile`, nor with `torch.backends.mkldnn.flags(enabled=False)`."""
-    return (device.type == "cpu" and dtype == torch.float32 and PREFER_ONEDNN and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing())
-
-
-def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`a @ b.T` for 2-D float32 CPU tensors through oneDNN; `b` may be a weight packed by `pack_weight`."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-
-
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The weight in oneDNN's blocked layout: no re-arrangement per call (1.3-1.6x faster sampling matmuls)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-
-
-class PixelGPTLinearFunction(torch.autograd.Function):
-    """`x @ W.T` with autograd for `(M, in)` rows: the output and the input gradient through oneDNN, the weight
-    gradient (a sum over all M rows) through `torch.mm`, which was as fast or faster for that shape."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return onednn_matmul(x, weight)  # (M, out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = onednn_matmul(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (M, in)
-        grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None  # (out, in)
-        return grad_x, grad_weight
-
-
-class PixelGPTLinear(nn.Linear):
-    """Bias-free `nn.Linear` (same weight, same state dict) whose float32 CPU matmuls run through oneDNN on
-    non-Intel CPUs (see `PREFER_ONEDNN`).
-
-    PyTorch's float32 CPU matmul is MKL's sgemm, which can run far below the chip's peak on AMD CPUs: on our
-    benchmark machine (AVX-512 EPYC) 216 GFLOP/s against oneDNN's 478 at 2048^2, and half oneDNN's speed at the
-    8- to 64-row matmuls of sampling. Intel CPUs, other devices and dtypes, autocast, tracing, `torch.compile` and
-    one row against a small weight use `F.linear`, as does `torch.backends.mkldnn.flags(enabled=False)`. While a
-    sampling loop runs, `packed` holds the weight in oneDNN's layout (`pack`, called by
-    `sampling_pixelgpt.packed_weights`).
-    """
-
-    packed: torch.Tensor | None = None
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A wrong input width goes to F.linear too, for PyTorch's own error message.
-        if (x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != self.weight.dtype
-                or not use_onednn(x.device, x.dtype)):
-            return F.linear(x, self.weight)
-        num_rows = x.numel() // self.in_features
-        # One row against a small weight (one image from a small model) is a matrix-vector product that stays in
-        # cache: MKL's gemv beats oneDNN's ~10 us fixed cost per call there. Bigger products are faster in oneDNN
-        # (measured at batch 1 with 128- and 256-wide models: 0.62 vs 0.92 and 3.2 vs 2.3 ms per token).
-        if num_rows == 0 or (num_rows == 1 and self.weight.numel() < 2**17):
-            return F.linear(x, self.weight)
-        rows = x.reshape(-1, self.in_features)  # (M, in)
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            out = PixelGPTLinearFunction.apply(rows, self.weight)
-        else:
-            out = onednn_matmul(rows, self.weight if self.packed is None else self.packed)
-        return out.view(*x.shape[:-1], self.out_features)  # (..., out)
-
-    def pack(self) -> None:
-        """Keep the weight in oneDNN's blocked layout for repeated inference calls (no re-arrangement per call:
-        1.3-1.6x faster sampling matmuls); nothing where oneDNN is not used. Call `unpack` after."""
-        if use_onednn(self.weight.device, self.weight.dtype):
-            self.packed = pack_weight(self.weight)
-
-    def unpack(self) -> None:
-        self.packed = None
-
 
 class PixelGPTRotaryEmbedding(nn.Module):
     """2-D rotary embedding: half of each head's rotation pairs turn with the row, the other half with the column."""
@@ -398,27 +300,6 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         start = self.embed_start((input_ids - vocab).clamp(min=0))
         return torch.where(is_image, image, start)  # (B, T, D)
 
-    def sequence_context(self, input_ids, past_key_values, start_ids, condition_ids):
-        """The start ids `(B,)` and condition ids `(B, C)` of the sequences being extended: as given, else as the
-        cache remembers them from the call that began the sequences (so transformers' `generate()`, its guidance
-        processor and our loops need not repeat them), else (start ids) the first rows' tokens."""
-        if start_ids is None:
-            start_ids = getattr(past_key_values, "pixelgpt_start_ids", None)
-        if condition_ids is None:
-            condition_ids = getattr(past_key_values, "pixelgpt_condition_ids", None)
-        if self.embed_class is not None and start_ids is None:
-            if input_ids is None or bool((input_ids[:, 0] < self.config.vocab_size).any()):
-                raise ValueError("This model adds a class embedding to every row: pass `start_ids` (the start or "
-                                 "class token of each sequence) when the first row is not a start token and no "
-                                 "cache began the sequences.")
-            start_ids = input_ids[:, 0]
-        if self.embed_aligned is not None and condition_ids is None:
-            raise ValueError(f"This model (task {self.config.task!r}) reads a condition image at every row: pass "
-                             "`condition_ids` (once per sequence when a cache is used).")
-        if past_key_values is not None:
-            past_key_values.pixelgpt_start_ids, past_key_values.pixelgpt_condition_ids = start_ids, condition_ids
-        return start_ids, condition_ids
-
     def aligned_condition_weights(self, target_positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The condition at each target token's pixel, read bilinearly off the condition grid: the indices of the
         four condition pixels around the pixel's centre and their weights, `(..., 4)` each. On a grid of the
@@ -437,6 +318,60 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         index = torch.stack([top * side + left, top * side + right, bottom * side + left, bottom * side + right], -1)
         weight = torch.stack([(1 - down) * (1 - across), (1 - down) * across, down * (1 - across), down * across], -1)
         return index, weight
+
+    def check_condition(self, condition_ids: torch.LongTensor | None) -> None:
+        if condition_ids is None:
+            return
+        if not self.config.is_conditional:
+            raise ValueError(f"`condition_ids` were given, but this model (task {self.config.task!r}) was not "
+                             "trained with a condition image.")
+        if condition_ids.shape[1] != self.config.num_condition_tokens:
+            raise ValueError(f"`condition_ids` must have {self.config.num_condition_tokens} tokens per image "
+                             f"({self.config.condition_size}^2), got shape {tuple(condition_ids.shape)}.")
+
+    def add_row_context(self, inputs_embeds, input_ids, target_positions, start_ids, condition_ids) -> torch.Tensor:
+        """Add to each row what it is told besides its token: the sub-pixel it predicts (`tokens_per_pixel` > 1),
+        its sequence's class (`class_embedding`) and the condition under the pixel it predicts
+        (`aligned_condition`). Returns `(B, T, D)`."""
+        if self.channel_embed is not None:
+            # Tell each row which sub-pixel (R, G or B) it predicts.
+            inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
+        if self.embed_class is not None:
+            if start_ids is None:
+                if input_ids is None or bool((input_ids[:, 0] < self.config.vocab_size).any()):
+                    raise ValueError("This model adds a class embedding to every row: pass `start_ids` (the start "
+                                     "or class token of each sequence) with every call whose first row is not one.")
+                start_ids = input_ids[:, 0]
+            classes = self.embed_class(start_ids.to(inputs_embeds.device) - self.config.vocab_size)  # (B, D)
+            inputs_embeds = inputs_embeds + classes[:, None]
+        if self.embed_aligned is not None:
+            if condition_ids is None:
+                raise ValueError(f"This model (task {self.config.task!r}) reads a condition image at every row: "
+                                 "pass `condition_ids` with every call.")
+            batch, rows = inputs_embeds.shape[:2]
+            index, weight = self.aligned_condition_weights(target_positions.expand(batch, rows))  # (B, T, 4)
+            values = condition_ids.gather(1, index.flatten(1)).view(batch, rows, 4)  # (B, T, 4) condition tokens
+            aligned = (weight.to(inputs_embeds.dtype)[..., None] * self.embed_aligned(values)).sum(2)  # (B, T, D)
+            inputs_embeds = inputs_embeds + aligned
+        return inputs_embeds
+
+    def prepend_condition(self, inputs_embeds, position_embeddings, condition_ids):
+        """Put the condition image's rows (`condition_prefix`) before the image rows, with their rotations."""
+        batch = inputs_embeds.shape[0]
+        inputs_embeds = torch.cat([self.embed_condition(condition_ids), inputs_embeds], dim=1)  # (B, C + T, D)
+        condition = self.rotary_emb.condition(self.config.condition_size, inputs_embeds.device, inputs_embeds.dtype)
+        position_embeddings = tuple(
+            torch.cat([c.expand(2, batch, -1, -1), x.expand(2, batch, -1, -1)], dim=2)
+            for c, x in zip(condition, position_embeddings)
+        )  # each (2, B, C + T, hd)
+        return inputs_embeds, position_embeddings
+
+    def causal_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids):
+        if isinstance(past_key_values, PixelGPTStaticCache):  # PixelGPT's own caches make their own masks
+            return past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
+        # The cache goes fourth, by position: its keyword is `past_key_values` before transformers 5.24, then `cache`.
+        return create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values,
+                                  position_ids=position_ids)
 
     def forward(
         self,
@@ -461,12 +396,13 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             (row holds token j - k, predicts token j) for parallel decoding, or any generation order (row holds
             token `order[t - 1]`, predicts `order[t]`) for any-order models.
         condition_ids (`torch.LongTensor` of shape `(batch_size, condition_size**2)`, *optional*):
-            Condition-image tokens (conditional tasks). With `condition_prefix` they are placed before the rows of
-            `input_ids` and the returned hidden states start with their rows; with `aligned_condition` each row
-            also adds the one under the pixel it predicts. Pass them once per sequence: a cache remembers them.
+            Condition-image tokens (conditional tasks), given with every call of a sequence. With
+            `condition_prefix` they are placed before the rows of `input_ids` when the sequence begins (no cache or
+            an empty one), and the returned hidden states then start with their rows; with `aligned_condition`
+            each row also adds the one under the pixel it predicts.
         start_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            For `class_embedding` models, each sequence's start or class token. Default: the first row's token, or
-            what the cache remembers from the call that began the sequence.
+            For `class_embedding` models, each sequence's start or class token: needed with every call whose first
+            row is not a start token (a cached continuation). Default: the first row's token.
         cache (`Cache`, *optional*):
             The name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
@@ -480,51 +416,21 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             inputs_embeds = self.embed(input_ids)  # (B, T, D)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
             position_ids = position_ids.unsqueeze(0)  # (1, T)
         if target_positions is None:  # raster order: sequence index t holds x_{t-1} (start: -1) and predicts x_t
             input_positions, target_positions = position_ids - 1, position_ids
-        if self.channel_embed is not None:
-            # Tell each row which sub-pixel (R, G or B) it predicts.
-            inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
-        if condition_ids is not None:
-            if not self.config.is_conditional:
-                raise ValueError(f"`condition_ids` were given, but this model (task {self.config.task!r}) was not "
-                                 "trained with a condition image.")
-            if condition_ids.shape[1] != self.config.num_condition_tokens:
-                raise ValueError(f"`condition_ids` must have {self.config.num_condition_tokens} tokens per image "
-                                 f"({self.config.condition_size}^2), got shape {tuple(condition_ids.shape)}.")
-        if self.embed_class is not None or self.embed_aligned is not None:
-            start_ids, context = self.sequence_context(input_ids, past_key_values, start_ids, condition_ids)
-            if self.embed_class is not None:
-                classes = self.embed_class(start_ids.to(inputs_embeds.device) - self.config.vocab_size)  # (B, D)
-                inputs_embeds = inputs_embeds + classes[:, None]
-            if self.embed_aligned is not None:
-                batch, rows = inputs_embeds.shape[:2]
-                index, weight = self.aligned_condition_weights(target_positions.expand(batch, rows))  # (B, T, 4)
-                values = context.gather(1, index.flatten(1)).view(batch, rows, 4)  # (B, T, 4) condition tokens
-                aligned = (weight.to(inputs_embeds.dtype)[..., None] * self.embed_aligned(values)).sum(2)  # (B, T, D)
-                inputs_embeds = inputs_embeds + aligned
+        self.check_condition(condition_ids)
+        inputs_embeds = self.add_row_context(inputs_embeds, input_ids, target_positions, start_ids, condition_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
-        if condition_ids is not None and self.embed_condition is not None:
-            batch = inputs_embeds.shape[0]
-            inputs_embeds = torch.cat([self.embed_condition(condition_ids), inputs_embeds], dim=1)  # (B, C + T, D)
-            condition = self.rotary_emb.condition(self.config.condition_size, inputs_embeds.device, inputs_embeds.dtype)
-            position_embeddings = tuple(
-                torch.cat([c.expand(2, batch, -1, -1), x.expand(2, batch, -1, -1)], dim=2)
-                for c, x in zip(condition, position_embeddings)
-            )  # each (2, B, C + T, hd)
+        if condition_ids is not None and self.embed_condition is not None and past_seen == 0:
+            inputs_embeds, position_embeddings = self.prepend_condition(inputs_embeds, position_embeddings,
+                                                                        condition_ids)  # (B, C + T, D)
             position_ids = None  # positions of the image rows only; the mask needs no packing hints
 
-        if isinstance(past_key_values, PixelGPTStaticCache):
-            causal_mask = past_key_values.causal_mask(inputs_embeds.shape[1], self.config._attn_implementation)
-        else:
-            # The cache goes fourth, by position: its keyword is `past_key_values` before transformers 5.24, then
-            # `cache`.
-            causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values,
-                                             position_ids=position_ids)
+        causal_mask = self.causal_mask(inputs_embeds, attention_mask, past_key_values, position_ids)
         hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
@@ -575,6 +481,14 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
             model.image_tokenizer.requires_grad_(False)
         return loaded
 
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs):
+        # Once a cache holds the first rows, generate() feeds only the new ones: give every call the start tokens
+        # (column 0 of the whole sequence), which class-embedding models add to every row.
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        if self.model.embed_class is not None:
+            inputs.setdefault("start_ids", input_ids[:, 0])
+        return inputs
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -622,8 +536,9 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if condition_ids is not None and self.config.condition_prefix:
-            hidden_states = hidden_states[:, condition_ids.shape[1] :]  # (B, T, D): drop the condition rows
+        if condition_ids is not None and self.config.condition_prefix:  # drop the condition rows, if put first
+            rows = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            hidden_states = hidden_states[:, hidden_states.shape[1] - rows :]  # (B, T, D)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])  # (B, T_kept, V)
 
@@ -680,10 +595,4 @@ PixelGPTForImageGeneration.register_for_auto_class("AutoModel")
 # A saved classifier carries the code too, so it loads through remote code as well.
 PixelGPTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
-__all__ = [
-    "PixelGPTLinear",
-    "PixelGPTPreTrainedModel",
-    "PixelGPTModel",
-    "PixelGPTForImageGeneration",
-    "PixelGPTForImageClassification",
-]
+__all__ = ["PixelGPTForImageClassification", "PixelGPTForImageGeneration", "PixelGPTModel", "PixelGPTPreTrainedModel"]

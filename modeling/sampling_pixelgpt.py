@@ -1,10 +1,12 @@
 """PixelGPT's sampling engine, kept apart from the network as transformers keeps `GenerationMixin` apart from its
-models: the sampling options, the static KV cache, the draw (temperature, top-k, top-p, guidance), the loop that
-fills an image k tokens per forward pass in any generation order, and the `generate()` reference path.
+models: the sampling options, the draw (temperature, top-k, top-p, guidance), the loop that fills an image k tokens
+per forward pass in any generation order, exact speculative sampling, and the `generate()` reference path. The
+loops keep their keys and values in PixelGPT's own caches (`cache_pixelgpt.py`).
 
 It calls the model only through `model(...)` (and `model.generate`), so this file imports nothing of the network.
 """
 
+import functools
 import math
 import numbers
 from contextlib import contextmanager
@@ -12,7 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, UnbatchedClassifierFreeGuidanceLogitsProcessor
+
+from .cache_pixelgpt import PixelGPTRaggedCache, PixelGPTStaticCache
 
 
 def check_count(name: str, value) -> None:
@@ -101,47 +105,6 @@ class SamplingOptions:
             raise ValueError(f"{sorted(self.generate_kwargs)} are generate() arguments; pass use_generate=True.")
 
 
-class PixelGPTStaticCache:
-    """Preallocated key/value buffers for PixelGPT's own sampling loop.
-
-    `update` writes the new keys/values in place and returns views of the filled part, so attention only reads what
-    exists (no padding mask, no re-allocation, no concatenation per step). The length advances once the last layer
-    has written. Rows added together are causal among themselves, aligned to the end of the cache.
-    """
-
-    def __init__(self, config, batch_size: int, max_length: int, device, dtype):
-        shape = (batch_size, config.num_attention_heads, max_length, config.head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.length = 0
-        self.max_length = max_length
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-        end = self.length + key.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"PixelGPTStaticCache holds {self.max_length} positions; {end} were asked for.")
-        self.keys[layer_idx][:, :, self.length : end] = key
-        self.values[layer_idx][:, :, self.length : end] = value
-        keys, values = self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]  # (B, heads, end, hd)
-        if layer_idx == len(self.keys) - 1:
-            self.length = end
-        return keys, values
-
-    def causal_mask(self, num_new: int, attn_implementation: str):
-        """None for one new row (it sees the whole cache); else an end-aligned causal mask for the new rows."""
-        if num_new == 1:
-            return None
-        total = self.length + num_new
-        allowed = torch.ones(num_new, total, dtype=torch.bool, device=self.keys[0].device).tril(self.length)
-        if attn_implementation == "eager":
-            return torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(self.keys[0].dtype).min)[None, None]
-        return allowed[None, None]  # (1, 1, new, total)
-
-
 def warped_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None) -> torch.Tensor:
     """The distribution one-token sampling draws from: softmax after generate()'s temperature -> top-k -> top-p
@@ -190,71 +153,6 @@ def draw_from(probs: torch.Tensor) -> torch.LongTensor:
     # u in [0, total): the first entry of the cdf above u is a token of non-zero probability.
     u = torch.minimum(torch.rand(total.shape, device=cdf.device) * total, total.nextafter(torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
-
-
-class PixelGPTRaggedCache(PixelGPTStaticCache):
-    """A static cache in which every batch row has its own length, for the exact speculative loop: the rows of one
-    batch accept different numbers of drafts, and each keeps only its accepted rows (`keep`).
-
-    A pass writes its `m` new rows at each batch row's own end and attends, per batch row, to that row's filled
-    slots and the new rows before it; slots past a row's length (rejected drafts, padding) are never seen and are
-    overwritten by the next pass. Rows whose sequence is complete leave the batch (`retire`).
-    """
-
-    def __init__(self, config, batch_size: int, max_length: int, device, dtype):
-        super().__init__(config, batch_size, max_length, device, dtype)
-        # Masked slots still meet the softmax's zero weights: 0 * NaN is NaN, so unwritten slots must be finite.
-        for buffer in self.keys + self.values:
-            buffer.zero_()
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        # The longest row's length as a Python int, kept by `keep` outside the forward pass: a pass then reads no
-        # tensor value to size its attention, so `torch.compile` compiles it without graph breaks.
-        self.longest = 0
-        self._slots = None  # (B, m): where this pass writes
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.longest
-
-    def causal_mask(self, num_new: int, attn_implementation: str):
-        self._slots = self.lengths[:, None] + torch.arange(num_new, device=self.lengths.device)  # (B, m)
-        width = self.longest + num_new  # slots a pass attends over: the longest row plus its new rows
-        if width > self.max_length:
-            raise ValueError(f"PixelGPTRaggedCache holds {self.max_length} positions; {width} were asked for.")
-        allowed = torch.arange(width, device=self.lengths.device) <= self._slots[..., None]  # (B, m, width)
-        if attn_implementation == "eager":
-            dtype = self.keys[0].dtype
-            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min)[:, None]
-        return allowed[:, None]  # (B, 1, m, width)
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-        # An indexed assignment, not `scatter_`: inductor compiles scatter_ into a buffer ~6x slower than eager
-        # (234 against 37 us per write at 16 rows x 8 slots), index_put stays cheap (and is faster eager too).
-        rows = torch.arange(key.shape[0], device=key.device)[:, None]  # (B, 1)
-        self.keys[layer_idx][rows, :, self._slots] = key.transpose(1, 2)  # (B, m, heads, hd) at (b, :, slot)
-        self.values[layer_idx][rows, :, self._slots] = value.transpose(1, 2)
-        width = self.longest + key.shape[2]
-        return self.keys[layer_idx][:, :, :width], self.values[layer_idx][:, :, :width]  # (B, heads, width, hd)
-
-    def keep(self, counts: torch.LongTensor) -> None:
-        """Make the first `counts[b]` rows of the last pass part of batch row b; the others are dropped."""
-        self.lengths += counts
-        self.longest = int(self.lengths.max())
-
-    def retire(self, in_use: int, src: torch.LongTensor, dst: torch.LongTensor) -> None:
-        """From now on use only the first `in_use` batch rows, after moving rows `src` (at or past `in_use`) into
-        rows `dst` (before it, no longer needed). Cheaper than leaving finished rows in the batch: one copy of the
-        rows that move, instead of every later pass computing them (in exact sampling, about a third of the rows a
-        batch of 64 images computes belong to images already complete), and attention sized by the longest row
-        still in use."""
-        for buffer in self.keys + self.values:
-            buffer[dst, :, : self.longest] = buffer[src, :, : self.longest]
-        self.lengths[dst] = self.lengths[src]
-        # Views of the first rows: a compiled pass keeps seeing buffers as long as its batch (torch.compile
-        # specialises on that equality), so it is not compiled again when images leave.
-        self.keys, self.values = [b[:in_use] for b in self.keys], [b[:in_use] for b in self.values]
-        self.lengths = self.lengths[:in_use]
-        self.longest = int(self.lengths.max()) if in_use else 0
 
 
 @contextmanager
@@ -322,9 +220,11 @@ def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, 
             if guided:
                 ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])  # (2B, rows)
                 held, predicted = held.repeat(2, 1), predicted.repeat(2, 1)
+            # Start and condition tokens go with every call (class-embedding rows add the one, aligned rows read
+            # the other); the model puts condition rows first only in the call that begins the cache.
             logits = model(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
-                           target_positions=predicted,
-                           condition_ids=condition_ids if cached == -k else None).logits[:, -m:]  # (B', m, V)
+                           target_positions=predicted, start_ids=starts,
+                           condition_ids=condition_ids).logits[:, -m:]  # (B', m, V)
             if guided:
                 cond, uncond = logits[:batch].float().log_softmax(-1), logits[batch:].float().log_softmax(-1)
                 logits = uncond + options.guidance_scale * (cond - uncond)
@@ -356,6 +256,133 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, remainder / total.clamp(min=torch.finfo(p.dtype).tiny), p)
 
 
+class PixelGPTSpeculativeBatch:
+    """One batch of exact speculative sampling (`exact_sample_tokens`): the model read in its two views, and the
+    per-image state, one slot per image still being drawn (`retire` moves the last unfinished images into the
+    slots of complete ones; `image_of` maps slots to images). A slot holds the image's accepted tokens before its
+    `frontier` and its current drafts after it, the draft distribution q of each position (`q_store`), and, for
+    the progress bar, the tokens not given before each position (`unknown_before`)."""
+
+    def __init__(self, model, start_ids: torch.LongTensor, options: SamplingOptions, known: torch.LongTensor,
+                 prefix: int, progress=None):
+        config, device, batch = model.config, start_ids.device, start_ids.shape[0]
+        self.model, self.options, self.progress, self.device = model, options, progress, device
+        n, k = config.num_image_tokens, options.tokens_per_step
+        self.n, self.k = n, k
+        guided = options.guidance_scale != 1.0
+        self.views = [start_ids, torch.full_like(start_ids, config.start_token_id)] if guided else [start_ids]
+        self.lanes = 2 * len(self.views)  # cache rows per image: the one-token view (cond[, uncond]), then k-ahead
+        self.seq = known.clamp(min=0)  # (B, N)
+        self.known, self.is_known = known.clone(), known >= 0
+        self.lane_starts = torch.stack(self.views * 2, dim=1)  # (B, lanes)
+        self.spare = n + k  # a slot of q_store that is written to and never read
+        self.q_store = torch.zeros(batch, n + k + 1, config.vocab_size, device=device)  # q for each position
+        self.frontier = torch.full((batch,), prefix + 1, device=device)  # tokens fixed so far, per image
+        self.unknown_before = F.pad((~self.is_known).long().cumsum(1), (1, 0))  # (B, N + 1)
+        self.image_of = torch.arange(batch, device=device)
+        self.images = torch.empty_like(self.seq)
+
+    def run(self, cache, held_p, held_q):
+        """One pass over the first `len(held_p)` slots; `held_*` `(A, m)` the token index each row holds
+        (negative: start rows) in each view. Returns the warped distributions of both views, `(A, m, V)` each."""
+        active, views, options = held_p.shape[0], len(self.views), self.options
+        held = torch.stack([held_p] * views + [held_q] * views, dim=1)  # (A, lanes, m)
+        tokens = self.seq[:active, None].expand(-1, self.lanes, -1).gather(2, held.clamp(0, self.n - 1))
+        ids = torch.where(held < 0, self.lane_starts[:active, :, None], tokens)  # (A, lanes, m)
+        targets = torch.stack([held_p + 1] * views + [held_q + self.k] * views, dim=1)
+        logits = self.model(input_ids=ids.flatten(0, 1), past_key_values=cache, use_cache=True,
+                            input_positions=held.flatten(0, 1), target_positions=targets.flatten(0, 1),
+                            start_ids=self.lane_starts[:active].flatten()).logits.float()
+        logits = logits.view(active, 2, views, *logits.shape[1:])  # (A, view, cond[/uncond], m, V)
+        if views == 2:  # guided
+            cond, uncond = logits[:, :, 0].log_softmax(-1), logits[:, :, 1].log_softmax(-1)
+            logits = uncond + options.guidance_scale * (cond - uncond)  # (A, 2, m, V)
+        else:
+            logits = logits[:, :, 0]
+        probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
+        return probs[:, 0], probs[:, 1]
+
+    def keep(self, cache, counts_p, counts_q):
+        views = len(self.views)
+        cache.keep(torch.stack([counts_p] * views + [counts_q] * views, dim=1).flatten())
+
+    def first_pass(self, cache, prefix: int) -> None:
+        """The start row and the known prefix in the one-token view (then padding), the k start rows and the
+        prefix in the k-ahead view: it draws the first free token and q for the next k - 1 positions."""
+        batch, m = len(self.seq), self.k + prefix
+        index = torch.arange(m, device=self.device).expand(batch, m)
+        p, q = self.run(cache, (index - 1).clamp(max=prefix - 1), index - self.k)
+        self.keep(cache, torch.full((batch,), prefix + 1, device=self.device),
+                  torch.full((batch,), m, device=self.device))
+        self.q_store[:, :m] = q
+        self.seq[:, prefix] = torch.where(self.is_known[:, prefix], self.known[:, prefix], draw_from(p[:, prefix]))
+        if self.progress is not None:
+            self.progress.update(int((~self.is_known[:, : prefix + 1]).sum()))
+
+    def retire(self, cache, active: int) -> int:
+        """Complete images among the first `active` slots leave the batch (their tokens go to `images`): the last
+        unfinished images move into their slots, with their cache rows. Returns how many slots stay in use."""
+        finished = self.frontier[:active] >= self.n
+        remaining = active - int(finished.sum())
+        if remaining == active:
+            return active
+        self.images[self.image_of[:active][finished]] = self.seq[:active][finished]
+        dst = finished[:remaining].nonzero()[:, 0]  # finished slots that unfinished images move into
+        src = (~finished[remaining:active]).nonzero()[:, 0] + remaining
+        for state in (self.seq, self.known, self.lane_starts, self.q_store, self.frontier, self.unknown_before,
+                      self.image_of):
+            state[dst] = state[src]
+
+        def cache_rows(slots):  # slot s holds cache rows s * lanes ... s * lanes + lanes - 1
+            return (slots[:, None] * self.lanes + torch.arange(self.lanes, device=self.device)).flatten()
+
+        cache.retire(remaining * self.lanes, cache_rows(src), cache_rows(dst))
+        return remaining
+
+    def advance(self, cache, active: int) -> None:
+        """One pass of drafting and verification over the first `active` slots."""
+        n, k, device = self.n, self.k, self.device
+        seq, known, q_store, frontier, unknown_before = (
+            state[:active] for state in (self.seq, self.known, self.q_store, self.frontier, self.unknown_before))
+        rows = torch.arange(len(frontier), device=device)
+        num_drafts = (n - 1 - frontier).clamp(min=0, max=k - 1)  # (A,)
+        # At least two rows: a one-row pass (no drafts left) would make `torch.compile` specialise a new graph
+        # mid-run (size-1 dimensions are static), several seconds; the spare row is dropped like a rejection.
+        m = max(int(num_drafts.max()) + 1, 2)
+        steps = torch.arange(m - 1, device=device)
+        draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (A, m - 1)
+        drafting = steps < num_drafts[:, None]
+        known_drafts = known.gather(1, draft_pos)  # (A, m - 1): -1 where drawn
+        q_drafts = q_store[rows[:, None], draft_pos]  # (A, m - 1, V)
+        # Padding positions (past an image's drafts) may have no q yet: their "drafts" are placeholders (0 or the
+        # given token), never kept nor written to `seq`.
+        drafts = torch.where(drafting & (known_drafts < 0), draw_from(q_drafts), known_drafts.clamp(min=0))
+        seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
+        held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (A, m)
+        p, q = self.run(cache, held, held)
+        accepted = speculative_accept(p[:, : m - 1], q_drafts, drafts, torch.rand(drafts.shape, device=device))
+        accepted = (accepted | (known_drafts >= 0)) & drafting
+        num_accepted = accepted.long().cumprod(1).sum(1)  # (A,): drafts kept before the first rejection
+        rejected = num_accepted < num_drafts
+        q_next = q_drafts[rows, num_accepted.clamp(max=m - 2)]  # (A, V): q of the first rejected draft
+        # A rejected draft is redrawn from the residual; after all drafts, the last row's p gives one more.
+        new = draw_from(residual(p[rows, num_accepted], q_next * rejected[:, None]))
+        new_pos = frontier + num_accepted
+        known_new = known[rows, new_pos]
+        seq[rows, new_pos] = torch.where(known_new >= 0, known_new, new)
+        # q of the kept k-ahead rows, for later drafts; other rows are written to a spare slot, never read
+        # (indexing by a boolean mask instead would cost a device sync and a copy per pass).
+        q_pos = held + k  # (A, m): the position each k-ahead row predicts
+        kept_rows = (torch.arange(m, device=device) <= num_accepted[:, None]) & (q_pos < n)
+        q_store[rows[:, None], torch.where(kept_rows, q_pos, self.spare)] = q
+        counts = num_accepted + 1
+        self.keep(cache, counts, counts)
+        if self.progress is not None:
+            self.progress.update(int((unknown_before.gather(1, (frontier + counts)[:, None])
+                                      - unknown_before.gather(1, frontier[:, None])).sum()))
+        frontier += counts
+
+
 def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions,
                         known: torch.LongTensor | None = None, progress=None) -> torch.LongTensor:
     """Exact speculative sampling from a model trained with `parallel_tokens = k`: images distributed exactly as
@@ -372,7 +399,7 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
     `known` `(B, N)`: tokens to keep (-1 where drawn). Returns `(B, 1 + N)`.
     """
     config, device = model.config, start_ids.device
-    n, k, batch, vocab = config.num_image_tokens, options.tokens_per_step, start_ids.shape[0], config.vocab_size
+    n, k, batch = config.num_image_tokens, options.tokens_per_step, start_ids.shape[0]
     if k < 2 or k != config.parallel_tokens:
         raise ValueError(f"Exact speculative sampling drafts with the model's k-ahead predictions: it needs "
                          f"tokens_per_step = parallel_tokens > 1 (this model: {config.parallel_tokens}), got {k}.")
@@ -381,121 +408,15 @@ def exact_sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOpt
     prefix = leading_known(known)
     if prefix == n:
         return torch.cat([start_ids[:, None], known], dim=1)
-    guided = options.guidance_scale != 1.0
-    views = [start_ids, torch.full_like(start_ids, config.start_token_id)] if guided else [start_ids]
-    lanes = 2 * len(views)  # cache rows per image: the one-token view (cond[, uncond]), then the k-ahead view
-    # Per-image state, one slot per image still being drawn (see `retire`); `image_of` maps slots to images.
-    seq = known.clamp(min=0)  # accepted tokens before each image's frontier, current drafts after it
-    known, is_known = known.clone(), known >= 0
-    lane_starts = torch.stack(views * 2, dim=1)  # (B, lanes)
-    spare = n + k  # a slot of q_store that is written to and never read
-    q_store = torch.zeros(batch, n + k + 1, vocab, device=device)  # draft distribution q for each position
-    frontier = torch.full((batch,), prefix + 1, device=device)  # tokens fixed so far, per image
-    # Tokens not given before each position, to count what a pass adds to the progress bar.
-    unknown_before = F.pad((~is_known).long().cumsum(1), (1, 0))  # (B, N + 1)
-    image_of = torch.arange(batch, device=device)
-    images = torch.empty_like(seq)
-
-    def run(cache, held_p, held_q):
-        """One pass over the first `len(held_p)` slots; `held_*` `(A, m)` the token index each row holds
-        (negative: start rows) in each view. Returns the warped distributions of both views, `(A, m, V)` each."""
-        active = held_p.shape[0]
-        held = torch.stack([held_p] * len(views) + [held_q] * len(views), dim=1)  # (A, lanes, m)
-        tokens = seq[:active, None].expand(-1, lanes, -1).gather(2, held.clamp(0, n - 1))
-        ids = torch.where(held < 0, lane_starts[:active, :, None], tokens)  # (A, lanes, m)
-        targets = torch.stack([held_p + 1] * len(views) + [held_q + k] * len(views), dim=1)
-        # start_ids every pass: the slots in use change as images leave (the cache would remember the first's).
-        logits = model(input_ids=ids.flatten(0, 1), past_key_values=cache, use_cache=True,
-                       input_positions=held.flatten(0, 1), target_positions=targets.flatten(0, 1),
-                       start_ids=lane_starts[:active].flatten()).logits.float()
-        logits = logits.view(active, 2, len(views), *logits.shape[1:])  # (A, view, cond[/uncond], m, V)
-        if guided:
-            cond, uncond = logits[:, :, 0].log_softmax(-1), logits[:, :, 1].log_softmax(-1)
-            logits = uncond + options.guidance_scale * (cond - uncond)  # (A, 2, m, V)
-        else:
-            logits = logits[:, :, 0]
-        probs = warped_probs(logits, options.temperature, options.top_k, options.top_p)
-        return probs[:, 0], probs[:, 1]
-
-    def keep(cache, counts_p, counts_q):
-        cache.keep(torch.stack([counts_p] * len(views) + [counts_q] * len(views), dim=1).flatten())
-
-    def retire(cache, active):
-        """Complete images among the first `active` slots leave the batch (their tokens go to `images`): the last
-        unfinished images move into their slots, with their cache rows. Returns how many slots stay in use."""
-        finished = frontier[:active] >= n
-        remaining = active - int(finished.sum())
-        if remaining == active:
-            return active
-        images[image_of[:active][finished]] = seq[:active][finished]
-        dst = finished[:remaining].nonzero()[:, 0]  # finished slots that unfinished images move into
-        src = (~finished[remaining:active]).nonzero()[:, 0] + remaining
-        for state in (seq, known, lane_starts, q_store, frontier, unknown_before, image_of):
-            state[dst] = state[src]
-
-        def cache_rows(slots):  # slot s holds cache rows s * lanes ... s * lanes + lanes - 1
-            return (slots[:, None] * lanes + torch.arange(lanes, device=device)).flatten()
-
-        cache.retire(remaining * lanes, cache_rows(src), cache_rows(dst))
-        return remaining
-
-    def advance(cache, seq, known, q_store, frontier, unknown_before):
-        """One pass of drafting and verification; each argument holds the rows of the slots in use."""
-        rows = torch.arange(len(frontier), device=device)
-        num_drafts = (n - 1 - frontier).clamp(min=0, max=k - 1)  # (A,)
-        # At least two rows: a one-row pass (no drafts left) would make `torch.compile` specialise a new graph
-        # mid-run (size-1 dimensions are static), several seconds; the spare row is dropped like a rejection.
-        m = max(int(num_drafts.max()) + 1, 2)
-        steps = torch.arange(m - 1, device=device)
-        draft_pos = (frontier[:, None] + steps).clamp(max=n - 1)  # (A, m - 1)
-        drafting = steps < num_drafts[:, None]
-        known_drafts = known.gather(1, draft_pos)  # (A, m - 1): -1 where drawn
-        q_drafts = q_store[rows[:, None], draft_pos]  # (A, m - 1, V)
-        # Padding positions (past an image's drafts) may have no q yet: their "drafts" are placeholders (0 or the
-        # given token), never kept nor written to `seq`.
-        drafts = torch.where(drafting & (known_drafts < 0), draw_from(q_drafts), known_drafts.clamp(min=0))
-        seq.scatter_(1, draft_pos, torch.where(drafting, drafts, seq.gather(1, draft_pos)))
-        held = (frontier[:, None] - 1 + torch.arange(m, device=device)).clamp(max=n - 1)  # (A, m)
-        p, q = run(cache, held, held)
-        accepted = speculative_accept(p[:, : m - 1], q_drafts, drafts, torch.rand(drafts.shape, device=device))
-        accepted = (accepted | (known_drafts >= 0)) & drafting
-        num_accepted = accepted.long().cumprod(1).sum(1)  # (A,): drafts kept before the first rejection
-        rejected = num_accepted < num_drafts
-        q_next = q_drafts[rows, num_accepted.clamp(max=m - 2)]  # (A, V): q of the first rejected draft
-        # A rejected draft is redrawn from the residual; after all drafts, the last row's p gives one more.
-        new = draw_from(residual(p[rows, num_accepted], q_next * rejected[:, None]))
-        new_pos = frontier + num_accepted
-        known_new = known[rows, new_pos]
-        seq[rows, new_pos] = torch.where(known_new >= 0, known_new, new)
-        # q of the kept k-ahead rows, for later drafts; other rows are written to a spare slot, never read
-        # (indexing by a boolean mask instead would cost a device sync and a copy per pass).
-        q_pos = held + k  # (A, m): the position each k-ahead row predicts
-        kept_rows = (torch.arange(m, device=device) <= num_accepted[:, None]) & (q_pos < n)
-        q_store[rows[:, None], torch.where(kept_rows, q_pos, spare)] = q
-        counts = num_accepted + 1
-        keep(cache, counts, counts)
-        if progress is not None:
-            progress.update(int((unknown_before.gather(1, (frontier + counts)[:, None])
-                                 - unknown_before.gather(1, frontier[:, None])).sum()))
-        frontier += counts
-
+    state = PixelGPTSpeculativeBatch(model, start_ids, options, known, prefix, progress)
     with torch.inference_mode(), packed_weights(model):
-        cache = PixelGPTRaggedCache(config, batch * lanes, n + 2 * k + 1, device, model.dtype)
-        # First pass: the start row and the known prefix in the one-token view (then padding), the k start rows and
-        # the prefix in the k-ahead view; it draws the first free token and q for the next k - 1 positions.
-        m = k + prefix
-        index = torch.arange(m, device=device).expand(batch, m)
-        p, q = run(cache, (index - 1).clamp(max=prefix - 1), index - k)
-        keep(cache, torch.full((batch,), prefix + 1, device=device), torch.full((batch,), m, device=device))
-        q_store[:, :m] = q
-        seq[:, prefix] = torch.where(is_known[:, prefix], known[:, prefix], draw_from(p[:, prefix]))
-        if progress is not None:
-            progress.update(int((~is_known[:, : prefix + 1]).sum()))
-        active = retire(cache, batch)
+        cache = PixelGPTRaggedCache(config, batch * state.lanes, n + 2 * k + 1, device, model.dtype)
+        state.first_pass(cache, prefix)
+        active = state.retire(cache, batch)
         while active:
-            advance(cache, *(state[:active] for state in (seq, known, q_store, frontier, unknown_before)))
-            active = retire(cache, active)
-    return torch.cat([start_ids[:, None], images], dim=1)
+            state.advance(cache, active)
+            active = state.retire(cache, active)
+    return torch.cat([start_ids[:, None], state.images], dim=1)
 
 
 def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTensor | None,
@@ -509,10 +430,6 @@ def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTen
     sampling = dict(do_sample=options.temperature > 0)
     if options.temperature > 0:
         sampling.update(temperature=options.temperature, top_k=options.top_k or 0, top_p=options.top_p or 1.0)
-    if options.guidance_scale != 1.0:
-        unconditional = input_ids.clone()
-        unconditional[:, 0] = config.start_token_id
-        sampling.update(guidance_scale=options.guidance_scale, negative_prompt_ids=unconditional)
 
     class _Tick(LogitsProcessor):  # advances the progress bar once per generated position
         def __call__(self, ids, scores):
@@ -520,11 +437,21 @@ def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTen
                 progress.update(ids.shape[0])
             return scores
 
+    processors = LogitsProcessorList([_Tick()])
+    if options.guidance_scale != 1.0:
+        # generate()'s own guidance processor (what `guidance_scale=` builds, in the same place), given the
+        # unconditional start tokens for every call: class-embedding models add them to every row, and the
+        # processor's calls after the first hold only the new row.
+        unconditional = input_ids.clone()
+        unconditional[:, 0] = config.start_token_id
+        processors.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(
+            options.guidance_scale, functools.partial(model, start_ids=unconditional[:, 0]),
+            unconditional_ids=unconditional, use_cache=options.generate_kwargs.get("use_cache", True)))
     return model.generate(
         input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=config.num_image_tokens - input_ids.shape[1] + 1,
-        logits_processor=LogitsProcessorList([_Tick()]),
+        logits_processor=processors,
         pad_token_id=None,
         eos_token_id=None,
         **sampling,
@@ -532,6 +459,6 @@ def generate_reference(model, start_ids: torch.LongTensor, prefix: torch.LongTen
     )
 
 
-__all__ = ["PixelGPTRaggedCache", "PixelGPTStaticCache", "SamplingOptions", "check_count", "draw_from", "draw_tokens",
-           "exact_sample_tokens", "generate_reference", "leading_known", "packed_weights", "residual", "sample_tokens",
-           "speculative_accept", "warped_probs"]
+# The loops, their options and the draw; the caches are in cache_pixelgpt.py.
+__all__ = ["SamplingOptions", "check_count", "draw_from", "draw_tokens", "exact_sample_tokens", "generate_reference",
+           "leading_known", "packed_weights", "residual", "sample_tokens", "speculative_accept", "warped_probs"]

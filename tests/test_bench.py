@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pixelgpt.modeling.modeling_pixelgpt import ONEDNN
+from pixelgpt.modeling.linear_pixelgpt import ONEDNN
 
 from conftest import REPO_ROOT, SHARED_DATA
 

@@ -1,4 +1,5 @@
-"""The network (modeling_pixelgpt.py): shapes, causality, caches, save/load, the oneDNN linear layer, learning."""
+"""The network (modeling_pixelgpt.py, linear_pixelgpt.py): shapes, causality, caches, save/load, the oneDNN linear
+layer, learning."""
 
 import json
 from unittest import mock
@@ -15,8 +16,8 @@ from pixelgpt import (
     PixelGPTImageProcessor,
     PixelGPTModel,
 )
-from pixelgpt.modeling import modeling_pixelgpt
-from pixelgpt.modeling.modeling_pixelgpt import ONEDNN, PixelGPTLinear
+from pixelgpt.modeling import linear_pixelgpt, modeling_pixelgpt
+from pixelgpt.modeling.linear_pixelgpt import ONEDNN, PixelGPTLinear
 
 from conftest import make_conditional, make_model, random_ids
 
@@ -75,8 +76,8 @@ def test_incremental_cache_matches_full_forward(overrides):
     out = model(ids[:, :4], use_cache=True)
     steps = [out.logits]
     cache = out.past_key_values
-    for t in range(4, ids.shape[1]):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+    for t in range(4, ids.shape[1]):  # start_ids: class-embedding models add the class to every row
+        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True, start_ids=ids[:, 0])
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
 
@@ -218,11 +219,11 @@ quiet_flags = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of one
 @pytest.fixture
 def onednn_preferred(monkeypatch):
     """The oneDNN path as on a non-Intel CPU, whatever CPU runs the tests."""
-    monkeypatch.setattr(modeling_pixelgpt, "PREFER_ONEDNN", True)
+    monkeypatch.setattr(linear_pixelgpt, "PREFER_ONEDNN", True)
 
 
 def spy_onednn():
-    return mock.patch.object(modeling_pixelgpt, "onednn_matmul", wraps=modeling_pixelgpt.onednn_matmul)
+    return mock.patch.object(linear_pixelgpt, "onednn_matmul", wraps=linear_pixelgpt.onednn_matmul)
 
 
 @needs_onednn
@@ -290,10 +291,10 @@ def test_onednn_and_mkl_paths_train_and_sample_alike(onednn_preferred):
 def test_intel_cpus_keep_pytorchs_own_matmul(monkeypatch):
     """Where MKL is fast (Intel CPUs: `PREFER_ONEDNN` false), every matmul is `F.linear`'s, in training and in
     sampling, and no weight is packed."""
-    monkeypatch.setattr(modeling_pixelgpt, "PREFER_ONEDNN", False)
+    monkeypatch.setattr(linear_pixelgpt, "PREFER_ONEDNN", False)
     model = make_model()
     ids = random_ids(model.config, batch=2)
-    with spy_onednn() as spy, mock.patch.object(modeling_pixelgpt, "pack_weight") as pack:
+    with spy_onednn() as spy, mock.patch.object(linear_pixelgpt, "pack_weight") as pack:
         model(ids, labels=ids).loss.backward()
         model.generate_images(2, batch_size=2, output_type="tokens", show_progress=False)
     assert spy.call_count == 0 and pack.call_count == 0
@@ -374,22 +375,31 @@ def test_aligned_condition_reaches_the_rows_over_its_pixel_and_no_earlier_row(pr
         assert not changed[:9].any() and changed[9:].all()
 
 
-def test_class_embedding_is_added_to_every_row_and_remembered_by_the_cache():
+def test_class_embedding_is_added_to_every_row_and_start_ids_are_passed_explicitly():
     model = make_model(num_classes=3, class_embedding=True)
     ids = random_ids(model.config, start=model.config.class_token_id(1))
     full = model(ids).logits
     other = ids.clone()
     other[:, 0] = model.config.class_token_id(2)
     assert ((model(other).logits - full).abs().amax(dim=(0, 2)) > 0).all()
-    # later calls carry no start token: the cache supplies it (so generate() and its guidance processor work)
+    # Later calls carry no start token: they pass `start_ids`; nothing is stored on the cache.
     first = model(ids[:, :3], use_cache=True)
-    rest = model(ids[:, 3:], past_key_values=first.past_key_values, use_cache=True).logits
+    cache = getattr(first, modeling_pixelgpt.CACHE_NAME)
+    with pytest.raises(ValueError, match="pass `start_ids`"):
+        model(ids[:, 3:4], cache=cache, use_cache=True)
+    rest = model(ids[:, 3:], cache=cache, use_cache=True, start_ids=ids[:, 0]).logits
     torch.testing.assert_close(rest, full[:, 3:], rtol=1e-4, atol=1e-5)
+    assert not [name for name in vars(cache) if name.startswith("pixelgpt")]
     # explicit start ids win over the first row's token
     torch.testing.assert_close(model(ids, start_ids=ids[:, 0]).logits, full, rtol=0, atol=0)
     assert not torch.allclose(model(ids, start_ids=other[:, 0]).logits, full)
     with pytest.raises(ValueError, match="pass `start_ids`"):
         model(ids[:, 1:])
+    # generate() gives every call the start tokens of its sequences (column 0): cached and uncached draw alike.
+    start = ids[:, :1]
+    kwargs = dict(do_sample=False, max_new_tokens=model.config.num_image_tokens, eos_token_id=None,
+                  pad_token_id=None, attention_mask=torch.ones_like(start))
+    assert torch.equal(model.generate(start, **kwargs), model.generate(start, use_cache=False, **kwargs))
 
 
 def test_a_checkpoint_saved_before_the_conditioning_fields_loads_and_behaves_as_before(tmp_path):

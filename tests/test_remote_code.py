@@ -14,9 +14,10 @@ from pixelgpt import PixelGPTForImageClassification, PixelGPTForImageGeneration,
 from conftest import random_ids, run_without_pixelgpt, tiny_config
 
 # Every file a saved model needs in a python without the package: saved beside the weights, importing only siblings.
-CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "sampling_pixelgpt.py", "tasks_pixelgpt.py",
-              "layouts_pixelgpt.py", "pipeline_pixelgpt.py", "image_processing_pixelgpt.py",
-              "configuration_pixelgpt_vqvae.py", "modeling_pixelgpt_vqvae.py"}
+# transformers saves a class's file and, recursively, the files it imports relatively (the siblings).
+CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "linear_pixelgpt.py", "cache_pixelgpt.py",
+              "sampling_pixelgpt.py", "tasks_pixelgpt.py", "layouts_pixelgpt.py", "pipeline_pixelgpt.py",
+              "image_processing_pixelgpt.py", "configuration_pixelgpt_vqvae.py", "modeling_pixelgpt_vqvae.py"}
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -51,6 +52,7 @@ LOAD_AND_DUMP = """
     processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
     assert type(model).__name__ == "PixelGPTForImageGeneration", type(model)
     assert "pixelgpt" not in type(model).__module__.split(".")[0]  # came from the downloaded code, not a package
+    assert type(model.lm_head).__module__ == type(model).__module__.rsplit(".", 1)[0] + ".linear_pixelgpt"
     causal_lm = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True)
     assert type(causal_lm).__name__ == "PixelGPTForImageGeneration"
     classifier = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, num_labels=3)
@@ -66,6 +68,9 @@ LOAD_AND_DUMP = """
     draw = pipeline("unconditional-image-generation", model=source, trust_remote_code=True)
     piped = draw(2, generator=torch.Generator().manual_seed(0), output_type="tokens", show_progress=False)
     assert torch.equal(piped, tokens) and type(draw).__name__ == "PixelGPTPipeline"
+    # Sampling ran on the saved cache file (the static cache), beside the saved network and linear layer.
+    saved = {{name.rsplit(".", 1)[-1] for name in sys.modules if name.startswith("transformers_modules.")}}
+    assert {{"cache_pixelgpt", "linear_pixelgpt", "sampling_pixelgpt"}} <= saved, saved
     names = {{"config": type(config).__name__, "processor": type(processor).__name__}}
     print(json.dumps({{**names, "size": images[0].size}}))
 """

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pixelgpt.modeling import sampling_pixelgpt
+from pixelgpt.modeling.cache_pixelgpt import PixelGPTRaggedCache
 from pixelgpt.modeling.layouts_pixelgpt import k_ahead_inputs, random_orders
 from pixelgpt.modeling.sampling_pixelgpt import (
-    PixelGPTRaggedCache,
     SamplingOptions,
     draw_tokens,
     exact_sample_tokens,

@@ -42,14 +42,9 @@ from transformers import AutoModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_quality import quantized  # noqa: E402
 
-from pixelgpt import SamplingOptions, training  # noqa: E402  (held-out split exactly as in training)
-from pixelgpt.utils import (  # noqa: E402
-    DEFAULT_DATASET_HUB_ID,
-    make_image_grid,
-    open_image,
-    save_card_grid,
-    update_model_card,
-)
+from pixelgpt import training  # noqa: E402  (held-out split exactly as in training)
+from pixelgpt.cards import DEFAULT_DATASET_HUB_ID, save_card_grid, update_model_card  # noqa: E402
+from pixelgpt.utils import make_image_grid, open_image, psnr  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def held_out_images(args, model, count: int | None = None) -> list[Image.Image]:
     count = count or args.num_images
-    argv = ["--resolution", str(args.resolution or model.config.pixel_size), "--max_eval_samples", str(count)]
-    if args.train_data_dir:
-        argv += ["--train_data_dir", args.train_data_dir]
-    _, held_out, _ = training.load_splits(training.parse_args(argv))
+    _, held_out, _ = training.load_splits(training.DataArguments(train_data_dir=args.train_data_dir,
+                                                                 max_eval_samples=count))
     return [open_image(row["image"], f"held-out {i}") for i, row in enumerate(held_out)]
 
 
@@ -91,10 +84,9 @@ def pixels(images) -> np.ndarray:
     return np.stack([np.asarray(i, dtype=np.float64).reshape(i.height, i.width, -1) for i in images])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of the PSNR in dB (peak 255)."""
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the PSNR in dB."""
+    return float(psnr(a, b).mean())
 
 
 def sampling(args, seed_offset: int = 0, **extra) -> dict:
@@ -177,9 +169,8 @@ def measure_conditional(args, model):
     truth = target.to_array(images).astype(np.float64)  # (B, H, W, C) originals at the model's resolution
     ceiling, ceiling_name = pixels(quantized(processor, images)), "quantized_original_ceiling"
     if model.image_tokenizer is not None:  # what the model's tokens can express at best: the tokenizer's round trip
-        ceiling, ceiling_name = pixels(model._output(torch.cat([
-            torch.zeros(len(images), 1, dtype=torch.long), model._encode(images, processor)], 1), processor,
-            SamplingOptions())), "tokenizer_reconstruction_ceiling"
+        ceiling = pixels(model.decode_tokens(model.encode_images(images, processor), processor))
+        ceiling_name = "tokenizer_reconstruction_ceiling"
     if args.task == "upscale":
         low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
         inputs = [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x) for x in low]
@@ -200,14 +191,14 @@ def measure_conditional(args, model):
     more = more.reshape(len(images), 3, *sample.shape[1:])
     mean_of_4 = (sample + more.sum(1)) / 4
     # One sample's PSNR is noisy; the same figure averaged over the 4 draws is the steadier single-sample estimate.
-    single = np.mean([psnr(sample, truth)] + [psnr(more[:, i], truth) for i in range(3)])
-    report = {"psnr_db": {"model_sample": psnr(sample, truth), "model_sample_mean_over_4_draws": float(single),
-                          "model_greedy": psnr(greedy, truth),
-                          "model_mean_of_4_samples": psnr(mean_of_4, truth), baseline_name: psnr(baseline, truth),
-                          ceiling_name: psnr(ceiling, truth)}}
+    single = np.mean([mean_psnr(sample, truth)] + [mean_psnr(more[:, i], truth) for i in range(3)])
+    report = {"psnr_db": {"model_sample": mean_psnr(sample, truth), "model_sample_mean_over_4_draws": float(single),
+                          "model_greedy": mean_psnr(greedy, truth),
+                          "model_mean_of_4_samples": mean_psnr(mean_of_4, truth),
+                          baseline_name: mean_psnr(baseline, truth), ceiling_name: mean_psnr(ceiling, truth)}}
     if args.task == "colorize":  # the samples above keep the input's luminance; this one uses the model's colours only
         own = pixels(method(inputs, keep_luminance=False, **sampling(args)))
-        report["psnr_db"]["model_sample_without_keep_luminance"] = psnr(own, truth)
+        report["psnr_db"]["model_sample_without_keep_luminance"] = mean_psnr(own, truth)
     shown = [np.asarray(i.resize(truth.shape[1:3][::-1], Image.Resampling.NEAREST)) for i in inputs[:8]]
     rows = [shown, baseline[:8], sample[:8], greedy[:8], truth[:8]]
     examples = [Image.fromarray(np.asarray(r).astype(np.uint8).squeeze()).convert("RGB") for row in rows for r in row]

@@ -33,8 +33,8 @@ from .sampling_pixelgpt import sample_tokens as sampling_loop
 
 class PixelGPTImageTasksMixin:
     """`generate_images`, `complete_images`, `inpaint_images`, `outpaint_images`, `vary_images`,
-    `colorize_images`, `upscale_images`, `translate_images`, `score_images`, and `sample_tokens` (the loop on token
-    ids, last in this class).
+    `colorize_images`, `upscale_images`, `translate_images`, `score_images`, `encode_images` and `decode_tokens`
+    (images to the model's token ids and back), and `sample_tokens` (the loop on token ids, last in this class).
 
     Every sampling method takes the keyword arguments of `SamplingOptions` (`temperature`, `top_k`, `top_p`,
     `guidance_scale`, `tokens_per_step`, `exact`, `generator`, `batch_size`, `show_progress`, `use_generate`,
@@ -273,8 +273,7 @@ class PixelGPTImageTasksMixin:
         in training (`layouts_pixelgpt.task_inputs`)."""
         processor = self.get_image_processor(image_processor)
         check_count("batch_size", batch_size)
-        tokens = self._encode(images, processor)  # (B, N)
-        ids = torch.cat([torch.full((len(tokens), 1), self.config.start_token_id), tokens], dim=1)  # (B, 1 + N)
+        ids = self.encode_images(images, processor)  # (B, 1 + N)
         if class_labels is not None:
             ids[:, 0] = torch.tensor(self._input_start_ids(class_labels, len(ids), 1))
         scored = torch.ones(len(ids), self.config.pixel_size, self.config.pixel_size, dtype=torch.bool)
@@ -307,6 +306,24 @@ class PixelGPTImageTasksMixin:
             count = (labels != -100).sum(1).clamp(min=1)
             bits.append((nll.sum(1) / count / math.log(2)).cpu())
         return torch.cat(bits)
+
+    def encode_images(self, images, image_processor=None) -> torch.LongTensor:
+        """The token ids the model reads for `images` (anything the image processor takes): `(B, 1 + N)` long
+        tensor, the unconditional start token (`config.start_token_id`; put `config.class_token_id(c)` in column 0
+        for class c) then the image tokens in raster order: the processor's own (its `input_ids`), or, for a model
+        on a learned tokenizer, the tokenizer's codes of the processor's 8-bit RGB pixels."""
+        tokens = self._encode(images, self.get_image_processor(image_processor))  # (B, N)
+        return torch.cat([torch.full((len(tokens), 1), self.config.start_token_id), tokens], dim=1)
+
+    def decode_tokens(self, token_ids: torch.LongTensor, image_processor=None) -> list:
+        """Token ids `(B, N)` or `(B, 1 + N)` (what `encode_images` and `output_type="tokens"` return) -> a list of
+        PIL images: the processor's dequantized pixels, or the tokenizer's decoding for a model on a learned
+        tokenizer. `decode_tokens(encode_images(x))` is `x` as the model sees it (the processor's quantization,
+        or the tokenizer's reconstruction)."""
+        processor = self.get_image_processor(image_processor)
+        if self.image_tokenizer is None:
+            return processor.decode(token_ids)
+        return processor.to_pil(self._token_pixels(torch.as_tensor(token_ids)).numpy())
 
     # ------------------------------------------------------------------------------------------ inputs and batching
     def _start_ids(self, class_labels, repeats: int) -> list[int]:
@@ -385,18 +402,22 @@ class PixelGPTImageTasksMixin:
         tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition)
         return self._output(tokens, processor, options)
 
+    def _token_pixels(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        """Tokenizer codes `(B, N)` or `(B, 1 + N)` -> uint8 pixels `(B, H, W, 3)` (the tokenizer checks the ids)."""
+        n, size = self.config.num_image_tokens, self.config.image_size
+        if token_ids.dim() != 2 or token_ids.shape[1] not in (n, n + 1):
+            raise ValueError(f"Expected token ids of shape (B, {n}) or (B, {n + 1}) for this model's {size}x{size} "
+                             f"token grid, got shape {tuple(token_ids.shape)}.")
+        return self._decode_grid(token_ids[:, -n:].reshape(len(token_ids), size, size))
+
     def _output(self, tokens, processor, options: SamplingOptions, paste=None):
         """`(B, 1 + N)` sampled ids -> PIL images (or the ids, for `output_type="tokens"`)."""
         if options.output_type == "tokens":
             return tokens
-        if self.image_tokenizer is None:
-            return processor.decode(tokens)
-        size = self.config.image_size
-        pixels = self._decode_grid(tokens[:, 1:].reshape(len(tokens), size, size))  # (B, H, W, 3)
-        if paste is not None:
-            original, redraw = paste
-            pixels = torch.where(redraw[..., None], pixels, original)
-        return processor.to_pil(pixels.numpy())
+        if paste is None:
+            return self.decode_tokens(tokens, processor)
+        original, redraw = paste
+        return processor.to_pil(torch.where(redraw[..., None], self._token_pixels(tokens), original).numpy())
 
     def _sample_batches(self, start_ids: list[int], options: SamplingOptions, known: torch.LongTensor | None = None,
                 condition_ids: torch.LongTensor | None = None, class_labels=None) -> torch.LongTensor:
@@ -439,7 +460,6 @@ class PixelGPTImageTasksMixin:
         bar.close()
         return torch.cat(outputs)
 
-
     @torch.no_grad()
     def sample_tokens(self, start_ids: torch.LongTensor, tokens_per_step: int = 1, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, progress=None,
@@ -452,15 +472,27 @@ class PixelGPTImageTasksMixin:
         `prefix` `(B, P)`: known first image tokens (raster order); `known` `(B, N)`: tokens to keep, -1 where one
         is drawn; `order` `(B, N)`: the generation order of any-order models (known tokens first);
         `condition_ids` `(B, condition_size**2)`: the condition image of conditional models. See
-        `sampling_pixelgpt.sample_tokens`."""
+        `sampling_pixelgpt.sample_tokens`. The arguments are checked as the image methods' are (a ValueError
+        names the first one this model cannot sample with); `start_ids` must be this model's start or class
+        token ids."""
+        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
+                                  tokens_per_step=tokens_per_step)
+        options.check(self.config, class_labels=start_ids)  # guidance steers towards the class tokens of start_ids
+        low, high = self.config.start_token_id, self.config.start_token_id + self.config.num_start_tokens
+        if not isinstance(start_ids, torch.Tensor) or start_ids.dim() != 1:
+            raise ValueError(f"`start_ids` must be a (B,) LongTensor of start or class token ids, got a "
+                             f"{type(start_ids).__name__} of shape {tuple(getattr(start_ids, 'shape', ()))}.")
+        outside = start_ids[(start_ids < low) | (start_ids >= high)]
+        if len(outside):
+            raise ValueError(f"`start_ids` must be start or class token ids, in [{low}, {high}) for this model "
+                             f"(start_token_id, then class_token_id(c)), got {outside.unique().tolist()}.")
         if prefix is not None:
             if known is None:
                 known = torch.full((len(start_ids), self.config.num_image_tokens), -1, dtype=torch.long,
                                    device=start_ids.device)
             known = known.clone()
             known[:, : prefix.shape[1]] = prefix
-        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
-                                  tokens_per_step=tokens_per_step)
         return sampling_loop(self, start_ids, options, known, order, condition_ids, progress)
+
 
 __all__ = ["PixelGPTImageTasksMixin"]

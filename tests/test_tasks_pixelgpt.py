@@ -1,5 +1,5 @@
 """The image methods (tasks_pixelgpt.py): generate, complete, inpaint, vary, outpaint, colorize, upscale,
-translate and score_images, with their argument checks."""
+translate and score_images, encode_images and decode_tokens, and sample_tokens, with their argument checks."""
 
 import re
 from unittest import mock
@@ -397,6 +397,49 @@ def test_non_numbers_and_fractional_labels_are_refused(model_and_processor, kwar
     assert labels.tolist() == [model.config.class_token_id(1)]
 
 
+@pytest.mark.parametrize("parallel_tokens, kwargs, message", [
+    (1, dict(tokens_per_step=4), r"`tokens_per_step` must be one of \[1\] for this model .*, got 4\."),
+    (4, dict(tokens_per_step=3), r"`tokens_per_step` must be one of \[1, 4\] for this model .*, got 3\."),
+    (4, dict(tokens_per_step=0), r"`tokens_per_step` must be one of \[1, 4\] .*, got 0\."),
+    (1, dict(tokens_per_step=-2), r"`tokens_per_step` must be one of \[1\] .*, got -2\."),
+    (1, dict(top_p=0), r"`top_p` must be in \(0, 1\], got 0\."),
+    (1, dict(temperature=float("nan")), r"`temperature` must be a finite number, got nan\."),
+    (1, dict(top_k=-1), r"`top_k` must be a non-negative int or None, got -1\."),
+    (1, dict(start_ids=torch.tensor([13, 5])), r"`start_ids` must be start or class token ids, in \[13, 16\) .*"
+                                               r"got \[5\]\."),
+    (1, dict(start_ids=torch.tensor([16])), r"in \[13, 16\) .*got \[16\]\."),  # one past the last class token
+], ids=["k_on_a_one_token_model", "neither_1_nor_k", "zero_steps", "negative_steps", "top_p_0", "nan_temperature",
+        "negative_top_k", "image_token_as_start", "past_the_last_class"])
+def test_sample_tokens_checks_its_arguments_as_the_image_methods_do(parallel_tokens, kwargs, message):
+    """`model.sample_tokens` (the loop on token ids) refuses what `generate_images` refuses, in one line that
+    names what is accepted, instead of sampling from a model that cannot (or looping on 0 tokens per step)."""
+    model = make_model(num_classes=2, parallel_tokens=parallel_tokens)
+    start_ids = kwargs.pop("start_ids", torch.full((2,), model.config.start_token_id))
+    with pytest.raises(ValueError, match=message) as error:
+        model.sample_tokens(start_ids, **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_sample_tokens_guides_towards_the_class_tokens_among_its_start_ids():
+    model = make_model(num_classes=2, parallel_tokens=4)
+    guided = model.sample_tokens(torch.tensor([13, 15]), guidance_scale=2.0, tokens_per_step=4)
+    assert guided.shape == (2, 26) and guided[:, 0].tolist() == [13, 15]
+
+
+def test_encode_images_and_decode_tokens_round_trip_through_the_processors_quantization(model_and_processor):
+    model, processor = model_and_processor
+    images = source_images(3, size=7)
+    ids = model.encode_images(images, image_processor=processor)
+    assert torch.equal(ids, processor(images).input_ids)  # the start token, then the processor's tokens
+    model(ids)  # what the model reads
+    quantized = processor.dequantize(processor.quantize(processor.to_array(images)))  # (B, H, W, C)
+    for tokens in (ids, ids[:, 1:]):
+        decoded = model.decode_tokens(tokens, image_processor=processor)
+        assert np.array_equal(np.stack([np.asarray(i) for i in decoded]), quantized)
+    sampled = model.generate_images(2, output_type="tokens", image_processor=processor, show_progress=False)
+    assert len(model.decode_tokens(sampled, image_processor=processor)) == 2
+
+
 def test_score_images_refuses_a_mask_that_selects_nothing(gray8_model):
     model, processor = gray8_model
     images = [np.zeros((5, 5), np.uint8)] * 2
@@ -449,7 +492,7 @@ def test_tokenizer_model_edits_keep_every_pixel_outside_the_mask_exactly():
         pixels = np.asarray(image)
         assert np.array_equal(pixels[~mask], original[k // 2][~mask])  # outside: exactly the input
     tokens = model.inpaint_images(images, mask, output_type="tokens", **kwargs)
-    known = model._encode(images, processor)
+    known = model.encode_images(images, processor)[:, 1:]
     grid_mask = torch.zeros(3, 3, dtype=torch.bool)
     grid_mask[1, :] = True  # max-pooled pixel mask
     assert torch.equal(tokens[:, 1:][:, ~grid_mask.flatten()], known[:, ~grid_mask.flatten()])
@@ -468,7 +511,7 @@ def test_tokenizer_model_scores_token_likelihood_with_masks():
     images = source_images()
     bits = model.score_images(images, image_processor=processor, generator=torch.Generator().manual_seed(0))
     assert bits.shape == (2,) and torch.isfinite(bits).all()
-    ids = torch.cat([torch.full((2, 1), model.config.start_token_id), model._encode(images, processor)], dim=1)
+    ids = model.encode_images(images, processor)
     from pixelgpt.modeling.layouts_pixelgpt import task_inputs
 
     inputs = task_inputs(model.config, ids, generator=torch.Generator().manual_seed(0),
@@ -481,6 +524,23 @@ def test_tokenizer_model_scores_token_likelihood_with_masks():
     masked = model.score_images(images, mask_image=mask, image_processor=processor,
                                 generator=torch.Generator().manual_seed(0))
     assert masked.shape == (2,) and not torch.allclose(masked, bits)
+
+
+def test_encode_images_and_decode_tokens_of_a_tokenizer_model_are_the_tokenizers_round_trip():
+    model, processor = tokenizer_model()
+    images = source_images(3)
+    ids = model.encode_images(images, image_processor=processor)
+    pixel_values = model.image_tokenizer.to_pixel_values(torch.from_numpy(processor.to_array(images)))
+    codes = model.image_tokenizer.encode(pixel_values)  # (B, 3, 3)
+    assert ids.shape == (3, 1 + 9) and (ids[:, 0] == model.config.start_token_id).all()
+    assert torch.equal(ids[:, 1:], codes.flatten(1))
+    reconstruction = model.image_tokenizer.to_uint8(model.image_tokenizer.decode(codes)).numpy()  # (B, 12, 12, 3)
+    for tokens in (ids, ids[:, 1:]):
+        decoded = model.decode_tokens(tokens, image_processor=processor)
+        assert all(i.size == (12, 12) for i in decoded)
+        assert np.array_equal(np.stack([np.asarray(i) for i in decoded]), reconstruction)
+    with pytest.raises(ValueError, match=r"Expected token ids of shape \(B, 9\) or \(B, 10\)"):
+        model.decode_tokens(ids[:, 2:], image_processor=processor)
 
 
 @pytest.mark.parametrize("task", CONDITIONAL_TASKS)

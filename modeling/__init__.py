@@ -1,5 +1,7 @@
+from .cache_pixelgpt import PixelGPTStaticCache
 from .configuration_pixelgpt import PIXELGPT_PRESETS, PixelGPTConfig
 from .configuration_pixelgpt_vqvae import PixelGPTVQVAEConfig
+from .layouts_pixelgpt import task_inputs
 from .modeling_pixelgpt import (
     PixelGPTForImageClassification,
     PixelGPTForImageGeneration,
@@ -8,7 +10,7 @@ from .modeling_pixelgpt import (
 )
 from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline
-from .sampling_pixelgpt import PixelGPTStaticCache, SamplingOptions
+from .sampling_pixelgpt import SamplingOptions
 
 __all__ = [
     "PIXELGPT_PRESETS",
@@ -22,4 +24,5 @@ __all__ = [
     "PixelGPTVQVAE",
     "PixelGPTVQVAEConfig",
     "SamplingOptions",
+    "task_inputs",
 ]

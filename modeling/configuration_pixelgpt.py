@@ -56,7 +56,10 @@ class PixelGPTConfig(PreTrainedConfig):
             Number of distinct image tokens (the image processor's `vocab_size`: palette size, 256 for 8-bit
             modes, `num_levels` or `num_levels**3` for the cheap modes). At least 2.
         image_size (`int`, defaults to 32):
-            Side of the square token grid, in pixels. 1 to 256.
+            Side of the square grid the model draws, in cells (1 to 256), each cell `tokens_per_pixel` tokens: the
+            images' side in pixels for a model on the image processor's tokens, the tokenizer's grid side for a
+            model on a learned tokenizer (`tokenizer_config`), whose images are `pixel_size` =
+            `image_size * downsample_factor` pixels wide.
         tokens_per_pixel (`int`, defaults to 1):
             Tokens per pixel: 1, or 3 for per-sub-pixel `rgb8` tokens (R, G, B of a pixel in a row).
         num_classes (`int`, defaults to 0):
@@ -331,5 +334,5 @@ class PixelGPTConfig(PreTrainedConfig):
 # save_pretrained writes `auto_map` and copies this file, so the config loads with trust_remote_code=True.
 PixelGPTConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTConfig", "PIXELGPT_PRESETS", "PIXELGPT_TASKS", "CONDITIONAL_TASKS", "FILL_ORDERS", "OPERATIONS",
-           "DEFAULT_OPERATION"]
+__all__ = ["CONDITIONAL_TASKS", "DEFAULT_OPERATION", "FILL_ORDERS", "MAX_CLASSES", "OPERATIONS", "PIXELGPT_PRESETS",
+           "PIXELGPT_TASKS", "PixelGPTConfig"]

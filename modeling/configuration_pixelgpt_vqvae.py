@@ -96,4 +96,4 @@ class PixelGPTVQVAEConfig(PreTrainedConfig):
 
 PixelGPTVQVAEConfig.register_for_auto_class()
 
-__all__ = ["PixelGPTVQVAEConfig", "DOWNSAMPLE_FACTORS"]
+__all__ = ["DOWNSAMPLE_FACTORS", "MAX_CODEBOOK_SIZE", "PixelGPTVQVAEConfig"]

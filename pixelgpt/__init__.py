@@ -3,6 +3,9 @@
 Importing the package registers PixelGPT with the Auto classes, so `AutoModel.from_pretrained(folder)` and
 `AutoImageProcessor.from_pretrained(folder)` use the installed code; saved folders also carry the code for
 `trust_remote_code=True` loading where the package is not installed.
+
+`task_inputs(config, input_ids)` lays a batch of processor ids out as a model of that config is trained on it (the
+rows and positions `model(...)` reads, and the `labels`), for training loops of your own.
 """
 
 from transformers import (
@@ -25,6 +28,7 @@ from .modeling import (
     PixelGPTVQVAE,
     PixelGPTVQVAEConfig,
     SamplingOptions,
+    task_inputs,
 )
 from .processing import PixelGPTImageProcessor
 
@@ -55,4 +59,5 @@ __all__ = [
     "PixelGPTVQVAE",
     "PixelGPTVQVAEConfig",
     "SamplingOptions",
+    "task_inputs",
 ]

@@ -460,4 +460,5 @@ def _kmeans(points: torch.Tensor, k: int, num_iters: int, generator: torch.Gener
 
 PixelGPTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["PixelGPTImageProcessor"]
+# The processor and the settings it accepts (the command line offers the same choices).
+__all__ = ["CONDITION_QUANTIZATIONS", "PixelGPTImageProcessor", "QUANTIZATIONS", "RESAMPLE", "RESIZE_MODES"]

@@ -138,3 +138,10 @@ def test_task_inputs_score_only_the_given_tokens_and_inpainting_reads_the_rest_f
         plain = k_ahead_inputs(ids, 1)
         assert torch.equal(inputs["input_ids"], plain["input_ids"])
         assert torch.equal(labels, plain["labels"].masked_fill(~scored, -100))
+
+
+def test_task_inputs_is_public_api_of_the_package():
+    """Training loops of one's own lay batches out with it (the README documents it): `from pixelgpt import`."""
+    import pixelgpt
+
+    assert pixelgpt.task_inputs is task_inputs and "task_inputs" in pixelgpt.__all__

@@ -82,7 +82,7 @@ def test_the_model_must_match_the_task(tmp_path):
 def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path):
     from huggingface_hub import ModelCard
 
-    from pixelgpt import training, utils
+    from pixelgpt import cards, training
 
     from conftest import assert_honest_card, assert_nearest_enlargement
 
@@ -97,7 +97,7 @@ def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path)
                                 str(folder)])
     config = PixelGPTForImageGeneration.config_class.from_pretrained(model)
     metrics = {"bits_per_token": 2.9, "untrained_bits_per_token": 3.0, "steps": 2}
-    utils.write_model_card(model, args=args, config=config, processor=processor, dataset_name=None, metrics=metrics,
+    cards.write_model_card(model, args=args, config=config, processor=processor, dataset_name=None, metrics=metrics,
                            bits_name="bits_per_token", num_train_images=38)
     with pytest.raises(ValueError, match="--update_card needs a local model folder with its model card"):
         run("upscale", "--model", str(tmp_path / "no-card"), "--update_card")

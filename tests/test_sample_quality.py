@@ -71,7 +71,7 @@ def test_nearest_dataset_searches_that_datasets_whole_training_split(tmp_path, d
     real.train_images, real.test_images = default_dataset["train"]["image"][:5], default_dataset["test"]["image"][:4]
     args = sample_quality.build_parser().parse_args(["--model", "unused", "--nearest_dataset", str(folder)])
     samples = default_dataset["train"]["image"][30:33]  # in the dataset, not among the classifier's 5
-    report = sample_quality.copy_check(sample_quality.training_reference(args, real, 28), real, samples)
+    report = sample_quality.copy_check(sample_quality.training_reference(args, real), real, samples)
     assert report["training_images_searched"] == 40
     assert report["samples"]["median"] < 1e-3 and report["samples"]["5th_percentile"] < 1e-3
     assert report["held_out_real_images"]["5th_percentile"] > 0.05

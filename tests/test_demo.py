@@ -7,16 +7,18 @@ playwright's own browser download is not used); they are skipped, with that reas
 """
 
 import io
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pixelgpt import PixelGPTImageProcessor, demo
+from pixelgpt import PixelGPTImageProcessor, cli, demo
 from pixelgpt.cli import build_parser
 
 from conftest import save_model, save_tokenizer
@@ -47,14 +49,14 @@ def test_the_library_never_imports_gradio():
 
 def test_without_gradio_the_error_names_the_extra(tmp_path):
     folder = save_model(tmp_path / "model")
-    hide = "import sys; sys.modules['gradio'] = None\n"  # `import gradio` now raises ImportError
-    result = run_python(hide + f"from pixelgpt.demo import build_demo\nbuild_demo([{folder!r}])")
-    assert result.returncode != 0
-    assert "ImportError: " + demo.GRADIO_MISSING in result.stderr
-    result = run_python(hide + f"from pixelgpt.cli import run\nsys.argv = ['pixelgpt', 'demo', '--model', {folder!r}]\n"
-                        "run()")
-    assert result.returncode == 1
-    assert result.stderr.strip() == "pixelgpt: " + demo.GRADIO_MISSING  # one line
+    # A None entry in sys.modules makes `import gradio` raise ImportError, as where it is not installed.
+    with mock.patch.dict(sys.modules, {"gradio": None}):
+        with pytest.raises(ImportError, match=re.escape(demo.GRADIO_MISSING)):
+            demo.build_demo([folder])
+        with mock.patch.object(sys, "argv", ["pixelgpt", "demo", "--model", folder]), \
+                pytest.raises(SystemExit) as exit_info:
+            cli.run()
+    assert exit_info.value.code == "pixelgpt: " + demo.GRADIO_MISSING  # one line, before any model loads
 
 
 def test_a_model_that_cannot_load_is_a_value_error_not_an_exit(tmp_path):

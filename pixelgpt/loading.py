@@ -27,7 +27,7 @@ def torch_device(device: str | None = None) -> torch.device:
     return resolved
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
     # The Hub's own rule: a name it refuses (./x, /x, ~/x, a/b/c, C:\x, spaces) can only be meant as a folder.
     try:
         validate_repo_id(name)
@@ -48,7 +48,7 @@ def load_model(name: str, device: str | None = None):
     folder = Path(name).expanduser()  # from_pretrained does not expand ~
     if folder.is_file():
         raise ValueError(f"model {name} is a file; {_ACCEPTED}.")
-    if not folder.is_dir() and not _is_repo_id(name):
+    if not folder.is_dir() and not is_repo_id(name):
         raise ValueError(f"model {name}: no such folder; {_ACCEPTED}.")
     source = str(folder) if folder.is_dir() else name
     try:  # the config first: a folder of another kind is refused before its weights are read

@@ -166,6 +166,8 @@ def test_parallel_tokens_trains_a_model_that_draws_k_tokens_per_pass(straight):
 
 def test_resuming_a_finished_run_trains_no_further_step(tmp_path, straight):
     shutil.copytree(straight, tmp_path / "out")  # its last checkpoint is its last step
+    # One checkpoint too many, as a run killed between a save and its rotation leaves: the run ends within the limit.
+    shutil.copytree(tmp_path / "out" / "checkpoint-5", tmp_path / "out" / "checkpoint-3")
     steps = []
     original = pixelgpt_training.task_loss
 
@@ -175,8 +177,9 @@ def test_resuming_a_finished_run_trains_no_further_step(tmp_path, straight):
         return original(model, accelerator, batch, *args, reduction=reduction, **kwargs)
 
     with mock.patch.object(pixelgpt_training, "task_loss", spy):
-        train(tmp_path, *RESUMED, "--resume_from_checkpoint", "latest")
+        train(tmp_path, *RESUMED, "--resume_from_checkpoint", "latest", "--checkpoints_total_limit", "2")
     assert steps == [] and results(tmp_path / "out")["steps"] == 10
+    assert checkpoint_names(tmp_path / "out") == ["checkpoint-5", "checkpoint-10"]
     assert_same_weights(weights(tmp_path / "out"), weights(straight))
 
 

@@ -6,6 +6,7 @@ import sys
 from unittest import mock
 
 import pytest
+from PIL import Image
 
 from pixelgpt import PixelGPTConfig, PixelGPTVQVAEConfig, training
 from pixelgpt.training.arguments import TOKENIZER_SKIPPED_DATA
@@ -126,8 +127,14 @@ def test_resolve_reads_the_tokenizer_folder_and_refuses_what_is_not_one(tmp_path
     assert upscale.condition_quantization == "rgb"  # colour images: --quantization (default gray) is unused
     assert "must be a multiple of the tokenizer's downsampling factor (4)" in parse_error(
         training.parse_args, ["--tokenizer", tokenizer, "--resolution", "18"])
-    assert "no PixelGPT tokenizer could be loaded from it" in parse_error(
+    # A missing folder is named as one (not the Hub's repo-id error); an image folder holds no model; a file is none.
+    assert "--tokenizer " + str(tmp_path / "missing") + ": no such folder" in parse_error(
         training.parse_args, ["--tokenizer", str(tmp_path / "missing")])
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
+    assert "holds no saved model (no config.json naming a model type)" in parse_error(
+        training.parse_args, ["--tokenizer", str(tmp_path / "images")])
+    assert ": a file." in parse_error(training.parse_args, ["--tokenizer", str(tmp_path / "images" / "a.png")])
     # A folder of another model (here: a PixelGPT generation model) is refused, not loaded with random weights.
     PixelGPTConfig(vocab_size=27, image_size=4, hidden_size=16, num_hidden_layers=1,
                    num_attention_heads=1).save_pretrained(tmp_path / "not-a-tokenizer")

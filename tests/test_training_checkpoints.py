@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from training_helpers import TINY, checkpoint_names, prepared_accelerator
@@ -20,6 +22,7 @@ from pixelgpt.training.checkpoints import (
     recorded_settings,
     remove_partial_checkpoints,
     resume_state,
+    rotate_checkpoints,
     save_checkpoint,
 )
 from pixelgpt.training.pixelgpt import run_settings
@@ -301,3 +304,41 @@ def test_the_worker_count_is_a_setting_of_streams_only():
     assert prepared["dataloader_num_workers"] is None and streamed["dataloader_num_workers"] == 2
     assert set(checkpoints.DATA_SETTINGS) < set(prepared)
 
+
+
+def test_a_tokenizer_is_identified_by_its_weights_not_its_path(tmp_path, accelerator, monkeypatch):
+    from pixelgpt import PixelGPTVQVAE, PixelGPTVQVAEConfig
+    from pixelgpt.training.data import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = PixelGPTVQVAE(PixelGPTVQVAEConfig(image_size=8, base_channels=8, fsq_levels=[3, 3]))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    stage_two = [*TINY, "--tokenizer"]
+    saved = run_settings(training.parse_args([*stage_two, "tok"]), load_tokenizer("tok"))
+    # The same tokenizer written another way is the same tokenizer: resuming is accepted.
+    same = run_settings(training.parse_args([*stage_two, "./tok"]), load_tokenizer("./tok"))
+    assert resume_with(tmp_path / "a", accelerator, saved, same).name == "checkpoint-2"
+    # Retrained in place (same folder, new weights): the resumed steps would train on other codes. Refused.
+    with torch.no_grad():
+        next(tokenizer.parameters()).add_(0.5)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    retrained = run_settings(training.parse_args([*stage_two, "tok"]), load_tokenizer("tok"))
+    with pytest.raises(TrainingError, match=r"other settings \(the --tokenizer's weights \(sha256 [0-9a-f]{12}\.\.\. "
+                                            r"-> [0-9a-f]{12}\.\.\.: another or a retrained tokenizer\)\)"):
+        resume_with(tmp_path / "b", accelerator, saved, retrained)
+    # A checkpoint of the previous release recorded the path, which is not compared: it still resumes.
+    older = {k: v for k, v in saved.items() if k != "tokenizer_digest"} | {"tokenizer": "tok"}
+    assert resume_with(tmp_path / "c", accelerator, older, retrained).name == "checkpoint-2"
+
+
+def test_a_run_ends_within_the_checkpoint_limit_after_a_kill_between_save_and_rotation(tmp_path, accelerator):
+    run = RunArguments(output_dir=str(tmp_path), checkpoints_total_limit=2)
+    for step in (2, 4):
+        save(accelerator, run, step)
+    # A kill after checkpoint-6 was renamed into place and before the rotation leaves limit + 1 checkpoints.
+    with mock.patch.object(checkpoints, "rotate_checkpoints"):
+        save(accelerator, run, 6)
+    assert checkpoint_names(tmp_path) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    rotate_checkpoints(run)  # what the resumed run's end (or its next save) does
+    assert checkpoint_names(tmp_path) == ["checkpoint-4", "checkpoint-6"]

@@ -1,12 +1,15 @@
 """pixelgpt.training.data: the splits (folders, datasets, the built-in set; prepared or streamed), paired sources,
 labels, reading and checking images, encoding with an image tokenizer, and the collate function. No training."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
+from safetensors.torch import save_file
 from training_helpers import fresh_accelerator, image_folder_fixture
 
 from pixelgpt import PixelGPTImageProcessor, PixelGPTVQVAE, PixelGPTVQVAEConfig, training
@@ -247,5 +250,24 @@ def test_load_tokenizer_names_what_it_cannot_load_and_keeps_local_paths_out_of_t
     loaded = load_tokenizer(str(folder))
     assert not loaded.training and loaded.config.name_or_path == ""  # a local path stays off the saved config
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    with pytest.raises(ValueError, match="no PixelGPT tokenizer could be loaded from it"):
+    with pytest.raises(ValueError, match="no such folder"):
         load_tokenizer(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "nan"])
+def test_a_tokenizer_whose_weights_cannot_be_used_is_a_one_line_refusal(tmp_path, tokenizer, damage):
+    model, folder = tokenizer
+    broken = shutil.copytree(folder, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "random":
+        weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:  # a tokenizer whose training diverged: it would encode every image to garbage codes
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        next(v for v in state.values() if v.is_floating_point()).fill_(float("nan"))
+        save_file(state, str(weights))
+    message = {"nan": "holds NaN or infinite weights"}.get(damage, "its weights cannot be read")
+    with pytest.raises(ValueError, match=message) as error:
+        load_tokenizer(str(broken))
+    assert "\n" not in str(error.value)

@@ -25,6 +25,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from pixelgpt import PixelGPTVQVAE, training
 from pixelgpt.training import loop
+from pixelgpt.utils import TrainingError
 
 from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
 
@@ -200,3 +201,10 @@ def test_the_example_script_on_two_cpu_processes_matches_one_process_with_the_sa
     # which Adam scales to full-size steps of either sign, so those biases differ by ~lr between any two runs.
     worst = max((float((a[k] - b[k]).abs().max()), k) for k in a if a[k].ndim > 1)
     assert worst[0] < 1e-4, worst
+
+
+def test_weights_too_large_to_reconstruct_are_a_divergence_not_an_index_error(tmp_path, folder):
+    # One step at a huge learning rate leaves finite weights whose reconstructions overflow; the held-out
+    # evaluation met them as NaN codes and indexed out of bounds.
+    with pytest.raises(TrainingError, match=r"Training diverged at step 1: the held-out reconstructions hold NaN"):
+        train_tokenizer(tmp_path, folder, "--learning_rate", "1e6", "--max_train_steps", "1")

@@ -13,7 +13,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..loading import is_repo_id
 from ..modeling import PIXELGPT_PRESETS
 from ..modeling.configuration_pixelgpt import CONDITIONAL_TASKS, FILL_ORDERS, PIXELGPT_TASKS
 from ..modeling.configuration_pixelgpt_vqvae import DOWNSAMPLE_FACTORS, PixelGPTVQVAEConfig
@@ -506,13 +508,19 @@ def tokenizer_config(name: str) -> PixelGPTVQVAEConfig:
     """The config of the `--tokenizer` folder or Hub id (weights are loaded later); a clear error when it holds
     something else."""
     hint = "Give the output folder (or Hub id) of examples/train_tokenizer.py."
+    folder = Path(name).expanduser()
+    if folder.is_file() or not folder.is_dir() and not is_repo_id(name):
+        raise ValueError(f"--tokenizer {name}: {'a file' if folder.is_file() else 'no such folder'}. {hint}")
     try:
-        config = PixelGPTVQVAEConfig.get_config_dict(name)[0]
+        config = PixelGPTVQVAEConfig.get_config_dict(str(folder) if folder.is_dir() else name)[0]
     except OSError as err:
         raise ValueError(f"--tokenizer {name}: no PixelGPT tokenizer could be loaded from it ({err}). {hint}") from None
-    if config.get("model_type") != PixelGPTVQVAEConfig.model_type:  # loading it anyway would train on random codes
-        raise ValueError(f"--tokenizer {name} holds a {config.get('model_type')!r} model, not a PixelGPT image "
-                         f"tokenizer ({PixelGPTVQVAEConfig.model_type!r}). {hint}")
+    model_type = config.get("model_type")
+    if model_type is None:  # a folder without a model's config.json, e.g. the training images themselves
+        raise ValueError(f"--tokenizer {name} holds no saved model (no config.json naming a model type). {hint}")
+    if model_type != PixelGPTVQVAEConfig.model_type:  # loading it anyway would train on random codes
+        raise ValueError(f"--tokenizer {name} holds a {model_type!r} model, not a PixelGPT image tokenizer "
+                         f"({PixelGPTVQVAEConfig.model_type!r}). {hint}")
     return PixelGPTVQVAEConfig.from_dict(config)
 
 

@@ -73,14 +73,21 @@ def save_checkpoint(accelerator, run: RunArguments, step, ema, settings: dict, d
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
         (tmp / "pixelgpt_step.json").write_text(json.dumps({"step": step, "settings": settings, "data": data_state}))
         os.replace(tmp, final)  # atomic on one filesystem: `latest` never sees a half-written checkpoint
-        if run.checkpoints_total_limit:
-            existing = list_checkpoints(run.output_dir)
-            for old in existing[: max(0, len(existing) - run.checkpoints_total_limit)]:
-                doomed = old.with_name(old.name + ".old")
-                os.replace(old, doomed)  # out of `latest`'s sight before the slow delete
-                shutil.rmtree(doomed)
+        rotate_checkpoints(run)
     accelerator.wait_for_everyone()
     return final
+
+
+def rotate_checkpoints(run: RunArguments) -> None:
+    """Delete the oldest checkpoints beyond --checkpoints_total_limit (main process). Called after each complete save
+    and at the end of a run, so that a run killed between a save and its rotation, then resumed, still ends within
+    the limit."""
+    if run.checkpoints_total_limit:
+        existing = list_checkpoints(run.output_dir)
+        for old in existing[: max(0, len(existing) - run.checkpoints_total_limit)]:
+            doomed = old.with_name(old.name + ".old")
+            os.replace(old, doomed)  # out of `latest`'s sight before the slow delete
+            shutil.rmtree(doomed)
 
 
 def diverged_message(run: RunArguments, step, what) -> str:
@@ -90,6 +97,13 @@ def diverged_message(run: RunArguments, step, what) -> str:
     return (f"Training diverged at step {step}: {what}. Nothing non-finite was saved; {last}. Lower "
             f"--learning_rate (now {run.learning_rate}), or keep --max_grad_norm > 0 and raise --lr_warmup_steps, "
             "then resume with --resume_from_checkpoint latest.")
+
+
+def describe_change(name: str, saved, current) -> str:
+    if name == "tokenizer_digest":  # the tokenizer is identified by its weights, not by the path it was read from
+        short = [value[:12] + "..." if value else "none" for value in (saved, current)]
+        return f"the --tokenizer's weights (sha256 {short[0]} -> {short[1]}: another or a retrained tokenizer)"
+    return f"--{name} {saved!r} -> {current!r}"
 
 
 def find_resume_checkpoint(run: RunArguments, current: dict) -> Path | None:
@@ -132,7 +146,7 @@ def find_resume_checkpoint(run: RunArguments, current: dict) -> Path | None:
     if saved is None:
         logger.warning(f"{path.name} predates recorded settings: make sure the model flags match it.")
     else:
-        changed = [f"--{name} {saved[name]!r} -> {current[name]!r}" for name in current
+        changed = [describe_change(name, saved[name], current[name]) for name in current
                    if name in saved and saved[name] != current[name]]
         if changed:
             raise TrainingError(f"Cannot resume from {path}: it was trained with other settings "

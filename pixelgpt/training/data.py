@@ -189,17 +189,31 @@ def write_skipped(output_dir, split_name: str, problems: list, total: int | None
 
 
 def load_tokenizer(name: str) -> PixelGPTVQVAE:
-    """The `--tokenizer` model (a folder or Hub id), in eval mode."""
+    """The `--tokenizer` model (a folder or Hub id), in eval mode; refused with one line when its weights cannot be
+    read or hold NaN or infinite values (it would encode every image to garbage codes)."""
     tokenizer_config(name)  # a clear error for a folder that holds something else
     try:
         tokenizer = PixelGPTVQVAE.from_pretrained(name).eval()
-    except OSError as err:
-        raise ValueError(f"--tokenizer {name}: no PixelGPT tokenizer could be loaded from it ({err}). Give the "
-                         "output folder (or Hub id) of examples/train_tokenizer.py.") from None
+    except Exception as err:  # OSError, safetensors' SafetensorError, torch's RuntimeError for a damaged file
+        raise ValueError(f"--tokenizer {name}: its weights cannot be read ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}). Train it again with "
+                         "examples/train_tokenizer.py, or give another folder.") from None
+    if not all(bool(torch.isfinite(p).all()) for p in tokenizer.parameters()):
+        raise ValueError(f"--tokenizer {name} holds NaN or infinite weights (its training diverged): it cannot "
+                         "encode images. Train it again (a lower --learning_rate) and give that folder.")
     # The saved model's config carries the tokenizer's: a Hub id may name it there, a local path would put this
     # machine's folders into a file that may be pushed.
     tokenizer.config.name_or_path = "" if Path(name).expanduser().exists() else name
     return tokenizer
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of the tokenizer's weights: what identifies it (a folder retrained in place is another tokenizer;
+    `./tok` and `tok` are the same one)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def encode_with_tokenizer(dataset, tokenizer, processor, data: DataArguments, task: str, split_name,
@@ -210,9 +224,7 @@ def encode_with_tokenizer(dataset, tokenizer, processor, data: DataArguments, ta
     weights, the processor and the task, so a second run on the same data reads it back. Returns (dataset, bad
     images): unusable images are left out with --skip_bad_images, else stop the run."""
     conditional = processor.condition_quantization is not None
-    digest = hashlib.sha256(dataset._fingerprint.encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    digest = hashlib.sha256(dataset._fingerprint.encode() + tokenizer_digest(tokenizer).encode())
     digest.update(json.dumps([processor.to_dict(), task, data.source_column], sort_keys=True,
                              default=str).encode())
     blank = (np.zeros((processor.image_size, processor.image_size, 3), np.uint8), Image.new("RGB", (1, 1)))

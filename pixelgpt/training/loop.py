@@ -29,6 +29,7 @@ from .checkpoints import (
     recorded_settings,
     remove_partial_checkpoints,
     resume_state,
+    rotate_checkpoints,
     save_checkpoint,
     weights_are_finite,
 )
@@ -264,6 +265,7 @@ class Trainer:
         state_dict = accelerator.get_state_dict(self.model)  # collective: gathers shards under FSDP / DeepSpeed
         figures = self.evaluate(self.step, final=True)
         if accelerator.is_main_process:
+            rotate_checkpoints(run)
             out = Path(run.output_dir)
             final_model.save_pretrained(out, state_dict=state_dict)
             self.processor.save_pretrained(out)

@@ -17,7 +17,14 @@ from ..processing import PixelGPTImageProcessor
 from ..utils import make_image_grid, open_image
 from .arguments import TrainingArguments
 from .checkpoints import recorded_settings
-from .data import encode_with_tokenizer, load_tokenizer, make_collate, read_image, resolve_label_column
+from .data import (
+    encode_with_tokenizer,
+    load_tokenizer,
+    make_collate,
+    read_image,
+    resolve_label_column,
+    tokenizer_digest,
+)
 from .loop import Trainer, launch
 
 logger = get_logger(__name__)
@@ -27,13 +34,15 @@ RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "p
                    "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
                    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
                    "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
-                   "class_embedding", "tokenizer")
+                   "class_embedding")
 
 
-def run_settings(args: TrainingArguments) -> dict:
+def run_settings(args: TrainingArguments, tokenizer=None) -> dict:
     """The RESUME_SETTINGS of this run, with the model size as it resolves (a preset's width given explicitly, or
-    the derived MLP width, is the same model)."""
+    the derived MLP width, is the same model) and the `tokenizer` by its weights' digest (checkpoints before it
+    recorded the --tokenizer path, which is no longer compared)."""
     settings = recorded_settings(args, RESUME_SETTINGS)
+    settings["tokenizer_digest"] = tokenizer_digest(tokenizer) if tokenizer is not None else None
     resolved = PixelGPTConfig(**args.model.sizes())
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         settings[name] = getattr(resolved, name)
@@ -153,7 +162,7 @@ class PixelGPTTrainer(Trainer):
         super().__init__(args, accelerator, started)
         data, image, model_args = args.data, args.image, args.model
         tokenizer = load_tokenizer(image.tokenizer) if image.tokenizer else None
-        self.find_resume(run_settings(args))
+        self.find_resume(run_settings(args, tokenizer))
 
         processor = self.processor = build_processor(args, tokenizer)
         checks = [(data.source_column, processor.condition_processor, "eval_source")] if data.source_column else []

@@ -14,10 +14,12 @@ from torch import nn
 from ..cards import write_tokenizer_card
 from ..modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from ..processing import PixelGPTImageProcessor
-from ..utils import make_image_grid, psnr
+from ..utils import TrainingError, make_image_grid, psnr
 from .arguments import TokenizerTrainingArguments
+from .checkpoints import diverged_message
 from .data import read_image
 from .loop import Trainer, adamw, launch
+from .workspace import all_ranks
 
 logger = get_logger(__name__)
 
@@ -50,20 +52,27 @@ def bicubic_baseline(pixels: np.ndarray, grid: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator) -> dict:
-    """Held-out mean PSNR (dB) of the reconstructions, of the bicubic baseline, and the share of codes used."""
+def evaluate(model, loader, accelerator) -> dict | None:
+    """Held-out mean PSNR (dB) of the reconstructions, of the bicubic baseline, and the share of codes used; None
+    (on every process) when some reconstruction is not finite: weights that are finite but too large overflow."""
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
     scores, baseline, seen = [], [], torch.zeros(unwrapped.config.codebook_size, dtype=torch.bool,
                                                  device=accelerator.device)
+    finite = True
     for batch in loader:
         out = model(batch["pixel_values"], return_loss=False)
+        finite = finite and bool(torch.isfinite(out.reconstruction).all())
+        if not finite:  # NaN latents have no code: their ids are garbage
+            continue
         images = PixelGPTVQVAE.to_uint8(batch["pixel_values"])
         scores.append(accelerator.gather_for_metrics(psnr(PixelGPTVQVAE.to_uint8(out.reconstruction), images)))
         baseline.append(accelerator.gather_for_metrics(batch["baseline_psnr"]))
         seen[out.token_ids.flatten()] = True
-    seen = accelerator.reduce(seen.float(), reduction="sum") > 0  # codes used on any process
     model.train()
+    if not all_ranks(accelerator, finite):
+        return None
+    seen = accelerator.reduce(seen.float(), reduction="sum") > 0  # codes used on any process
     return {"psnr": torch.cat(scores).mean().item(), "bicubic_psnr": torch.cat(baseline).mean().item(),
             "codebook_usage": seen.float().mean().item()}
 
@@ -154,6 +163,9 @@ class TokenizerTrainer(Trainer):
 
     def evaluate(self, step: int, final: bool = False) -> dict:
         figures = evaluate(self.model, self.eval_loader, self.accelerator)
+        if figures is None:
+            raise TrainingError(diverged_message(self.run, step, "the held-out reconstructions hold NaN or infinite "
+                                                 "values (the weights are finite but too large)"))
         self.log_figures(step, figures, f"held-out PSNR {figures['psnr']:.2f} dB (same-budget bicubic "
                          f"{figures['bicubic_psnr']:.2f} dB), codebook usage {figures['codebook_usage']:.1%}", final)
         return figures

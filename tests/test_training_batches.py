@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.utils import DataLoaderConfiguration
-from training_helpers import fresh_accelerator, image_folder_fixture, make_folder
+from training_helpers import TINY, fresh_accelerator, image_folder_fixture, launch_two_cpu_processes, make_folder
 
 from pixelgpt import training
 from pixelgpt.training import data as data_module
@@ -14,6 +14,8 @@ from pixelgpt.training.batches import TrainingBatches
 from pixelgpt.training.data import load_splits, make_collate, write_skipped
 from pixelgpt.training.pixelgpt import build_config, build_processor
 from pixelgpt.utils import TrainingError
+
+from conftest import REPO_ROOT
 
 
 @pytest.fixture
@@ -103,11 +105,32 @@ def test_fewer_images_than_one_batch_are_refused(tmp_path, accelerator, folder):
     args = parse(tmp_path, folder, "--train_batch_size", "32")
     with pytest.raises(ValueError, match=r"\d+ training images are fewer than one batch of 32"):
         make_batches(accelerator, args)
-    # A stream has no length: a pass that reads no batch (every image held out) stops the run.
+    # A stream has no length: a pass that reads no batch (every image held out) stops the run; a partial batch
+    # would have been trained on, so the message says "no image", not "fewer than one batch".
     streamed = parse(tmp_path, folder, "--streaming", "--max_eval_samples", "12")
-    with pytest.raises(ValueError, match=r"holds fewer than one batch of 2 images after the first --max_eval_samples "
-                                         r"held out"):
+    with pytest.raises(ValueError, match=r"^The training stream holds no image once the first 12 "
+                                         r"\(--max_eval_samples\) are held out\. Add images or lower "
+                                         r"--max_eval_samples\.$"):
         take(make_batches(accelerator, streamed), 1)
+
+
+@pytest.mark.slow
+def test_a_process_whose_part_of_the_stream_is_empty_stops_every_process_with_one_line(tmp_path):
+    root = make_folder(tmp_path / "imgs", sizes=((12, 12),) * 3)  # 6 images: 5 held out, 1 to train on
+    result = launch_two_cpu_processes(REPO_ROOT / "examples" / "train.py", "--output_dir", tmp_path / "out", *TINY,
+                                      "--train_data_dir", root, "--streaming", "--max_eval_samples", "5",
+                                      "--train_batch_size", "4", "--max_train_steps", "2", check=False)
+    assert result.returncode == 1
+    # Process 0 got the one image (a partial batch trains) and waited for process 1 in its first batch: both
+    # agreed, then each printed the same line. What remains is torchrun's summary of the two failed processes.
+    said = [line for line in result.stderr.splitlines() if line.startswith("train.py: ")]
+    assert said == ["train.py: The training stream's part for process 1 of 2 holds no image once the first 5 "
+                    "(--max_eval_samples) are held out. Use fewer processes, more data files or images (a stream is "
+                    "split between processes by whole files when their number divides by the process count, else "
+                    "image by image), or leave out --streaming."] * 2, result.stderr[-3000:]
+    assert "[rank0]:" not in result.stderr and "[rank1]:" not in result.stderr  # no traceback of either process
+    assert "Connection closed by peer" not in result.stderr and result.stderr.count("Traceback") == 1
+    assert "ChildFailedError" in result.stderr
 
 
 def test_images_are_decoded_only_as_batches_are_made(tmp_path, accelerator, monkeypatch):

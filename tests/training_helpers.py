@@ -1,10 +1,13 @@
 """What the training tests share (pixelgpt.training): tiny settings, a run, weight comparisons, image folders with
-and without bad files, a prepared accelerator, a fake Hub and a 2-process launch. Not a test module."""
+and without bad files, a prepared accelerator, a fake Hub and 2-process launches (on one machine or two). Not a test
+module."""
 
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -157,15 +160,70 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_cpu_processes(script, *argv):
-    """`accelerate launch` of `script` with 2 CPU processes (gloo), failing with what the ranks printed."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), str(script), *map(str, argv)]
+def accelerate_cpu_launch(script, argv, *topology) -> list:
+    """The `accelerate launch` command of `script` on 2 CPU processes in all (gloo), as a user types it."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", *topology,
+            "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *map(str, argv)]
+
+
+def run_launches(commands, timeout=240, grace=30) -> list:
+    """Start the `accelerate launch` commands together (each a torchrun agent with its workers) and wait for all,
+    `timeout` seconds at most; once one fails, the others get `grace` seconds to fail too (a peer gone) before they
+    are stopped: SIGTERM to the agent, which stops its workers, then SIGKILL. Returns their CompletedProcesses; a
+    launch still running at the deadline fails the test with what every launch printed."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    try:
-        result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
-    except subprocess.TimeoutExpired as err:  # a hung rendezvous: fail with what the ranks printed
-        raise AssertionError(f"2-process run hung:\n{(err.stderr or b'')[-3000:]!r}") from err
-    assert result.returncode == 0, result.stderr[-3000:]
+    with tempfile.TemporaryDirectory() as logs:
+        outputs = [(Path(logs, f"{i}.out"), Path(logs, f"{i}.err")) for i in range(len(commands))]
+        running = []
+        try:
+            for command, (out, err) in zip(commands, outputs):
+                with out.open("w") as stdout, err.open("w") as stderr:  # the child keeps its own copies
+                    running.append(subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env))
+            deadline = time.monotonic() + timeout
+            while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in running):  # one failed: the others end soon, or hang
+                    deadline = min(deadline, time.monotonic() + grace)
+                time.sleep(0.2)
+            hung = [i for i, p in enumerate(running) if p.poll() is None]
+        finally:
+            for process in running:
+                if process.poll() is None:
+                    process.terminate()
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+        results = [subprocess.CompletedProcess(command, process.returncode, out.read_text(), err.read_text())
+                   for command, process, (out, err) in zip(commands, running, outputs)]
+    if hung:  # a hung rendezvous or collective: fail with what the ranks printed
+        raise AssertionError(f"launch {hung} hung:\n" + "\n".join(f"--- launch {i}:\n{printed(r)}"
+                                                                 for i, r in enumerate(results)))
+    return results
+
+
+def printed(result, size=4000) -> str:
+    """The end of what a launch printed to stderr, without progress bars."""
+    return "\n".join(line for line in result.stderr.splitlines() if "it/s]" not in line)[-size:]
+
+
+def launch_two_cpu_processes(script, *argv, check=True):
+    """`accelerate launch` of `script` with 2 CPU processes (gloo) on one machine, failing with what the ranks
+    printed (unless not `check`)."""
+    [result] = run_launches([accelerate_cpu_launch(script, argv, "--num_machines", "1", "--main_process_port",
+                                                   str(free_port()))])
+    assert result.returncode == 0 or not check, printed(result)
     return result
+
+
+def launch_two_cpu_machines(script, *argv, per_machine=((), ()), check=True):
+    """`accelerate launch` of `script` as two machines of one CPU process each, on localhost: one launch per
+    machine (`--machine_rank` 0 and 1, `per_machine[rank]` appended to `argv`), started together and failing with
+    what the machines printed (unless not `check`). Returns both CompletedProcesses, machine 0 first."""
+    port = str(free_port())
+    results = run_launches([accelerate_cpu_launch(script, [*argv, *per_machine[rank]], "--num_machines", "2",
+                                                  "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                                                  "--main_process_port", port) for rank in (0, 1)])
+    assert not check or all(r.returncode == 0 for r in results), "\n".join(
+        f"--- machine {rank} (rc {r.returncode}):\n{printed(r)}" for rank, r in enumerate(results))
+    return results

@@ -11,6 +11,10 @@ from datasets.distributed import split_dataset_by_node
 from ..utils import TrainingError
 from .arguments import DataArguments, RunArguments
 from .checkpoints import list_checkpoints
+from .workspace import agreed
+
+# What a process found in its micro-batch (or in a whole pass of its part); every process acts on the worst any found.
+USABLE, ALL_BAD, BAD_IMAGE, EMPTY_PART = range(4)
 
 
 class TrainingBatches:
@@ -36,9 +40,9 @@ class TrainingBatches:
             self.loader, self.steps_per_epoch = torch.utils.data.DataLoader(self.dataset, **loader), None
         else:
             loader = torch.utils.data.DataLoader(train, shuffle=True, drop_last=True, **loader)
-            if len(loader) == 0:
-                raise ValueError(f"{len(train)} training images are fewer than one batch of {run.train_batch_size}.")
             self.loader = accelerator.prepare(loader)
+            if len(self.loader) == 0:  # alike on every process: each gets as many batches
+                raise ValueError(self._too_few_message(len(train)))
             self.steps_per_epoch = math.ceil(len(loader) / run.gradient_accumulation_steps /
                                              accelerator.num_processes)
 
@@ -59,36 +63,59 @@ class TrainingBatches:
                 bad = batch.pop("bad_images")
                 self.bad_images.update(dict.fromkeys(bad))
                 rows = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
-                # Every process takes the same decision, or the others would wait for it forever.
-                worst = self.accelerator.gather(torch.tensor([2 if bad and not self.data.skip_bad_images else
-                                                              int(rows == 0)], device=self.accelerator.device))
-                if worst.max().item() == 2:
-                    raise ValueError(self._bad_message(bad))
-                if worst.max().item() == 1:  # every image of some process's batch was bad: all skip this micro-batch
+                found = BAD_IMAGE if bad and not self.data.skip_bad_images else ALL_BAD if rows == 0 else USABLE
+                if self._agree(found, bad) == ALL_BAD:  # every image of some process's batch was bad: all skip it
                     continue
                 usable += 1
                 yield send_to_device(batch, self.accelerator.device) if self.streaming else batch
             if start == 0 and usable == 0:  # a whole pass without one usable batch: another pass would not help
-                raise ValueError(self._empty_message())
+                self._agree(EMPTY_PART, [])  # raises, on every process
             self.epoch, self.position = self.epoch + 1, 0
+
+    def _agree(self, found: int, bad: list) -> int:
+        """The worst of what each process `found` in its micro-batch (or in its whole pass: EMPTY_PART), so that
+        every process takes the same decision: one that stopped alone would leave the others waiting forever. A
+        collective that pairs with the other processes' for their own micro-batch, wherever they are in their parts
+        (a stream's parts differ in length). A bad image or an empty part stops every process with the same one-line
+        message (that of the first process that found it)."""
+        worst = int(self.accelerator.gather(torch.tensor([found], device=self.accelerator.device)).max())
+        if worst < BAD_IMAGE:
+            return worst
+        mine = None if found != worst else self._bad_message(bad) if worst == BAD_IMAGE else self._empty_message()
+        raise agreed(self.accelerator, ValueError(next(message for message in gather_object([mine]) if message)))
 
     def _bad_message(self, bad: list) -> str:
         found = list_checkpoints(self.run.output_dir)
         then = (f"then continue from {found[-1].name} with --resume_from_checkpoint latest" if found else
                 "then start the run again")
-        where = (f"Bad training image: {bad[0]}." if bad else
-                 "Another process met a bad training image (see its message).")
-        return (f"{where} Fix or remove it, or pass --skip_bad_images to skip such images (counted and listed), "
-                f"{then}.")
+        return (f"Bad training image: {bad[0]}. Fix or remove it, or pass --skip_bad_images to skip such images "
+                f"(counted and listed), {then}.")
 
     def _empty_message(self) -> str:
-        what = f"fewer than one batch of {self.run.train_batch_size} images"
+        """Why a pass of this process's part read no usable batch, and what to do (one line)."""
+        data, processes = self.data, self.accelerator.num_processes
+        whose = f"'s part for process {self.accelerator.process_index} of {processes}" if processes > 1 else ""
+        what = (f"no usable image: {len(self.bad_images)} bad ones were skipped, e.g. {next(iter(self.bad_images))}"
+                if self.bad_images else "no image")
+        held = self.streaming and not data.eval_split
+        if held:
+            what += f" once the first {data.max_eval_samples} (--max_eval_samples) are held out"
+        if self.streaming and processes > 1:
+            advice = ("Use fewer processes, more data files or images (a stream is split between processes by whole "
+                      "files when their number divides by the process count, else image by image), or leave out "
+                      "--streaming")
+        else:
+            advice = "Add images" + (" or lower --max_eval_samples" if held else "")
         if self.bad_images:
-            what = f"no usable image: {len(self.bad_images)} bad ones were skipped, e.g. {next(iter(self.bad_images))}"
-        held = " after the first --max_eval_samples held out" if self.streaming and not self.data.eval_split else ""
-        part = (f" in this process's part (process {self.accelerator.process_index} of "
-                f"{self.accelerator.num_processes}; use fewer processes)" if self.accelerator.num_processes > 1 else "")
-        return f"The training data holds {what}{held}{part}."
+            advice = f"Fix or replace the bad images, or: {advice[0].lower()}{advice[1:]}"
+        return f"The training {'stream' if self.streaming else 'data'}{whose} holds {what}. {advice}."
+
+    def _too_few_message(self, images: int) -> str:
+        processes, size = self.accelerator.num_processes, self.run.train_batch_size
+        if processes == 1:
+            return f"{images} training images are fewer than one batch of {size}."
+        return (f"{images} training images are fewer than one batch of {size} for each of the {processes} processes "
+                "(--train_batch_size is per process): use fewer processes or a smaller --train_batch_size.")
 
     def state(self) -> dict:
         """Where every process is (pass, micro-batches read in it) and the bad images met so far (a collective:

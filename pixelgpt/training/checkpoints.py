@@ -67,6 +67,7 @@ def save_checkpoint(accelerator, run: RunArguments, step, ema, settings: dict, d
             raise TrainingError(f"{final} already exists; this run would overwrite it. Nothing was changed.")
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's files (its RNG state) are in before the folder is renamed
     if accelerator.is_main_process:
         if ema is not None:
             # The whole AveragedModel state: weights and `n_averaged` (0 would make the next update a copy).

@@ -34,7 +34,15 @@ from .checkpoints import (
     weights_are_finite,
 )
 from .data import check_images, load_splits, write_skipped
-from .workspace import LOCK_NAME, all_ranks, check_output_dir, on_main_process, output_dir_lock
+from .workspace import (
+    LOCK_NAME,
+    agreed,
+    all_ranks,
+    check_output_dir,
+    check_shared_output_dir,
+    on_main_process,
+    output_dir_lock,
+)
 
 logger = get_logger(__name__)
 # Arguments that never reach a tracker, a log, a card or a file.
@@ -42,8 +50,9 @@ SECRET_ARGS = ("hub_token",)
 
 
 def launch(run: RunArguments, body):
-    """Start accelerate, secure `--output_dir` (writable, locked for this run, unfinished checkpoints removed), then
-    `body(accelerator, started)`: the start of both trainers."""
+    """Start accelerate, secure `--output_dir` (writable, locked for this run, unfinished checkpoints removed, the
+    same folder for every process of every machine), then `body(accelerator, started)`: the start of both
+    trainers."""
     started = time.time()
     accelerator = Accelerator(
         gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -63,6 +72,7 @@ def launch(run: RunArguments, body):
             remove_partial_checkpoints(run.output_dir)
 
         on_main_process(accelerator, secure_output_dir)  # before any data is read
+        check_shared_output_dir(accelerator, run.output_dir)  # several machines write one folder
         return body(accelerator, started)
 
 
@@ -86,8 +96,10 @@ def schedule(run: RunArguments, accelerator, optimizer, steps_per_epoch: int | N
 def optimizer_step(accelerator, run: RunArguments, model, loss, optimizer, scheduler, step: int) -> None:
     """Backward, clip and step (inside `accelerator.accumulate`), after stopping at the first non-finite loss,
     before it reaches the weights (every process agrees)."""
-    if not all_ranks(accelerator, bool(torch.isfinite(loss.detach()))):
-        raise TrainingError(diverged_message(run, step, f"the loss is {loss.item()}"))
+    losses = accelerator.gather(loss.detach().float().reshape(1)).tolist()  # every process's, in the same message
+    if not all(map(math.isfinite, losses)):
+        worst = next(value for value in losses if not math.isfinite(value))
+        raise agreed(accelerator, TrainingError(diverged_message(run, step, f"the loss is {worst}")))
     accelerator.backward(loss)
     if accelerator.sync_gradients and run.max_grad_norm > 0:
         accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
@@ -208,31 +220,31 @@ class Trainer:
         progress = tqdm(total=self.max_steps, initial=self.step, desc=self.description,
                         disable=not accelerator.is_local_main_process)
         self.model.train()
-        for batch in self.batches if self.step < self.max_steps else ():
-            with accelerator.accumulate(*self.models):
-                loss = self.loss(batch, self.step)
-                optimizer_step(accelerator, run, self.model, loss, self.optimizer, self.scheduler, self.step + 1)
-                self.after_step(self.step)
-            if not accelerator.sync_gradients:
-                continue
-            self.step += 1
-            step = self.step
-            if self.ema is not None:
-                self.ema.update_parameters(accelerator.unwrap_model(self.model))
-            postfix, logged = self.shown(loss)
-            progress.update(1)
-            progress.set_postfix(**postfix)
-            if step % run.logging_steps == 0:
-                accelerator.log(dict(logged, **{"train/lr": self.scheduler.get_last_lr()[0]}), step=step)
-            if step % run.checkpointing_steps == 0:
-                save_checkpoint(accelerator, run, step, self.ema, self.settings, self.batches.state())
-            if step % run.eval_steps == 0 and step < self.max_steps:
-                self.evaluate(step)
-            if step % run.sample_steps == 0 and step < self.max_steps and accelerator.is_main_process:
-                self.save_grid(step)
-            if step >= self.max_steps:
-                break
-        progress.close()
+        with progress:  # closed, its line ended, also when the run stops: a message then starts its own line
+            for batch in self.batches if self.step < self.max_steps else ():
+                with accelerator.accumulate(*self.models):
+                    loss = self.loss(batch, self.step)
+                    optimizer_step(accelerator, run, self.model, loss, self.optimizer, self.scheduler, self.step + 1)
+                    self.after_step(self.step)
+                if not accelerator.sync_gradients:
+                    continue
+                self.step += 1
+                step = self.step
+                if self.ema is not None:
+                    self.ema.update_parameters(accelerator.unwrap_model(self.model))
+                postfix, logged = self.shown(loss)
+                progress.update(1)
+                progress.set_postfix(**postfix)
+                if step % run.logging_steps == 0:
+                    accelerator.log(dict(logged, **{"train/lr": self.scheduler.get_last_lr()[0]}), step=step)
+                if step % run.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, run, step, self.ema, self.settings, self.batches.state())
+                if step % run.eval_steps == 0 and step < self.max_steps:
+                    self.evaluate(step)
+                if step % run.sample_steps == 0 and step < self.max_steps and accelerator.is_main_process:
+                    self.save_grid(step)
+                if step >= self.max_steps:
+                    break
 
     def save_grid(self, step: int):
         """The current model's grid, saved as samples/step-<step>.png and shown to the trackers."""
@@ -261,7 +273,8 @@ class Trainer:
         if self.ema is not None:
             final_model.load_state_dict(self.ema.module.state_dict())
         if not all_ranks(accelerator, weights_are_finite(final_model)):
-            raise TrainingError(diverged_message(run, self.step, "the final weights hold NaN or infinite values"))
+            raise agreed(accelerator, TrainingError(diverged_message(run, self.step, "the final weights hold NaN or "
+                                                                                   "infinite values")))
         state_dict = accelerator.get_state_dict(self.model)  # collective: gathers shards under FSDP / DeepSpeed
         figures = self.evaluate(self.step, final=True)
         if accelerator.is_main_process:

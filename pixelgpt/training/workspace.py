@@ -4,13 +4,16 @@ every process must take alike (one that stops alone would leave the others waiti
 import json
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list
 
 from ..utils import TrainingError
 
@@ -24,8 +27,17 @@ def all_ranks(accelerator, flag: bool) -> bool:
     return bool(flags.all())
 
 
+def agreed(accelerator, error: Exception) -> Exception:
+    """`error`, which every process raises alike (they agreed to stop), made sure to reach each one's output. torchrun
+    stops the other processes (SIGTERM) as soon as the first one exits, which could cut a slower one off before it
+    prints its line: from here on this process ignores SIGTERM, and ends by itself moments later."""
+    if accelerator.num_processes > 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return error
+
+
 def on_main_process(accelerator, action) -> None:
-    """Run `action` on the main process; if it raises a TrainingError, every process raises, so that none waits
+    """Run `action` on the main process; if it raises a TrainingError, every process raises it, so that none waits
     forever for a main process that stopped."""
     refusal = None
     if accelerator.is_main_process:
@@ -34,7 +46,8 @@ def on_main_process(accelerator, action) -> None:
         except TrainingError as err:
             refusal = err
     if not all_ranks(accelerator, refusal is None):
-        raise refusal or TrainingError("The main process stopped the run (see its message).")
+        [message] = broadcast_object_list([str(refusal) if refusal else None])
+        raise agreed(accelerator, refusal or TrainingError(message))
 
 
 @contextmanager
@@ -69,6 +82,40 @@ def output_dir_lock(output_dir):
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def check_shared_output_dir(accelerator, output_dir, wait: float = 5.0) -> None:
+    """With several processes, every one must see the lock the main process holds in `output_dir`: each writes its
+    part of a checkpoint there (accelerate's `random_states_<process>.pkl`) and reads it back on resuming, so
+    machines that each have their own folder (not one shared filesystem) would save incomplete checkpoints. A
+    process that does not see it looks again for `wait` seconds (a network filesystem may show a new file late);
+    then every process refuses the run alike."""
+    if accelerator.num_processes == 1:
+        return
+    path = Path(output_dir, LOCK_NAME)
+    [owner] = broadcast_object_list([path.read_text() if accelerator.is_main_process else None])
+    deadline = time.monotonic() + wait
+    while not (seen := _read(path) == owner) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    flags = accelerator.gather(torch.tensor([seen], device=accelerator.device)).tolist()
+    if all(flags):
+        return
+    blind = [str(rank) for rank, flag in enumerate(flags) if not flag]
+    who = f"process {blind[0]} of {len(flags)} does" if len(blind) == 1 else \
+        f"processes {', '.join(blind)} of {len(flags)} do"
+    owner = json.loads(owner)
+    raise agreed(accelerator, TrainingError(
+        f"--output_dir {output_dir} is not one folder shared by every machine: {who} not see the lock the main "
+        f"process (pid {owner['pid']} on {owner['host']}) holds there. Every process writes its part of each "
+        "checkpoint into --output_dir and reads it back to resume: give every machine the same path on a filesystem "
+        "they all share. Nothing was trained."))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _pid_alive(pid) -> bool:

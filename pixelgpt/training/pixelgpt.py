@@ -174,7 +174,8 @@ class PixelGPTTrainer(Trainer):
             fit_palette(processor, train, args)
         encode_bad = []
         if tokenizer is not None and not data.streaming:  # encoded once, not at every pass (a stream as it is read)
-            with accelerator.main_process_first():  # the main process encodes and caches; the others read it
+            # Each machine's main process encodes and caches (on its own disk); that machine's others read it.
+            with accelerator.local_main_process_first():
                 train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, data, model_args.task, "train")
 
         config = self.config = build_config(args, processor, tokenizer, num_classes, class_names)

@@ -19,7 +19,7 @@ from .arguments import TokenizerTrainingArguments
 from .checkpoints import diverged_message
 from .data import read_image
 from .loop import Trainer, adamw, launch
-from .workspace import all_ranks
+from .workspace import agreed, all_ranks
 
 logger = get_logger(__name__)
 
@@ -164,8 +164,9 @@ class TokenizerTrainer(Trainer):
     def evaluate(self, step: int, final: bool = False) -> dict:
         figures = evaluate(self.model, self.eval_loader, self.accelerator)
         if figures is None:
-            raise TrainingError(diverged_message(self.run, step, "the held-out reconstructions hold NaN or infinite "
-                                                 "values (the weights are finite but too large)"))
+            raise agreed(self.accelerator, TrainingError(diverged_message(
+                self.run, step, "the held-out reconstructions hold NaN or infinite values (the weights are finite but "
+                "too large)")))
         self.log_figures(step, figures, f"held-out PSNR {figures['psnr']:.2f} dB (same-budget bicubic "
                          f"{figures['bicubic_psnr']:.2f} dB), codebook usage {figures['codebook_usage']:.1%}", final)
         return figures

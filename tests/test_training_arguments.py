@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pixelgpt import PixelGPTConfig, PixelGPTVQVAEConfig, training
-from pixelgpt.training.arguments import TOKENIZER_SKIPPED_DATA
+from pixelgpt.training.arguments import SHARED_IMAGE_FLAGS, TOKENIZER_SKIPPED_DATA
 
 from conftest import parse_error
 
@@ -33,8 +33,10 @@ def test_every_flag_is_a_field_of_one_part_and_every_field_a_flag():
     flags = {a.dest for a in training.build_parser()._actions} - {"help"}
     parts = [f.type for f in dataclasses.fields(training.TrainingArguments)]
     assert flags == field_names(*parts)
-    # The parts name different things: flattened, no flag hides another.
-    assert len(training.parse_args([]).flat()) == sum(len(dataclasses.fields(cls)) for cls in parts)
+    # The parts name different things (but the image flags, which stage one of --tokenizer train shares with the
+    # processor): flattened, no flag hides another.
+    assert len(training.parse_args([]).flat()) == sum(len(dataclasses.fields(cls)) for cls in parts) - len(
+        SHARED_IMAGE_FLAGS)
     tokenizer_flags = {a.dest for a in training.build_tokenizer_parser()._actions} - {"help"}
     tokenizer_parts = [f.type for f in dataclasses.fields(training.TokenizerTrainingArguments)]
     assert tokenizer_flags == field_names(*tokenizer_parts) - set(TOKENIZER_SKIPPED_DATA)
@@ -184,3 +186,16 @@ def test_a_part_built_in_python_is_checked_with_a_value_error(part, message):
     with pytest.raises(ValueError) as info:
         part.resolve() if hasattr(part, "resolve") else part.check()
     assert message in str(info.value)
+
+
+def test_tokenizer_train_settles_stage_one_from_the_image_flags():
+    both = training.parse_args(["--tokenizer", "train", "--resolution", "16", "--downsample_factor", "8",
+                                "--tokenizer_steps", "5"])
+    assert both.trains_tokenizer and both.image.tokenizer_steps == 5
+    assert (both.tokenizer.resolution, both.tokenizer.downsample_factor) == (16, 8)
+    assert training.parse_args(["--tokenizer", "train"]).tokenizer.resolution == 28  # the built-in images' side
+    assert "--resolution must be in [8, 1024] and a multiple of --downsample_factor (8)" in parse_error(
+        training.parse_args, ["--tokenizer", "train", "--resolution", "20", "--downsample_factor", "8"])
+    assert "--tokenizer train with --streaming needs --tokenizer_steps" in parse_error(
+        training.parse_args, ["--tokenizer", "train", "--streaming", "--max_train_steps", "9"])
+    assert "--tokenizer_steps is for --tokenizer train" in parse_error(training.parse_args, ["--tokenizer_steps", "3"])

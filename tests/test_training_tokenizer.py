@@ -5,6 +5,7 @@ test_training_arguments.py, its resume settings in test_training_checkpoints.py.
 
 import json
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -15,11 +16,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from training_helpers import (
     assert_pushed,
+    assert_same_weights,
     crash_after_saving,
     fake_hub,
     fresh_accelerate_state,
     launch_two_cpu_processes,
     reset_accelerate,
+    weights,
 )
 from transformers import AutoImageProcessor, AutoModel
 
@@ -208,3 +211,62 @@ def test_weights_too_large_to_reconstruct_are_a_divergence_not_an_index_error(tm
     # evaluation met them as NaN codes and indexed out of bounds.
     with pytest.raises(TrainingError, match=r"Training diverged at step 1: the held-out reconstructions hold NaN"):
         train_tokenizer(tmp_path, folder, "--learning_rate", "1e6", "--max_train_steps", "1")
+
+
+# ------------------------------------------------------------------------------------------ both stages in one run
+BOTH = ["--tokenizer", "train", "--tokenizer_steps", "4", "--base_channels", "8", "--fsq_levels", "3", "3", "3",
+        "--resolution", "16", "--class_conditional", "--max_train_steps", "4", "--checkpointing_steps", "2",
+        "--checkpoints_total_limit", "5"]
+
+
+def train_both(tmp_path, folder, *extra, name="both"):
+    reset_accelerate()
+    training.main(training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / name),
+                                       *GPT_TINY, *BOTH, *extra]))
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory, folder):
+    return train_both(tmp_path_factory.mktemp("both"), folder)
+
+
+def test_one_run_trains_the_tokenizer_then_the_model_that_carries_it(both):
+    tokenizer = AutoModel.from_pretrained(both / "tokenizer")
+    assert json.loads((both / "tokenizer" / "eval_results.json").read_text())["steps"] == 4
+    model = AutoModel.from_pretrained(both)
+    assert model.config.tokenizer_config.codebook_size == 27 and model.config.image_size == 4  # 16 / 4
+    carried = model.image_tokenizer.state_dict()
+    assert all(torch.equal(carried[k], v) for k, v in tokenizer.state_dict().items())
+    images = model.generate_images(1, class_labels=[0, 1], generator=torch.Generator().manual_seed(0),
+                                   show_progress=False)
+    assert [image.size for image in images] == [(16, 16)] * 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["inside stage one", "at the boundary", "inside stage two"])
+def test_a_kill_anywhere_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, folder, both, where):
+    if where == "at the boundary":  # stage one finished and saved; stage two never started
+        crash = mock.patch.object(training.pixelgpt.PixelGPTTrainer, "__init__", side_effect=Interrupted)
+    else:
+        stage = "tokenizer" if where == "inside stage one" else "both"
+
+        def save_then_crash(accelerator, run, step, *args, original=loop.save_checkpoint):
+            path = original(accelerator, run, step, *args)
+            if Path(run.output_dir).name == stage:
+                raise Interrupted(f"after {path}")
+            return path
+
+        crash = mock.patch.object(loop, "save_checkpoint", save_then_crash)
+    with crash, pytest.raises(Interrupted):
+        train_both(tmp_path, folder)
+    saved = tmp_path / "both" / "tokenizer" / "model.safetensors"
+    finished = saved.stat().st_mtime_ns if where != "inside stage one" else None
+    train_both(tmp_path, folder, "--resume_from_checkpoint", "latest")
+    if finished is not None:  # a finished stage one is never trained (nor saved) again
+        assert saved.stat().st_mtime_ns == finished
+    assert_same_weights(weights(tmp_path / "both" / "tokenizer"), weights(both / "tokenizer"))
+    assert_same_weights(weights(tmp_path / "both"), weights(both))

@@ -225,6 +225,7 @@ class RunArguments:
 
 
 PROCESSOR = "image processor"
+TOKENIZER_EPOCHS = 4  # stage one of --tokenizer train, when --tokenizer_steps is not given
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,12 @@ class ImageArguments:
                                  "its token grid instead of pixels (images are encoded once, before training; the "
                                  "saved model carries the tokenizer). --resolution defaults to the tokenizer's; "
                                  "--quantization and --num_levels are unused; condition images (colorize, upscale, "
-                                 "translate) stay pixels.", PROCESSOR)
+                                 "translate) stay pixels. 'train': train one on the same images first, in this run "
+                                 "(stage one, into <output_dir>/tokenizer; the 'tokenizer' flags below), then the "
+                                 "model on its tokens.", PROCESSOR)
+    tokenizer_steps: int | None = flag(None, "With --tokenizer train: optimizer steps of stage one (default: "
+                                       f"{TOKENIZER_EPOCHS} passes over the training images; needed with "
+                                       "--streaming).", PROCESSOR)
 
     def check(self) -> None:
         if self.quantization == "palette" and not self.fit_palette:
@@ -392,8 +398,12 @@ class Arguments:
     trackers and cards), and check every part."""
 
     def flat(self) -> dict:
-        return {k: v for part in dataclasses.fields(self) for k, v in dataclasses.asdict(getattr(self, part.name))
-                .items()}
+        """Every field of every part by name; a name two parts share (the images' resolution) is the first one's."""
+        values = {}
+        for part in dataclasses.fields(self):
+            for name, value in dataclasses.asdict(getattr(self, part.name)).items():
+                values.setdefault(name, value)
+        return values
 
 
 @dataclass(frozen=True)
@@ -404,6 +414,11 @@ class TrainingArguments(Arguments):
     run: RunArguments = field(default_factory=RunArguments)
     image: ImageArguments = field(default_factory=ImageArguments)
     model: ModelArguments = field(default_factory=ModelArguments)
+    tokenizer: TokenizerArguments = field(default_factory=TokenizerArguments)  # stage one of --tokenizer train
+
+    @property
+    def trains_tokenizer(self) -> bool:
+        return self.image.tokenizer == TRAIN_TOKENIZER
 
     def resolve(self) -> "TrainingArguments":
         """Check every part, then settle the values that follow from others; returns the resolved arguments."""
@@ -422,13 +437,23 @@ class TrainingArguments(Arguments):
         if image.fit_palette:
             image = dataclasses.replace(image, quantization="palette")
         if image.resolution is None:
-            if image.tokenizer and model.is_conditional:
+            if image.tokenizer and not self.trains_tokenizer and model.is_conditional:
                 raise ValueError(f"--task {model.task} with --tokenizer needs --resolution (the images' side in "
                                  "pixels), from which --condition_size defaults")
-            resolution = tokenizer_config(image.tokenizer).image_size if image.tokenizer else (
-                28 if data.is_default else 32)
+            resolution = tokenizer_config(image.tokenizer).image_size if image.tokenizer and not \
+                self.trains_tokenizer else (28 if data.is_default else 32)
             image = dataclasses.replace(image, resolution=resolution)
-        if image.tokenizer:
+        # Stage one of --tokenizer train reads the images as stage two does (its image flags are the processor's).
+        tokenizer = dataclasses.replace(self.tokenizer, resolution=image.resolution, resize_mode=image.resize_mode,
+                                        resample=image.resample)
+        if self.trains_tokenizer:
+            tokenizer.check()
+            if data.streaming and image.tokenizer_steps is None:
+                raise ValueError("--tokenizer train with --streaming needs --tokenizer_steps (a stream has no known "
+                                 "length, so passes cannot set stage one's steps)")
+        elif image.tokenizer_steps is not None:
+            raise ValueError("--tokenizer_steps is for --tokenizer train")
+        if image.tokenizer and not self.trains_tokenizer:
             factor = tokenizer_config(image.tokenizer).downsample_factor
             if image.resolution % factor:
                 raise ValueError(f"--resolution {image.resolution} must be a multiple of the tokenizer's "
@@ -443,7 +468,7 @@ class TrainingArguments(Arguments):
                                             image.resolution)
             model = dataclasses.replace(model, condition_quantization=quantization, condition_size=size)
             model.check()
-        return dataclasses.replace(self, data=data, image=image, model=model)
+        return dataclasses.replace(self, data=data, image=image, model=model, tokenizer=tokenizer)
 
 
 @dataclass(frozen=True)
@@ -464,15 +489,19 @@ class TokenizerTrainingArguments(Arguments):
         return dataclasses.replace(self, tokenizer=tokenizer)
 
 
+# With --tokenizer train, stage one reads the images with the image processor's flags.
+SHARED_IMAGE_FLAGS = ("resolution", "resize_mode", "resample")
+TRAIN_TOKENIZER = "train"
 # The pair-reading flags mean nothing to a tokenizer, which reads single images.
 TOKENIZER_SKIPPED_DATA = ("label_column", "source_column", "source_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = {}
+    groups = {TOKENIZER: p.add_argument_group("tokenizer: stage one of --tokenizer train")}
     for cls in (DataArguments, ImageArguments, ModelArguments, RunArguments):
         add_arguments(p, cls, groups)
+    add_arguments(p, TokenizerArguments, groups, skip=SHARED_IMAGE_FLAGS)
     return p
 
 

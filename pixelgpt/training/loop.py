@@ -116,8 +116,8 @@ def push_folder(run: RunArguments, out: Path, message: str) -> None:
     repo_id = api.create_repo(run.hub_model_id or out.resolve().name, private=run.hub_private_repo,
                               exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=message,
-                      # the lock names this machine and is still held here
-                      ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME])
+                      # the lock names this machine and is still held here; the model carries stage one's tokenizer
+                      ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME, "tokenizer/*"])
     logger.info(f"Pushed to https://huggingface.co/{repo_id}")
 
 
@@ -138,8 +138,10 @@ class Trainer:
     grid_name = "samples.png"  # the final grid, in the output folder
     resume_settings: tuple = ()  # the trainer's own settings a checkpoint records (with the data's)
 
-    def __init__(self, args, accelerator, started: float):
+    def __init__(self, args, accelerator, started: float, stage: str | None = None):
         self.args, self.run, self.accelerator, self.started = args, args.run, accelerator, started
+        if stage:  # one of several in this run: the progress bar says which
+            self.description = f"Stage {stage}: {self.description.lower()}"
         set_seed(self.run.seed)
         self.ema, self.step = None, 0
 
@@ -198,8 +200,9 @@ class Trainer:
         pass
 
     # ------------------------------------------------------------------------------------------------- the loop
-    def train(self):
-        """Train to the last step, then save the folder; returns the final held-out figures."""
+    def train(self, last_stage: bool = True):
+        """Train to the last step, then save the folder; returns the final held-out figures. A stage that another
+        follows in the same run (`last_stage=False`) leaves accelerate's trackers and processes up for it."""
         try:
             self.loop()
             return self.finish()
@@ -210,7 +213,8 @@ class Trainer:
                 self.__dict__.pop(name, None)
             self.release()
             self.accelerator.free_memory()
-            self.accelerator.end_training()
+            if last_stage:
+                self.accelerator.end_training()
 
     def release(self) -> None:
         """Drop what a subclass holds of prepared objects (see `train`)."""

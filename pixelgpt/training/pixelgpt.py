@@ -2,9 +2,11 @@
 and model, the task's loss (k-ahead, random orders, conditions, class dropout), held-out bits, sample grids and card.
 The loop, checkpoints and saving are `loop.Trainer`'s."""
 
+import dataclasses
 import itertools
 import math
 import time
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -15,8 +17,8 @@ from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
 from ..modeling.layouts_pixelgpt import task_inputs
 from ..processing import PixelGPTImageProcessor
 from ..utils import make_image_grid, open_image
-from .arguments import TrainingArguments
-from .checkpoints import recorded_settings
+from .arguments import TOKENIZER_EPOCHS, TokenizerTrainingArguments, TrainingArguments
+from .checkpoints import list_checkpoints, recorded_settings, remove_partial_checkpoints
 from .data import (
     encode_with_tokenizer,
     load_tokenizer,
@@ -26,6 +28,7 @@ from .data import (
     tokenizer_digest,
 )
 from .loop import Trainer, launch
+from .tokenizer import TokenizerTrainer
 
 logger = get_logger(__name__)
 
@@ -158,8 +161,8 @@ def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int
 class PixelGPTTrainer(Trainer):
     """Trains a PixelGPT (on pixels, or on the token grid of a carried image tokenizer) for its task."""
 
-    def __init__(self, args: TrainingArguments, accelerator, started: float):
-        super().__init__(args, accelerator, started)
+    def __init__(self, args: TrainingArguments, accelerator, started: float, stage: str | None = None):
+        super().__init__(args, accelerator, started, stage)
         data, image, model_args = args.data, args.image, args.model
         tokenizer = load_tokenizer(image.tokenizer) if image.tokenizer else None
         self.find_resume(run_settings(args, tokenizer))
@@ -256,7 +259,41 @@ class PixelGPTTrainer(Trainer):
                          bits_name=self.bits_name, num_train_images=self.num_train_images)
 
 
+def tokenizer_stage(args: TrainingArguments) -> TokenizerTrainingArguments:
+    """Stage one of `--tokenizer train`: a tokenizer trained on the run's images into <output_dir>/tokenizer, with
+    the run's data, optimisation and cadence, its own steps (--tokenizer_steps, or TOKENIZER_EPOCHS passes), and no
+    push (the model carries it). A resumed run resumes a stage one that has checkpoints and starts one that has none."""
+    run, folder = args.run, Path(args.run.output_dir, "tokenizer")
+    resume = run.resume_from_checkpoint and list_checkpoints(folder) and "latest"
+    stage = dataclasses.replace(run, output_dir=str(folder), max_train_steps=args.image.tokenizer_steps,
+                                num_epochs=TOKENIZER_EPOCHS, resume_from_checkpoint=resume or None, push_to_hub=False,
+                                hub_model_id=None)
+    return TokenizerTrainingArguments(data=args.data, run=stage, tokenizer=args.tokenizer)
+
+
+def two_stages(args: TrainingArguments, accelerator, started: float) -> dict:
+    """`--tokenizer train`: stage one (skipped once its folder holds a finished tokenizer: a model and its card),
+    then stage two on its tokens, in one accelerate run."""
+    stage_one = tokenizer_stage(args)
+    folder = Path(stage_one.run.output_dir)
+    if not ((folder / "model.safetensors").is_file() and (folder / "README.md").is_file()):
+        if accelerator.is_main_process:
+            remove_partial_checkpoints(folder)
+        TokenizerTrainer(stage_one, accelerator, started, stage="1/2").train(last_stage=False)
+    elif accelerator.is_main_process:
+        logger.info(f"Stage 1/2 is done ({folder.name}/ holds the trained tokenizer): going on with stage 2/2.")
+    run = args.run
+    if run.resume_from_checkpoint and not list_checkpoints(run.output_dir):  # stage two has not saved yet
+        run = dataclasses.replace(run, resume_from_checkpoint=None)
+    stage_two = dataclasses.replace(args, run=run, image=dataclasses.replace(args.image, tokenizer=str(folder)))
+    return PixelGPTTrainer(stage_two, accelerator, started, stage="2/2").train()
+
+
 def main(args: TrainingArguments) -> float:
-    """Train a PixelGPT as `args` say (from `parse_args`); returns the final held-out bits per token (or dim)."""
-    figures = launch(args.run, lambda accelerator, started: PixelGPTTrainer(args, accelerator, started).train())
+    """Train a PixelGPT as `args` say (from `parse_args`), in two stages with `--tokenizer train`; returns the final
+    held-out bits per token (or dim)."""
+    if args.trains_tokenizer:
+        figures = launch(args.run, lambda accelerator, started: two_stages(args, accelerator, started))
+    else:
+        figures = launch(args.run, lambda accelerator, started: PixelGPTTrainer(args, accelerator, started).train())
     return next(iter(figures.values()))

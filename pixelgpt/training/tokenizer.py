@@ -97,8 +97,8 @@ class TokenizerTrainer(Trainer):
     grid_name = "reconstructions.png"
     resume_settings = RESUME_SETTINGS
 
-    def __init__(self, args: TokenizerTrainingArguments, accelerator, started: float):
-        super().__init__(args, accelerator, started)
+    def __init__(self, args: TokenizerTrainingArguments, accelerator, started: float, stage: str | None = None):
+        super().__init__(args, accelerator, started, stage)
         tok, data = args.tokenizer, args.data
         self.find_resume()
         processor = self.processor = PixelGPTImageProcessor(quantization="rgb8", image_size=tok.resolution,

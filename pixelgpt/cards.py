@@ -43,8 +43,8 @@ images[0].save("sample.png")
 | metric | held-out value | untrained model |
 |---|---|---|
 | {{ bits_name }} | {{ bits }} | {{ untrained_bits }} |
-{% if parallel_row %}{{ parallel_row }}
-{% endif %}
+{% for row in extra_rows %}{{ row }}
+{% endfor %}
 {{ bits_note }}
 
 ## Training
@@ -166,12 +166,20 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
     k, words = config.parallel_tokens, bits_name.replace("_", " ")
     figures = [(bits_name, f"held-out {words}", bits),  # (metric type, name, value): each one the run measured
                ("untrained_" + bits_name, f"held-out {words} of the untrained model (baseline)", untrained)]
-    parallel_row = None
+    extra_rows = []
     if k > 1:
         figures.append((f"{bits_name}_{k}_ahead", f"held-out {words}, {k}-ahead prediction",
                         metrics.get(f"{bits_name}_{k}_ahead")))
-        parallel_row = (f"| {bits_name}, {k}-ahead (`generate_images(tokens_per_step={k})`: {k}x fewer passes) | "
-                        f"{metrics[f'{bits_name}_{k}_ahead']:.4f} | |")
+        extra_rows.append(f"| {bits_name}, {k}-ahead (`generate_images(tokens_per_step={k})`: {k}x fewer passes) | "
+                          f"{metrics[f'{bits_name}_{k}_ahead']:.4f} | |")
+    if "tokenizer_psnr" in metrics:  # stage one of the same run (--tokenizer train)
+        grid_side = config.image_size
+        figures += [("tokenizer_psnr", "held-out reconstruction PSNR (dB) of the tokenizer", metrics["tokenizer_psnr"]),
+                    ("tokenizer_bicubic_psnr", f"held-out PSNR (dB) of bicubic from {grid_side}x{grid_side} RGB "
+                                               "(the tokenizer's same-budget baseline)",
+                     metrics["tokenizer_bicubic_psnr"])]
+        extra_rows.append(f"| tokenizer (stage one): reconstruction PSNR, dB | {metrics['tokenizer_psnr']:.2f} | "
+                          f"bicubic from {grid_side}x{grid_side} RGB: {metrics['tokenizer_bicubic_psnr']:.2f} |")
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="unconditional-image-generation",
         tags=["pixelgpt", "image-generation", "autoregressive", "custom_code"],
@@ -192,7 +200,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                    "published results)." if bits_name == "bits_per_dim" else
                    "Bits per token: mean negative log-likelihood of the quantized tokens, in bits; it depends on the "
                    "quantization and is not comparable with 8-bit bits/dim."),
-        hyperparameters=hyperparameters(args, config, processor, metrics), parallel_row=parallel_row,
+        hyperparameters=hyperparameters(args, config, processor, metrics), extra_rows=extra_rows,
     )
     card.save(folder / "README.md")
     return card

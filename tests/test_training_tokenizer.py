@@ -241,6 +241,14 @@ def test_one_run_trains_the_tokenizer_then_the_model_that_carries_it(both):
     images = model.generate_images(1, class_labels=[0, 1], generator=torch.Generator().manual_seed(0),
                                    show_progress=False)
     assert [image.size for image in images] == [(16, 16)] * 2
+    # One card describes both stages: the tokenizer's held-out figures beside the model's, in text and YAML.
+    results = json.loads((both / "eval_results.json").read_text())
+    stage_one = json.loads((both / "tokenizer" / "eval_results.json").read_text())
+    assert results["tokenizer_psnr"] == stage_one["psnr"] and results["tokenizer_steps"] == 4
+    card = ModelCard.load(both / "README.md")
+    assert f"| tokenizer (stage one): reconstruction PSNR, dB | {stage_one['psnr']:.2f} |" in card.text
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["tokenizer_psnr"] == round(
+        stage_one["psnr"], 4)
 
 
 class Interrupted(Exception):

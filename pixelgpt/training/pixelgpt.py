@@ -4,6 +4,7 @@ The loop, checkpoints and saving are `loop.Trainer`'s."""
 
 import dataclasses
 import itertools
+import json
 import math
 import time
 from pathlib import Path
@@ -161,8 +162,10 @@ def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int
 class PixelGPTTrainer(Trainer):
     """Trains a PixelGPT (on pixels, or on the token grid of a carried image tokenizer) for its task."""
 
-    def __init__(self, args: TrainingArguments, accelerator, started: float, stage: str | None = None):
+    def __init__(self, args: TrainingArguments, accelerator, started: float, stage: str | None = None,
+                 stage_one: Path | None = None):
         super().__init__(args, accelerator, started, stage)
+        self.stage_one = stage_one  # the folder of a tokenizer trained earlier in this run
         data, image, model_args = args.data, args.image, args.model
         tokenizer = load_tokenizer(image.tokenizer) if image.tokenizer else None
         self.find_resume(run_settings(args, tokenizer))
@@ -251,7 +254,12 @@ class PixelGPTTrainer(Trainer):
 
     def final_metrics(self, figures: dict) -> dict:
         metrics = {self.bits_name: figures[self.bits_name], "untrained_" + self.bits_name: self.untrained_bits}
-        return dict(metrics, **{k: v for k, v in figures.items() if k not in metrics})
+        metrics.update({k: v for k, v in figures.items() if k not in metrics})
+        if self.stage_one is not None:  # --tokenizer train: the tokenizer's figures, from its own results
+            tokenizer = json.loads((self.stage_one / "eval_results.json").read_text())
+            metrics.update({f"tokenizer_{k}": tokenizer[k] for k in ("psnr", "bicubic_psnr", "codebook_usage",
+                                                                     "steps")})
+        return metrics
 
     def write_card(self, folder, metrics: dict) -> None:
         write_model_card(folder, args=self.args, config=self.config,
@@ -286,7 +294,7 @@ def two_stages(args: TrainingArguments, accelerator, started: float) -> dict:
     if run.resume_from_checkpoint and not list_checkpoints(run.output_dir):  # stage two has not saved yet
         run = dataclasses.replace(run, resume_from_checkpoint=None)
     stage_two = dataclasses.replace(args, run=run, image=dataclasses.replace(args.image, tokenizer=str(folder)))
-    return PixelGPTTrainer(stage_two, accelerator, started, stage="2/2").train()
+    return PixelGPTTrainer(stage_two, accelerator, started, stage="2/2", stage_one=folder).train()
 
 
 def main(args: TrainingArguments) -> float:

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, action="append", help="Model folder or Hub repo id (repeat for several).")
     p.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: every network interface).")
     p.add_argument("--port", type=int, default=None, help="Port (default: 7860, or the next free one).")
-    p.add_argument("--share", action="store_true", help="Also serve through a public gradio.live link.")
+    p.add_argument("--share", action="store_true", help="Also serve through a public gradio.live link (anyone with "
+                   "the link can use it).")
+    p.add_argument("--auth", metavar="USER:PASSWORD", help="Ask every visitor for this user name and password (without "
+                   "it, whoever reaches the page can use it).")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
     return parser
 
@@ -185,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from pixelgpt import demo
 
-        if importlib.util.find_spec("gradio") is None:  # one line, before any model loads
+        auth = demo.parse_auth(args.auth) if args.auth is not None else None  # one line each, before models load
+        if importlib.util.find_spec("gradio") is None:
             raise SystemExit(f"pixelgpt: {demo.GRADIO_MISSING}")
-        demo.launch(args.model, device=args.device, server_name=args.host, server_port=args.port, share=args.share)
+        demo.launch(args.model, device=args.device, server_name=args.host, server_port=args.port, share=args.share,
+                    auth=auth)
         return 0
     # Bad input paths and output files fail before the model loads.
     named = _image_files(args.inputs) if args.command != "generate" else []

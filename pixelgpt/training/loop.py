@@ -298,7 +298,3 @@ class Trainer:
     def log_figures(self, step: int, figures: dict, text: str, final: bool) -> None:
         self.accelerator.log({f"eval/{k}": v for k, v in figures.items() if v is not None}, step=step)
         logger.info(f"{'final' if final else f'step {step}:'} {text}")
-
-
-def bits(nats: float) -> float:
-    return nats / math.log(2)

@@ -199,3 +199,5 @@ def test_tokenizer_train_settles_stage_one_from_the_image_flags():
     assert "--tokenizer train with --streaming needs --tokenizer_steps" in parse_error(
         training.parse_args, ["--tokenizer", "train", "--streaming", "--max_train_steps", "9"])
     assert "--tokenizer_steps is for --tokenizer train" in parse_error(training.parse_args, ["--tokenizer_steps", "3"])
+    assert "--tokenizer_steps must be >= 1, got 0" in parse_error(
+        training.parse_args, ["--tokenizer", "train", "--tokenizer_steps", "0"])

@@ -255,6 +255,7 @@ class ImageArguments:
                                        "--streaming).", PROCESSOR)
 
     def check(self) -> None:
+        at_least_one(self, ("tokenizer_steps",))
         if self.quantization == "palette" and not self.fit_palette:
             raise ValueError("--quantization palette needs --fit_palette (the palette is learned from the training "
                              "images)")

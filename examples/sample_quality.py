@@ -23,6 +23,14 @@ from each sample to its nearest training image, beside the same distance for hel
 much closer to the training images than unseen real ones do are copies. The training images searched are the
 classifier's, or with --nearest_dataset the whole training split of a dataset (train.py's --dataset_name).
 
+Frechet distance: the report's `frechet_distance` fits a Gaussian to the classifier's 128 penultimate features (the
+layer before its class scores) of each set of images, and gives the Frechet distance between it and the held-out
+real images' Gaussian, as FID does with Inception-v3's features: for the samples, for an untrained model's samples
+and for as many real training images (the floor). It needs no download (the classifier is trained here); lower is
+closer. Like FID it depends on the number of images and on the classifier (data, --classifier_* flags, --seed):
+compare only figures of the same number of images measured with the same classifier. The library code is
+`pixelgpt.quality` (`measure`).
+
 --fid adds the Frechet Inception Distance (torchmetrics with torch-fidelity's Inception-v3: `pip install -e
 ".[fid]"` in a clone) of the samples, of an untrained model's samples and of as many real training images (the floor
 at that sample count) against the held-out images the classifier is checked on. The Inception weights are not
@@ -40,11 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 from transformers import AutoImageProcessor, AutoModel
 
 from pixelgpt import training
 from pixelgpt.default_data import load_default_dataset
+from pixelgpt.quality import COLOUR_SIZE, GRAY_SIZE, RealImages, copy_reference, measure, quantized
 from pixelgpt.utils import open_image
 
 # The Inception-v3 network of FID (converted from the TensorFlow FID graph of 2015-12-05) as torch-fidelity publishes
@@ -62,10 +70,18 @@ class FIDError(RuntimeError):
     """--fid cannot run: the message says what is missing (packages, weights file) and how to get it."""
 
 
+def at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (the Frechet distances need a covariance), got {value}")
+    return value
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Trained model folder or Hub id (with its image processor).")
-    p.add_argument("--num_samples", type=int, default=200, help="Samples to draw from each model.")
+    p.add_argument("--num_samples", type=at_least_two, default=200,
+                   help="Samples to draw from each model (at least 2: the Frechet distances need a covariance).")
     p.add_argument("--batch_size", type=int, default=50, help="Images sampled together.")
     p.add_argument("--confidence", type=float, default=0.8, help="Top probability that counts as 'confident'.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for the model's samples.")
@@ -158,140 +174,41 @@ class FID:
         return float(self.metric.compute())
 
 
-def quantized(processor, images):
-    """Images as the model sees them: through the processor's quantization and back."""
-    return processor.decode(processor(images).input_ids)
-
-
 def decode_images(rows) -> list:
     """PIL images of a split's undecoded `image` column (as `training.load_splits` returns it)."""
     return [open_image(v, "image") for v in rows["image"]]
 
 
-class Real:
-    """The real images the classifier learns from and is checked on, and how it sees an image: Fashion-MNIST as
-    28x28 gray (after the model's quantization), or a folder's classes as 32x32 colour."""
-
-    def __init__(self, args, processor):
-        if args.train_data_dir:
-            # train.py's own split of the folder (the same flags give the same held-out images).
-            train, held_out, _ = training.load_splits(training.DataArguments(
-                train_data_dir=args.train_data_dir, eval_fraction=args.eval_fraction, max_eval_samples=10**9),
-                seed=args.split_seed)
-            test = {column: [row[column] for row in held_out] for column in ("image", "label")}
-            self.names = train.features["label"].names
-            self.size, self.mode, self.see = 32, "RGB", lambda images: images
-            decode = decode_images
-        else:
-            data = load_default_dataset()
-            train, test = data["train"], data["test"]
-            self.names = train.features["label"].names
-            self.size, self.mode = 28, "L"
-            self.see = lambda images: quantized(processor, images)
-            decode = lambda rows: rows["image"]  # noqa: E731
-        rows = train.shuffle(seed=args.seed).select(range(min(args.classifier_train_images, len(train))))
-        self.train_images, self.train_labels = self.see(decode(rows)), rows["label"]
-        self.test_images, self.test_labels = self.see(decode(test)), test["label"]
+def load_real(args, processor):
+    """(the real images the classifier learns from and is checked on, `see`: how the model sees an image):
+    Fashion-MNIST as 28x28 gray (after the model's quantization), or a folder's classes as 32x32 colour."""
+    if args.train_data_dir:
+        # train.py's own split of the folder (the same flags give the same held-out images).
+        train, held_out, _ = training.load_splits(training.DataArguments(
+            train_data_dir=args.train_data_dir, eval_fraction=args.eval_fraction, max_eval_samples=10**9),
+            seed=args.split_seed)
+        test = {column: [row[column] for row in held_out] for column in ("image", "label")}
+        size, mode, see, decode = COLOUR_SIZE, "RGB", lambda images: images, decode_images
+    else:
+        data = load_default_dataset()
+        train, test = data["train"], data["test"]
+        size, mode, see = GRAY_SIZE, "L", lambda images: quantized(processor, images)
+        decode = lambda rows: rows["image"]  # noqa: E731
+    rows = train.shuffle(seed=args.seed).select(range(min(args.classifier_train_images, len(train))))
+    real = RealImages(names=train.features["label"].names, train_images=see(decode(rows)),
+                      train_labels=rows["label"], test_images=see(decode(test)), test_labels=test["label"],
+                      size=size, mode=mode)
+    return real, see
 
 
-def classifier(num_classes: int, channels: int, size: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, S/2, S/2)
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),        # (B, 64, S/4, S/4)
-        nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
-        nn.Linear(128, num_classes + 1),  # the last: "none of the classes"
-    )
-
-
-def as_input(images, real: Real) -> torch.Tensor:
-    """PIL images -> (B, C, S, S) float in [0, 1]."""
-    arrays = [np.asarray(i.convert(real.mode).resize((real.size, real.size))) for i in images]
-    x = torch.from_numpy(np.stack(arrays)).float().div(255)
-    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-
-
-def train_classifier(real: Real, epochs, seed):
-    torch.manual_seed(seed)
-    num_classes = len(real.names)
-    x = as_input(real.train_images, real)
-    y = torch.tensor(real.train_labels)
-    # "None of the classes": uniform noise and real images with their pixels shuffled, as many as one class.
-    extra = len(x) // num_classes
-    noise = torch.rand(extra // 2, *x.shape[1:])
-    shuffled = x[:extra - extra // 2].flatten(2)[:, :, torch.randperm(real.size**2)].view(-1, *x.shape[1:])
-    x = torch.cat([x, noise, shuffled])
-    y = torch.cat([y, torch.full((extra,), num_classes)])
-    # Each class weighs the same in the loss however many images it has (Fashion-MNIST is balanced anyway).
-    weight = len(y) / (num_classes + 1) / torch.bincount(y, minlength=num_classes + 1).clamp(min=1).float()
-    net = classifier(num_classes, x.shape[1], real.size)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(64):
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-@torch.no_grad()
-def describe(net, images, confidence, real: Real, requested=None):
-    num_classes = len(real.names)
-    probs = net(as_input(images, real)).softmax(-1)
-    top, label = probs.max(-1)
-    recognised = (top >= confidence) & (label < num_classes)
-    histogram = torch.bincount(label, minlength=num_classes + 1)
-    # Diversity: entropy of the class labels (log2(10) = 3.32 bits when 10 classes are equally frequent). A high
-    # recognised share with a low entropy means samples collapsed onto a few classes.
-    share = histogram[:num_classes].float() / histogram[:num_classes].sum().clamp(min=1)
-    entropy = float(-(share[share > 0] * share[share > 0].log2()).sum())
-    report = {"recognised_share": float(recognised.float().mean()), "mean_top_probability": float(top.mean()),
-              "class_entropy_bits": entropy, "class_histogram": histogram.tolist()}
-    if requested is not None:
-        requested = torch.tensor(requested)
-        report["matches_requested_class"] = float((label == requested).float().mean())
-        report["per_class"] = {name: float((label[requested == c] == c).float().mean())
-                               for c, name in enumerate(real.names) if (requested == c).any()}
-    return report
-
-
-@torch.no_grad()
-def nearest_distances(images, reference: torch.Tensor, real: Real) -> torch.Tensor:
-    """Root-mean-square pixel distance (0-1 scale) from each image to its nearest row of `reference` (M, C*S*S)."""
-    x = as_input(images, real).flatten(1)  # (B, C*S*S)
-    return torch.cat([torch.cdist(part, reference).min(1).values for part in x.split(256)]) / x.shape[1] ** 0.5
-
-
-def training_reference(args, real: Real) -> torch.Tensor:
+def training_reference(args, real: RealImages, see) -> torch.Tensor:
     """The training images the copy check searches, `(M, C*S*S)` as the classifier sees them. Read before any
     sampling, so that a wrong --nearest_dataset fails at once."""
     train = real.train_images
     if args.nearest_dataset:
         rows, _, _ = training.load_splits(training.DataArguments(dataset_name=args.nearest_dataset, max_eval_samples=1))
-        train = real.see(decode_images(rows))
-    return as_input(train, real).flatten(1)
-
-
-def copy_check(reference: torch.Tensor, real: Real, samples) -> dict:
-    """How close samples sit to the training images, beside held-out real images (see the module docstring)."""
-
-    def summary(distances):
-        return {"median": float(distances.median()), "5th_percentile": float(distances.quantile(0.05))}
-
-    return {"training_images_searched": len(reference), "samples": summary(nearest_distances(samples, reference, real)),
-            "held_out_real_images": summary(nearest_distances(real.test_images[: len(samples)], reference, real))}
-
-
-def sample(model, processor, args, guidance_scale):
-    labels = None
-    if model.config.num_classes:
-        labels = [i % model.config.num_classes for i in range(args.num_samples)]
-    guidance = guidance_scale if labels else 1.0
-    images = model.generate_images(1 if labels else args.num_samples, class_labels=labels, image_processor=processor,
-                                   temperature=args.temperature, tokens_per_step=args.tokens_per_step,
-                                   exact=args.exact, guidance_scale=guidance,
-                                   generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size)
-    return images, labels
+        train = see(decode_images(rows))
+    return copy_reference(train, real)
 
 
 def main(args):
@@ -300,41 +217,18 @@ def main(args):
         raise FIDError("--inception_weights is read only with --fid.")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
-    real = Real(args, processor)
-    searched = training_reference(args, real)  # (M, C*S*S)
+    real, see = load_real(args, processor)
+    searched = training_reference(args, real, see)  # (M, C*S*S)
     fid = None
     if metric is not None:
         reference = real.test_images[: args.fid_reference_images]
         fid = FID(metric, reference, model.config.pixel_size, args.batch_size)
-    net = train_classifier(real, args.classifier_epochs, args.seed)
-    with torch.no_grad():
-        test_x = as_input(real.test_images, real)
-        test_accuracy = float((net(test_x).argmax(-1) == torch.tensor(real.test_labels)).float().mean())
-    first = args.guidance_scale[0]
-    report = {"sampling": {"temperature": args.temperature, "tokens_per_step": args.tokens_per_step,
-                           "exact": args.exact, "guidance_scale": first, "seed": args.seed},
-              "classifier_test_accuracy": test_accuracy,
-              "real_test_images": describe(net, real.test_images, args.confidence, real, real.test_labels)}
-    for scale in args.guidance_scale:
-        images, requested = sample(model, processor, args, scale)
-        described = describe(net, images, args.confidence, real, requested)
-        if fid is not None:
-            described["fid"] = fid(images)
-        if scale == first:
-            report["trained_model_samples"] = described
-            report["nearest_training_image"] = copy_check(searched, real, images)
-        if len(args.guidance_scale) > 1:
-            report.setdefault("guidance_curve", {})[str(scale)] = {
-                key: described[key] for key in ("matches_requested_class", "recognised_share", "class_entropy_bits",
-                                                "fid") if key in described}
-    torch.manual_seed(args.seed)
-    untrained = type(model)(model.config).eval()
-    if model.image_tokenizer is not None:  # the baseline is an untrained transformer, not an untrained tokenizer
-        untrained.image_tokenizer.load_state_dict(model.image_tokenizer.state_dict())
-    images, requested = sample(untrained, processor, args, first)
-    report["untrained_model_samples"] = describe(net, images, args.confidence, real, requested)
+    report = measure(model, processor, real, num_samples=args.num_samples, guidance_scales=args.guidance_scale,
+                     seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
+                     confidence=args.confidence, temperature=args.temperature, tokens_per_step=args.tokens_per_step,
+                     exact=args.exact, reference=searched,
+                     extra_figures=None if fid is None else lambda images: {"fid": fid(images)})
     if fid is not None:
-        report["untrained_model_samples"]["fid"] = fid(images)
         report["fid"] = {"features": args.fid_features, "num_reference_images": fid.num_reference_images,
                          "reference": "held-out images (those the classifier is checked on)",
                          "num_images": args.num_samples,

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pixelgpt import training
+from pixelgpt import quality, training
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, parse_error
 
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 import sample_quality  # noqa: E402
@@ -45,20 +45,20 @@ def test_reports_confidence_for_real_trained_and_untrained_samples(tmp_path):
     assert copies["training_images_searched"] == 1000  # the classifier's training images
     for part in ("samples", "held_out_real_images"):  # no test image repeats a training image exactly
         assert 0 < copies[part]["5th_percentile"] <= copies[part]["median"] <= 1
+    frechet = report["frechet_distance"]
+    assert frechet["num_images"] == 10 and frechet["reference"] == "held-out real images"
+    for key in ("trained_model_samples", "untrained_model_samples"):
+        assert report[key]["frechet_distance"] == frechet[key]
+    assert all(math.isfinite(entry["frechet_distance"]) for entry in report["guidance_curve"].values())
+    # Two training steps leave the model as good as untrained (trained < untrained needs a trained model); real
+    # garments sit far closer to the held-out garments than either model's samples.
+    assert 0 <= frechet["real_training_images"] < min(frechet["trained_model_samples"],
+                                                      frechet["untrained_model_samples"]) / 2, frechet
 
 
-def test_the_copy_check_finds_training_images_at_distance_zero(default_dataset):
-    real = sample_quality.Real.__new__(sample_quality.Real)
-    real.size, real.mode = 28, "L"
-    train = default_dataset["train"]["image"][:50]
-    reference = sample_quality.as_input(train, real).flatten(1)
-    shifted = [Image.fromarray(np.roll(np.asarray(image), 3, axis=1)) for image in train[:5]]
-    distances = sample_quality.nearest_distances(train[:5] + shifted, reference, real)
-    assert (distances[:5] < 1e-3).all()  # zero up to cdist's rounding (it expands |x - y|^2 through a matmul)
-    x = sample_quality.as_input(shifted, real).flatten(1)
-    expected = torch.cdist(x, reference).min(1).values / 28
-    torch.testing.assert_close(distances[5:], expected)
-    assert (distances[5:] > 0.05).all()  # a shifted garment is far from every training image
+def test_fewer_than_two_samples_are_refused():
+    message = parse_error(sample_quality.build_parser().parse_args, ["--model", "unused", "--num_samples", "1"])
+    assert "--num_samples: must be at least 2" in message
 
 
 def test_nearest_dataset_searches_that_datasets_whole_training_split(tmp_path, default_dataset):
@@ -66,12 +66,12 @@ def test_nearest_dataset_searches_that_datasets_whole_training_split(tmp_path, d
     folder.mkdir()
     default_dataset["train"].select(range(40)).to_parquet(str(folder / "train.parquet"))
     default_dataset["test"].select(range(10)).to_parquet(str(folder / "test.parquet"))
-    real = sample_quality.Real.__new__(sample_quality.Real)
-    real.size, real.mode, real.see = 28, "L", lambda images: images
-    real.train_images, real.test_images = default_dataset["train"]["image"][:5], default_dataset["test"]["image"][:4]
+    real = quality.RealImages(["garment"], default_dataset["train"]["image"][:5], [0] * 5,
+                              default_dataset["test"]["image"][:4], [0] * 4, size=28, mode="L")
     args = sample_quality.build_parser().parse_args(["--model", "unused", "--nearest_dataset", str(folder)])
     samples = default_dataset["train"]["image"][30:33]  # in the dataset, not among the classifier's 5
-    report = sample_quality.copy_check(sample_quality.training_reference(args, real), real, samples)
+    reference = sample_quality.training_reference(args, real, see=lambda images: images)
+    report = quality.copy_check(reference, real, samples)
     assert report["training_images_searched"] == 40
     assert report["samples"]["median"] < 1e-3 and report["samples"]["5th_percentile"] < 1e-3
     assert report["held_out_real_images"]["5th_percentile"] > 0.05
@@ -194,6 +194,8 @@ def test_fid_in_the_report_of_a_trained_model(tmp_path, fid_metric):
                                                "real_training_images"))
     # Real garments are closer to held-out garments than an untrained model's noise.
     assert fid["real_training_images"] < fid["untrained_model_samples"], fid
+    frechet = report["frechet_distance"]  # the classifier's features, beside Inception's
+    assert frechet["num_images"] == 8 and frechet["real_training_images"] < frechet["untrained_model_samples"]
 
 
 def test_fid_says_what_is_missing_before_any_work(tmp_path):

@@ -18,7 +18,8 @@ a model on a tokenizer's grid, the tokenizer's reconstruction).
 Colorization keeps the input's luminance (`keep_luminance=True`); a sample without it is reported too.
 --temperature below 1 (e.g. 0.9) trades variety for pixel error in the samples.
 
-Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it.
+Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it, or with
+--eval_data_dir the images of another folder (unseen images of another style, say).
 
 --update_card writes the report into the model folder (`<task>_quality.json`, the examples as
 `<task>_quality_grid.png`) and adds its figures to the folder's model card (README.md, as train.py wrote it): a
@@ -30,7 +31,6 @@ Held-out images: the built-in test split, or --train_data_dir's split made exact
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,10 @@ from huggingface_hub import EvalResult
 from PIL import Image
 from transformers import AutoModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sample_quality import quantized  # noqa: E402
-
-from pixelgpt import training  # noqa: E402  (held-out split exactly as in training)
-from pixelgpt.cards import DEFAULT_DATASET_HUB_ID, save_card_grid, update_model_card  # noqa: E402
-from pixelgpt.utils import make_image_grid, open_image, psnr  # noqa: E402
+from pixelgpt import training  # held-out split exactly as in training
+from pixelgpt.cards import DEFAULT_DATASET_HUB_ID, save_card_grid, update_model_card
+from pixelgpt.quality import quantized
+from pixelgpt.utils import make_image_grid, open_image, psnr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Model folder trained for the task.")
     p.add_argument("--raster_model", help="inpaint: a raster (--task generate) model of the same data, the baseline.")
     p.add_argument("--train_data_dir", help="Image folder the model was trained on (default: the built-in data).")
+    p.add_argument("--eval_data_dir", help="Measure on the images of this folder instead of held-out training images "
+                   "(the first --num_images, in file order): images of another style than the training data, say.")
     p.add_argument("--resolution", type=int, default=None, help="As given to train.py (default: the model's).")
     p.add_argument("--num_images", type=int, default=200, help="Held-out images to measure on.")
     p.add_argument("--num_scored_images", type=int, default=None,
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def held_out_images(args, model, count: int | None = None) -> list[Image.Image]:
     count = count or args.num_images
+    if args.eval_data_dir:  # every image of the folder is unseen: the first `count`, in file order
+        files = sorted(p for p in Path(args.eval_data_dir).expanduser().rglob("*") if p.suffix.lower() in
+                       {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+        if not files:
+            raise ValueError(f"--eval_data_dir {args.eval_data_dir}: no image files (png, jpg, webp, bmp, gif) in it")
+        return [open_image(path, str(path.name)) for path in files[:count]]
     _, held_out, _ = training.load_splits(training.DataArguments(train_data_dir=args.train_data_dir,
                                                                  max_eval_samples=count))
     return [open_image(row["image"], f"held-out {i}") for i, row in enumerate(held_out)]

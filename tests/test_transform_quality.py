@@ -71,6 +71,23 @@ def test_conditional_tasks_report_psnr_against_the_naive_baseline(tmp_path, task
         assert psnr["quantized_original_ceiling"] > psnr["model_sample"]
 
 
+def test_eval_data_dir_measures_every_image_of_another_folder_in_file_order(tmp_path):
+    other = tmp_path / "other_style"
+    (other / "nested").mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(other / "nested" / f"{i}.png")
+    (other / "notes.txt").write_text("not an image")
+    args = transform_quality.build_parser().parse_args(["colorize", "--model", "m", "--eval_data_dir", str(other),
+                                                        "--num_images", "3"])
+    images = transform_quality.held_out_images(args, None)
+    assert [image.getpixel((0, 0))[0] for image in images] == [0, 40, 80]  # the first 3 files, sorted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args.eval_data_dir = str(empty)
+    with pytest.raises(ValueError, match="no image files"):
+        transform_quality.held_out_images(args, None)
+
+
 def test_the_model_must_match_the_task(tmp_path):
     processor = PixelGPTImageProcessor(quantization="gray", num_levels=8, image_size=8)
     with pytest.raises(ValueError, match="trained for task 'generate', not 'inpaint'"):

@@ -136,10 +136,13 @@ def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
         ("task", config.task + (f" (condition: {config.condition_size}x{config.condition_size} "
                                 f"{processor.condition_quantization})" if config.is_conditional else "")),
         ("resolution", args.image.resolution),
-        ("quantization", "image tokenizer" if config.tokenizer_config is not None else processor.quantization),
+        ("quantization", "image tokenizer" + (f", trained in this run (stage one, {metrics['tokenizer_steps']} steps)"
+                                              if "tokenizer_steps" in metrics else "")
+         if config.tokenizer_config is not None else processor.quantization),
         ("vocabulary", config.vocab_size),
         ("class conditional", f"yes, class dropout {model.class_dropout_prob}" if config.num_classes else "no"),
-        ("steps", metrics["steps"]), ("batch size per device", run.train_batch_size),
+        ("steps" + (" (stage two)" if "tokenizer_steps" in metrics else ""), metrics["steps"]),
+        ("batch size per device", run.train_batch_size),
         ("gradient accumulation", run.gradient_accumulation_steps), ("learning rate", run.learning_rate),
         ("warm-up steps", run.lr_warmup_steps), ("schedule", "linear warm-up, cosine decay"),
         ("AdamW betas", f"({run.adam_beta1}, {run.adam_beta2})"), ("weight decay", run.weight_decay),
@@ -154,10 +157,11 @@ def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
 
 
 def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name,
-                     num_train_images: int | None, grid_name: str = "samples.png"):
+                     num_train_images: int | None, grid_name: str = "samples.png", grid_note: str | None = None):
     """Write a PixelGPT's README.md (YAML metadata + usage + results + hyper-parameters); `args` is the run's
     `TrainingArguments`. The card shows `grid_name` (the sample grid the run saved in `folder`) enlarged to at
-    least CARD_GRID_MIN_WIDTH pixels, saved beside it as `samples_large.png`. Every held-out figure in `metrics`
+    least CARD_GRID_MIN_WIDTH pixels, saved beside it as `samples_large.png`, with `grid_note` (what the grid shows;
+    a default sentence without it). Every held-out figure in `metrics`
     (bits, those of the untrained model, k-ahead bits) is both in the text and in the YAML model-index."""
     folder = Path(folder)
     repo_id = args.run.hub_model_id or folder.resolve().name
@@ -190,8 +194,8 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         card_data, template_str=CARD_TEMPLATE, repo_id=repo_id,
         repo_note="" if args.run.hub_model_id else "  # this folder, or its Hub id once pushed",
         project_url=project_url(), grid=grid and grid[0],
-        grid_note=grid and ("Held-out inputs (as the model reads them) beside the final model's outputs. "
-                            if config.is_conditional else "Samples of the final model. ") + grid[1],
+        grid_note=grid and (grid_note or ("Held-out inputs (as the model reads them) beside the final model's outputs."
+                                          if config.is_conditional else "Samples of the final model.")) + " " + grid[1],
         model_name=repo_id, resolution=config.pixel_size, token_scheme=token_scheme(config, processor),
         dataset_text=dataset_text, class_example=", class_labels=[0]" if config.num_classes else "",
         bits_name=bits_name, bits=f"{bits:.4f}",
@@ -281,3 +285,48 @@ pixel_values = tokenizer.decode(ids)
 Stage two: `python examples/train.py --tokenizer {repo_id} --train_data_dir ...` trains a PixelGPT on this grid.
 """)
     card.save(folder / "README.md")
+
+
+def sample_quality_section(report: dict) -> tuple[str, list]:
+    """The card section of `pixelgpt.quality.measure`'s report (several guidance scales): a table per guidance
+    scale, the real and untrained rows, the copy check; and the (metric type, name, value) figures for the
+    model-index, their types starting with `sample_quality_`."""
+    curve = report.get("guidance_curve") or {str(report["sampling"]["guidance_scale"]): report["trained_model_samples"]}
+    fd = report["frechet_distance"]
+    real, untrained = report["real_test_images"], report["untrained_model_samples"]
+    rows = [f"| samples, guidance {float(scale):g} | {entry['matches_requested_class']:.1%} | "
+            f"{entry['recognised_share']:.1%} | {entry['frechet_distance']:.2f} |" for scale, entry in curve.items()]
+    rows.append(f"| untrained model | {untrained['matches_requested_class']:.1%} | {untrained['recognised_share']:.1%} "
+                f"| {untrained['frechet_distance']:.2f} |")
+    rows.append(f"| real images (held-out; training images for the distance) | {real['matches_requested_class']:.1%} "
+                f"| {real['recognised_share']:.1%} | {fd['real_training_images']:.2f} |")
+    copies = report["nearest_training_image"]
+    first = float(report["sampling"]["guidance_scale"])
+    body = f"""{fd['num_images']} samples per row, judged by a small CNN trained on this run's training images (it
+labels {report['classifier_test_accuracy']:.1%} of the held-out images correctly; an extra class takes noise).
+*Class match*: the share labelled as the class asked for (chance: {1 / len(real['per_class']):.0%}); *recognised*:
+labelled as some class with probability >= 0.8; *Frechet distance*: between the set and the held-out images in the
+classifier's 128 penultimate features (lower is closer; the real-image row is the floor at this count).
+
+| images | class match | recognised | Frechet distance |
+|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+Copy check: the median distance (RMS, 0-1) from a sample (guidance {first:g}) to its nearest of the
+{copies['training_images_searched']} training images searched is {copies['samples']['median']:.3f}, from a held-out
+image {copies['held_out_real_images']['median']:.3f}: samples sitting much closer than unseen images would be copies.
+"""
+    figures = []
+    for scale, entry in curve.items():
+        g = f"{float(scale):g}"
+        figures += [(f"sample_quality_class_match_g{g}", f"class match of samples at guidance {g}",
+                     entry["matches_requested_class"]),
+                    (f"sample_quality_recognised_g{g}", f"recognised share of samples at guidance {g}",
+                     entry["recognised_share"]),
+                    (f"sample_quality_frechet_g{g}", f"Frechet distance in classifier features at guidance {g}",
+                     entry["frechet_distance"])]
+    figures += [("sample_quality_recognised_real", "recognised share of held-out real images",
+                 real["recognised_share"]),
+                ("sample_quality_frechet_real", "Frechet distance of real training images (floor)",
+                 fd["real_training_images"])]
+    return body, figures

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from pixelgpt.loading import load_model
-from pixelgpt.utils import enlarge_nearest
+from pixelgpt.utils import class_name, enlarge_nearest
 
 GRADIO_MISSING = 'The demo needs gradio: pip install gradio (or, in a clone, pip install -e ".[demo]")'
 # Model images are a few dozen pixels wide: the browser must not blur them when it scales them up, and an input
@@ -201,13 +201,13 @@ def _operation_widgets(gr, config, op: str, key: str) -> dict:
     """The inputs and settings of tab `op`, named after the keyword arguments of `model.<op>_images`."""
     size, w = config.pixel_size, {}
     if op == "generate" and config.num_classes:
-        # Class names where training saved them (id2label), else transformers' LABEL_<i> placeholders.
-        names = [(f"{i}: {config.id2label[i]}" if config.id2label.get(i, f"LABEL_{i}") != f"LABEL_{i}"
-                  else str(i), i) for i in range(config.num_classes)]
+        names = [(f"{i}: {class_name(config, i)}" if class_name(config, i) else str(i), i)
+                 for i in range(config.num_classes)]
         w["class_labels"] = gr.Dropdown(names + [("none (unconditional)", -1)], value=0, label="Class",
                                         elem_id=f"{key}-class")
-        w["guidance_scale"] = gr.Slider(0, 5, value=1, step=0.1, label="Guidance scale",
-                                        info="Classifier-free guidance towards the class (1 = none).",
+        w["guidance_scale"] = gr.Slider(0, 5, value=3, step=0.1, label="Guidance scale",
+                                        info="Classifier-free guidance towards the class (1 = none; 3: "
+                                        "the best class match measured, docs/quality.md; unused with 'none').",
                                         elem_id=f"{key}-guidance")
     elif op == "inpaint":
         # Brush sizes count pixels of the upload: gradio's default (25) would cover a whole model-sized
@@ -243,8 +243,9 @@ def _draw(model, op: str, kwargs: dict, outputs: Path) -> tuple[list[str], list[
     """`model.<op>_images` on the widgets' values `kwargs`; returns the PNG files of the results, enlarged (whole
     pixels) and at the model's size. A bad input is a ValueError saying what to change."""
     generator = torch.Generator().manual_seed(kwargs.pop("seed") or 0)
-    if kwargs.get("class_labels") == -1:
+    if kwargs.get("class_labels") == -1:  # unconditional: no class for the guidance slider to guide towards
         kwargs["class_labels"] = None
+        kwargs.pop("guidance_scale", None)
     editor = kwargs.pop("editor", None)
     if editor is not None and editor["background"] is not None:
         kwargs["images"], kwargs["mask_image"] = _editor_inputs(editor, model.get_image_processor())

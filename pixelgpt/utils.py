@@ -47,6 +47,13 @@ def open_image(value, where: str) -> Image.Image:
     return image
 
 
+def class_name(config, label: int) -> str | None:
+    """The name training saved for class `label` (the config's id2label), or None where it holds only transformers'
+    `LABEL_<i>` placeholder."""
+    name = config.id2label.get(label)
+    return None if name is None or name == f"LABEL_{label}" else name
+
+
 def make_image_grid(images: list, cols: int = 8, pad: int = 1, background=(255, 255, 255)) -> Image.Image:
     """Tile equally sized PIL images row by row (`cols` per row) with `pad` pixels between them."""
     if not images:

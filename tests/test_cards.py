@@ -123,3 +123,27 @@ def test_update_model_card_adds_then_replaces_a_measured_section(tmp_path):
     assert text.index("## Results") < text.index("## Task quality") < text.index("## Training")
     with pytest.raises(FileNotFoundError, match="README.md not found"):
         cards.update_model_card(tmp_path / "elsewhere", key="k", title="t", body="b", eval_results=[])
+
+
+def quality_entry(match, recognised, distance):
+    return {"matches_requested_class": match, "recognised_share": recognised, "frechet_distance": distance}
+
+
+def test_the_sample_quality_section_shows_every_guidance_scale_and_the_real_and_untrained_rows():
+    real = dict(quality_entry(0.855, 0.68, None), per_class={"a": 0.9, "b": 0.8})
+    report = {"sampling": {"guidance_scale": 3.0}, "classifier_test_accuracy": 0.855, "real_test_images": real,
+              "guidance_curve": {"3.0": quality_entry(0.91, 0.805, 1.25), "1.0": quality_entry(0.73, 0.6, 2.5)},
+              "untrained_model_samples": quality_entry(0.055, 0.0, 40.0),
+              "frechet_distance": {"num_images": 200, "real_training_images": 0.4},
+              "nearest_training_image": {"training_images_searched": 6000, "samples": {"median": 0.152},
+                                         "held_out_real_images": {"median": 0.139}}}
+    body, figures = cards.sample_quality_section(report)
+    assert "| samples, guidance 3 | 91.0% | 80.5% | 1.25 |" in body
+    assert "| samples, guidance 1 | 73.0% | 60.0% | 2.50 |" in body
+    assert "| untrained model | 5.5% | 0.0% | 40.00 |" in body
+    assert "| 85.5% | 68.0% | 0.40 |" in body and "(chance: 50%)" in body
+    assert "is 0.152, from a held-out\nimage 0.139" in body
+    values = {metric: value for metric, _, value in figures}
+    assert values["sample_quality_class_match_g3"] == 0.91 and values["sample_quality_frechet_g1"] == 2.5
+    assert values["sample_quality_recognised_real"] == 0.68 and values["sample_quality_frechet_real"] == 0.4
+    assert all(metric.startswith("sample_quality_") for metric in values)  # replaced together when re-measured

@@ -97,7 +97,8 @@ def test_resolve_settles_the_values_that_follow_from_others():
     assert training.parse_args(["--train_data_dir", "x"]).image.resolution == 32
     palette = training.parse_args(["--fit_palette"]).image
     assert (palette.fit_palette, palette.quantization) == (True, "palette")
-    paired = training.parse_args(["--task", "translate", "--train_data_dir", "t", "--source_dir", "s"])
+    paired = training.parse_args(["--task", "translate", "--train_data_dir", "t", "--source_dir", "s", "--tokenizer",
+                                  "none"])
     assert paired.data.source_column == "source"  # the column that pairing the folders adds
     assert paired.model.condition_size == 32 and paired.model.condition_quantization == "gray8"  # gray images
     colour_pairs = training.parse_args(["--task", "translate", "--source_column", "s", "--quantization", "rgb"])
@@ -107,6 +108,7 @@ def test_resolve_settles_the_values_that_follow_from_others():
     colour = training.parse_args(["--task", "colorize", "--resolution", "8", "--quantization", "rgb"]).model
     assert (colour.condition_size, colour.condition_quantization) == (8, "gray8")
     given = training.parse_args(["--task", "upscale", "--condition_size", "3", "--condition_quantization", "rgb"])
+    assert given.trains_tokenizer  # --tokenizer auto: 28x28 built-in images, 7x7 tokens
     assert (given.model.condition_size, given.model.condition_quantization) == (3, "rgb")
     generate = training.parse_args([]).model
     assert (generate.condition_size, generate.condition_quantization) == (None, None)  # not a conditional task
@@ -126,7 +128,10 @@ def test_resolve_reads_the_tokenizer_folder_and_refuses_what_is_not_one(tmp_path
     assert stage_two.image.resolution == 16  # the tokenizer's own
     upscale = training.parse_args(["--tokenizer", tokenizer, "--task", "upscale", "--resolution", "16"]).model
     assert upscale.condition_size == 4  # a quarter of the pixel side, as without a tokenizer
-    assert upscale.condition_quantization == "rgb"  # colour images: --quantization (default gray) is unused
+    assert upscale.condition_quantization == "gray8"  # the built-in images are gray
+    folder = training.parse_args(["--tokenizer", tokenizer, "--task", "upscale", "--resolution", "16",
+                                  "--train_data_dir", "x"]).model
+    assert folder.condition_quantization == "rgb"  # colour images: --quantization (default gray) is unused
     assert "must be a multiple of the tokenizer's downsampling factor (4)" in parse_error(
         training.parse_args, ["--tokenizer", tokenizer, "--resolution", "18"])
     # A missing folder is named as one (not the Hub's repo-id error); an image folder holds no model; a file is none.
@@ -198,6 +203,47 @@ def test_tokenizer_train_settles_stage_one_from_the_image_flags():
         training.parse_args, ["--tokenizer", "train", "--resolution", "20", "--downsample_factor", "8"])
     assert "--tokenizer train with --streaming needs --tokenizer_steps" in parse_error(
         training.parse_args, ["--tokenizer", "train", "--streaming", "--max_train_steps", "9"])
-    assert "--tokenizer_steps is for --tokenizer train" in parse_error(training.parse_args, ["--tokenizer_steps", "3"])
+    assert "--tokenizer_steps is for --tokenizer train" in parse_error(training.parse_args, ["--tokenizer_steps", "3",
+                                                                                            "--tokenizer", "none"])
     assert "--tokenizer_steps must be >= 1, got 0" in parse_error(
         training.parse_args, ["--tokenizer", "train", "--tokenizer_steps", "0"])
+
+
+@pytest.mark.parametrize("argv, trains", [
+    ([], True),                                        # the built-in 28x28 images: a 7x7 token grid
+    (["--train_data_dir", "x"], True),                 # folders default to 32x32: 8x8 tokens
+    (["--resolution", "16"], True),                    # a 4x4 grid, the smallest auto trains for
+    (["--resolution", "12"], False),                   # 3x3 tokens: pixels
+    (["--resolution", "18"], False),                   # not a multiple of the factor 4
+    (["--quantization", "gray"], False),               # a token scheme of pixels, given: pixels
+    (["--fit_palette"], False),
+    (["--streaming", "--max_train_steps", "5"], False),  # no known size to budget stage one by
+    (["--tokenizer", "none"], False),
+    (["--tokenizer", "train", "--resolution", "12"], True),  # asked for: trained whatever the size
+])
+def test_tokenizer_auto_trains_one_when_the_grid_is_4x4_and_nothing_asks_for_pixels(argv, trains):
+    args = training.parse_args(argv)
+    assert args.trains_tokenizer is trains
+    assert args.image.tokenizer == ("train" if trains else None)
+    assert args.image.quantization == ("palette" if "--fit_palette" in argv else "gray")  # unused on tokens
+
+
+def test_on_tokens_the_condition_is_one_pixel_per_token():
+    colorize = training.parse_args(["--task", "colorize", "--train_data_dir", "x", "--resolution", "64"]).model
+    assert (colorize.condition_size, colorize.condition_quantization) == (16, "gray8")  # 64 / 4, not 64x64 = 4,096
+    upscale = training.parse_args(["--task", "upscale"]).model  # built-in gray images: 8-bit gray
+    assert (upscale.condition_size, upscale.condition_quantization) == (7, "gray8")
+    folder = training.parse_args(["--task", "translate", "--train_data_dir", "t", "--source_dir", "s"]).model
+    assert (folder.condition_size, folder.condition_quantization) == (8, "rgb")  # colour folders: rgb
+    coarse = training.parse_args(["--task", "upscale", "--resolution", "32", "--downsample_factor", "8"]).model
+    assert coarse.condition_size == 4
+
+
+def test_run_length_defaults_to_the_trainers_budget_and_quality_flags_are_checked():
+    assert training.parse_args([]).run.num_epochs is None  # the trainer's budget: docs/training.md#step-budgets
+    assert training.parse_args(["--num_epochs", "3"]).run.num_epochs == 3
+    model = training.parse_args(["--class_conditional"]).model
+    assert (model.quality_samples, model.quality_guidance) == (200, [3.0, 1.0, 2.0, 4.0, 5.0])
+    assert "--quality_samples must be >= 0" in parse_error(training.parse_args, ["--quality_samples", "-1"])
+    assert "--quality_guidance scales must be finite and >= 0" in parse_error(
+        training.parse_args, ["--quality_guidance", "3", "nan"])

@@ -17,7 +17,7 @@ from training_helpers import fake_hub, fresh_accelerate_state, prepared_accelera
 
 from pixelgpt import training
 from pixelgpt.training import RunArguments, workspace
-from pixelgpt.training.loop import Trainer, adamw, launch, optimizer_step, push_folder, schedule
+from pixelgpt.training.loop import Budget, Trainer, adamw, launch, optimizer_step, push_folder, schedule, step_budget
 from pixelgpt.training.workspace import LOCK_NAME
 from pixelgpt.utils import TrainingError
 
@@ -83,7 +83,8 @@ def test_adamw_decays_matrices_only_over_the_parameters_that_train():
 
 def learning_rates(run, accelerator, steps_per_epoch):
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=run.learning_rate)
-    max_steps, scheduler = schedule(run, accelerator, optimizer, steps_per_epoch)
+    max_steps = step_budget(run, accelerator, steps_per_epoch, Budget(2))
+    scheduler = schedule(run, accelerator, optimizer, max_steps)
     rates = []
     for _ in range(max_steps):
         rates.append(scheduler.get_last_lr()[0])
@@ -102,12 +103,26 @@ def test_the_schedule_warms_up_then_decays_over_the_whole_run(accelerator):
     assert len(short) == 6 and short[:4] == [0.0, 1 / 3, 2 / 3, 1.0]
 
 
+def test_the_default_length_is_the_trainers_budget_capped_by_what_it_reads(accelerator):
+    run = RunArguments(train_batch_size=8)
+    assert step_budget(run, accelerator, 50, Budget(3)) == 150  # passes
+    # At most max_units pixels or tokens: 10,000 / (25 per image x 8 images per step) = 50 steps.
+    assert step_budget(run, accelerator, 50, Budget(3, units_per_image=25, max_units=10_000)) == 50
+    assert step_budget(run, accelerator, 10, Budget(3, units_per_image=25, max_units=10_000)) == 30  # under the cap
+    accumulating = dataclasses.replace(run, gradient_accumulation_steps=2)  # 16 images per optimizer step
+    assert step_budget(accumulating, accelerator, 50, Budget(3, units_per_image=25, max_units=10_000)) == 25
+    assert step_budget(run, accelerator, 50, Budget(3, units_per_image=10**6, max_units=10)) == 1  # never 0
+    # Given flags win over the budget: --max_train_steps first, then --num_epochs.
+    assert step_budget(dataclasses.replace(run, num_epochs=2), accelerator, 50, Budget(3, 25, 10_000)) == 100
+    assert step_budget(dataclasses.replace(run, num_epochs=2, max_train_steps=7), accelerator, 50, Budget(3)) == 7
+
+
 def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tmp_path, accelerator):
     (tmp_path / "checkpoint-2").mkdir()
     run = RunArguments(output_dir=str(tmp_path), learning_rate=0.1, lr_warmup_steps=0)
     model = accelerator._models[0]
     optimizer = accelerator.prepare(adamw(model.parameters(), run))
-    _, scheduler = schedule(run, accelerator, optimizer, 10)
+    scheduler = schedule(run, accelerator, optimizer, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.ones(2, 3)
     with pytest.raises(TrainingError, match=r"Training diverged at step 3: the loss is nan\. Nothing non-finite was "

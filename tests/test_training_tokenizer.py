@@ -35,7 +35,8 @@ from conftest import REPO_ROOT, assert_honest_card, assert_nearest_enlargement
 TINY = ["--resolution", "16", "--base_channels", "8", "--fsq_levels", "3", "3", "3", "--train_batch_size", "4",
         "--eval_batch_size", "8", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
 GPT_TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--train_batch_size", "4",
-            "--eval_batch_size", "8", "--num_samples", "2", "--lr_warmup_steps", "1", "--max_eval_samples", "8"]
+            "--eval_batch_size", "8", "--num_samples", "2", "--lr_warmup_steps", "1", "--max_eval_samples", "8",
+            "--quality_samples", "8"]
 
 fresh_state = pytest.fixture(autouse=True)(fresh_accelerate_state)
 
@@ -249,6 +250,35 @@ def test_one_run_trains_the_tokenizer_then_the_model_that_carries_it(both):
     assert f"| tokenizer (stage one): reconstruction PSNR, dB | {stage_one['psnr']:.2f} |" in card.text
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["tokenizer_psnr"] == round(
         stage_one["psnr"], 4)
+
+
+def test_by_default_a_class_conditional_run_trains_both_stages_for_their_budgets_and_judges_its_samples(
+        tmp_path, folder):
+    reset_accelerate()
+    args = training.parse_args(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "auto"), *GPT_TINY,
+                                "--resolution", "16", "--base_channels", "8", "--fsq_levels", "3", "3", "3",
+                                "--class_conditional"])
+    assert args.trains_tokenizer  # --tokenizer auto: 16x16 images make a 4x4 token grid
+    training.main(args)
+    train, _, _ = training.load_splits(args.data, seed=0)
+    steps_per_pass = len(train) // 4  # batches of 4, the last partial one dropped
+    stage_one = json.loads((tmp_path / "auto" / "tokenizer" / "eval_results.json").read_text())
+    results = json.loads((tmp_path / "auto" / "eval_results.json").read_text())
+    assert (stage_one["steps"], results["steps"]) == (4 * steps_per_pass, 10 * steps_per_pass)  # the default passes
+    # The end of the run judged 8 samples at each guidance scale, on the card and in its YAML.
+    report = json.loads((tmp_path / "auto" / "sample_quality.json").read_text())
+    assert list(report["guidance_curve"]) == ["3.0", "1.0", "2.0", "4.0", "5.0"]
+    assert report["frechet_distance"]["num_images"] == 8
+    g3 = report["guidance_curve"]["3.0"]["matches_requested_class"]
+    assert results["sample_quality_class_match_g3"] == g3
+    card = ModelCard.load(tmp_path / "auto" / "README.md")
+    assert card.text.index("## Sample quality") < card.text.index("## Training")
+    assert f"| samples, guidance 3 | {g3:.1%} |" in card.text
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["sample_quality_class_match_g3"] == round(
+        g3, 4)
+    # One class per row (2 classes, 8 samples each), at guidance 3, the rows named on the card.
+    assert Image.open(tmp_path / "auto" / "samples.png").size == (8 * 17 + 1, 2 * 17 + 1)
+    assert "one class per row (guidance 3): blues, reds." in card.text
 
 
 class Interrupted(Exception):

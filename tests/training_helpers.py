@@ -28,7 +28,7 @@ from pixelgpt.training.workspace import LOCK_NAME
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
         "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
-        "--num_samples", "4", "--lr_warmup_steps", "2"]
+        "--num_samples", "4", "--lr_warmup_steps", "2", "--quality_samples", "8"]
 
 
 def reset_accelerate():

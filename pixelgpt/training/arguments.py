@@ -23,12 +23,10 @@ from ..processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUAN
 
 DESCRIPTION = """Train a PixelGPT on an image dataset (the flags of `examples/train.py` and `pixelgpt train`).
 
-    accelerate launch examples/train.py --output_dir pixelgpt-fashion          # built-in Fashion-MNIST subset
-    accelerate launch examples/train.py --train_data_dir ./my_images --resolution 32 --quantization rgb
+    accelerate launch examples/train.py --class_conditional --output_dir pixelgpt-fashion  # built-in data, 2 stages
+    accelerate launch examples/train.py --train_data_dir ./my_images --tokenizer none --quantization rgb  # pixels
     pixelgpt train --dataset_name user/dataset --image_column img --label_column cls --class_conditional
     pixelgpt train --task inpaint                      # any-order model: inpaint, outpaint, vary
-    pixelgpt train --train_data_dir emoji --task colorize --quantization rgb --num_levels 4
-    pixelgpt train --task upscale --resolution 28 --condition_size 7 --quantization gray8
     pixelgpt train --train_data_dir photos --source_dir sketches --task translate   # paired folders
 
 Plain `python examples/train.py` (or `pixelgpt train`) runs one process; `accelerate launch` adds multi-process /
@@ -171,7 +169,8 @@ class RunArguments:
     seed: int = flag(0, "Seed for initialisation, data order and sampling.", TRAIN)
     train_batch_size: int = flag(32, "Images per device per step.", TRAIN)
     eval_batch_size: int = flag(64, "Images per device per evaluation step.", TRAIN)
-    num_epochs: int = flag(2, "Passes over the training set.", TRAIN)
+    num_epochs: int | None = flag(None, "Passes over the training set (default: a budget from the data's size and "
+                                  "resolution, docs/training.md#step-budgets).", TRAIN)
     max_train_steps: int | None = flag(None, "Stop after this many optimizer steps (overrides epochs).", TRAIN)
     gradient_accumulation_steps: int = flag(1, "Micro-batches per optimizer step.", TRAIN)
     learning_rate: float = flag(2e-3, "Peak learning rate.", TRAIN)
@@ -225,7 +224,8 @@ class RunArguments:
 
 
 PROCESSOR = "image processor"
-TOKENIZER_EPOCHS = 4  # stage one of --tokenizer train, when --tokenizer_steps is not given
+# --tokenizer's words (anything else is a trained tokenizer's folder or Hub id).
+AUTO, TRAIN_TOKENIZER, NO_TOKENIZER = "auto", "train", "none"
 
 
 @dataclass(frozen=True)
@@ -234,8 +234,9 @@ class ImageArguments:
 
     resolution: int | None = flag(None, "Side of the square training images (default: 28 for the built-in data, "
                                   "else 32).", PROCESSOR)
-    quantization: str = flag("gray", "Token scheme: N-level gray/rgb, lossless 8-bit gray8/rgb8, or a k-means "
-                             "palette.", PROCESSOR, choices=QUANTIZATIONS)
+    quantization: str | None = flag(None, "Token scheme of a pixel model: N-level gray/rgb, lossless 8-bit "
+                                    "gray8/rgb8, or a k-means palette (default: gray; giving it chooses pixels "
+                                    "over --tokenizer auto).", PROCESSOR, choices=QUANTIZATIONS)
     num_levels: int = flag(8, "Levels per channel for gray/rgb quantization.", PROCESSOR)
     fit_palette: bool = flag(False, "Learn a k-means palette from training images (implies --quantization "
                              "palette).", PROCESSOR)
@@ -243,23 +244,22 @@ class ImageArguments:
     palette_samples: int = flag(1000, "Training images sampled to fit the palette.", PROCESSOR)
     resize_mode: str = flag("crop", "Resize policy.", PROCESSOR, choices=RESIZE_MODES)
     resample: str = flag("bicubic", "Resampling filter used when resizing.", PROCESSOR, choices=sorted(RESAMPLE))
-    tokenizer: str | None = flag(None, "A trained image tokenizer (folder or Hub id, from train_tokenizer.py): model "
-                                 "its token grid instead of pixels (images are encoded once, before training; the "
-                                 "saved model carries the tokenizer). --resolution defaults to the tokenizer's; "
-                                 "--quantization and --num_levels are unused; condition images (colorize, upscale, "
-                                 "translate) stay pixels. 'train': train one on the same images first, in this run "
-                                 "(stage one, into <output_dir>/tokenizer; the 'tokenizer' flags below), then the "
-                                 "model on its tokens.", PROCESSOR)
-    tokenizer_steps: int | None = flag(None, "With --tokenizer train: optimizer steps of stage one (default: "
-                                       f"{TOKENIZER_EPOCHS} passes over the training images; needed with "
-                                       "--streaming).", PROCESSOR)
+    tokenizer: str = flag(AUTO, "What the model reads. 'train': two stages in this run, an image tokenizer trained on "
+                          "the same images (into <output_dir>/tokenizer; the 'tokenizer' flags below), then the model "
+                          "on its token grid. 'none': pixels (lossless with gray8/rgb8). A folder or Hub id: a "
+                          "tokenizer trained before. 'auto' (default): 'train' when the grid would be at least 4x4 "
+                          "(--resolution >= 16, a multiple of 4) and neither --quantization, --fit_palette nor "
+                          "--streaming asks for pixels, else 'none'. The saved model carries its tokenizer; condition "
+                          "images stay pixels.", PROCESSOR)
+    tokenizer_steps: int | None = flag(None, "With --tokenizer train: steps of stage one (default: a budget, "
+                                       "docs/training.md#step-budgets; needed with --streaming).", PROCESSOR)
 
     def check(self) -> None:
         at_least_one(self, ("tokenizer_steps",))
         if self.quantization == "palette" and not self.fit_palette:
             raise ValueError("--quantization palette needs --fit_palette (the palette is learned from the training "
                              "images)")
-        if self.tokenizer and self.fit_palette:
+        if self.tokenizer not in (AUTO, NO_TOKENIZER) and self.fit_palette:
             raise ValueError("--fit_palette does not combine with --tokenizer (the tokenizer makes the tokens)")
 
 
@@ -297,10 +297,12 @@ class ModelArguments:
     condition_prefix: bool = flag(True, "Conditional tasks: also put the condition tokens before the image, for "
                                   "attention to read.", MODEL)
     condition_quantization: str | None = flag(None, "How condition images are tokenized (default: gray8 for "
-                                              "colorize, else gray8 for gray quantizations without --tokenizer and "
-                                              "rgb otherwise).", MODEL, choices=CONDITION_QUANTIZATIONS)
+                                              "colorize, for gray quantizations on pixels and for the built-in "
+                                              "grayscale data on tokens; rgb otherwise).", MODEL,
+                                              choices=CONDITION_QUANTIZATIONS)
     condition_num_levels: int = flag(8, "Levels per channel of gray/rgb conditions.", MODEL)
-    condition_size: int | None = flag(None, "Side of the condition grid (default: resolution/4 for upscale, else the "
+    condition_size: int | None = flag(None, "Side of the condition grid (default: on tokens the token grid's side, "
+                                      "one condition pixel per token; on pixels resolution/4 for upscale, else the "
                                       "resolution).", MODEL)
     model_size: str = flag("tiny", "Size preset.", MODEL, choices=sorted(PIXELGPT_PRESETS))
     hidden_size: int | None = flag(None, "Override the preset's width.", MODEL)
@@ -319,6 +321,12 @@ class ModelArguments:
                                 MODEL)
     parallel_fraction: float = flag(0.5, "Share of training steps that use k-ahead prediction when --parallel_tokens "
                                     "> 1.", MODEL)
+    quality_samples: int = flag(200, "With --class_conditional: at the end, judge this many samples per "
+                                "--quality_guidance scale by a classifier of the run's images (class match, recognised "
+                                "share, Frechet distance in its features, copy check: pixelgpt.quality) and write the "
+                                "figures on the card; 0 skips it.", EVAL)
+    quality_guidance: list[float] = flag([3.0, 1.0, 2.0, 4.0, 5.0], "The guidance scales --quality_samples measures; "
+                                         "the first is the headline figure and the copy check's.", EVAL)
 
     @property
     def is_conditional(self) -> bool:
@@ -336,6 +344,11 @@ class ModelArguments:
         if not 1 <= self.parallel_tokens <= 64:
             raise ValueError("--parallel_tokens must be in [1, 64]")
         in_unit_range(self, ("parallel_fraction",), low_open=True, high_open=False)
+        if self.quality_samples < 0:
+            raise ValueError(f"--quality_samples must be >= 0 (0 skips the measurement), got {self.quality_samples}")
+        if not all(math.isfinite(g) and g >= 0 for g in self.quality_guidance):
+            raise ValueError(f"--quality_guidance scales must be finite and >= 0 (1 = no guidance), got "
+                             f"{list(self.quality_guidance)}")
         in_unit_range(self, ("class_dropout_prob", "inpaint_box_probability", "inpaint_box_warmup"), high_open=False)
         if self.parallel_tokens > 1 and self.task != "generate":
             raise ValueError("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
@@ -421,6 +434,27 @@ class TrainingArguments(Arguments):
     def trains_tokenizer(self) -> bool:
         return self.image.tokenizer == TRAIN_TOKENIZER
 
+    def resolve_image(self, image: ImageArguments) -> ImageArguments:
+        """Settle --tokenizer (auto: two stages when the token grid is at least 4x4 and nothing asks for pixels),
+        the default --resolution and --quantization, and the palette's quantization."""
+        data, model = self.data, self.model
+        if image.fit_palette:
+            image = dataclasses.replace(image, quantization="palette")
+        tokenizer = image.tokenizer
+        trained_before = tokenizer not in (AUTO, TRAIN_TOKENIZER, NO_TOKENIZER)
+        resolution = image.resolution
+        if resolution is None:
+            if trained_before and model.is_conditional:
+                raise ValueError(f"--task {model.task} with --tokenizer needs --resolution (the images' side in "
+                                 "pixels), from which --condition_size defaults")
+            resolution = tokenizer_config(tokenizer).image_size if trained_before else (28 if data.is_default else 32)
+        if tokenizer == AUTO:
+            big_enough = resolution >= 16 and resolution % 4 == 0  # a token grid of at least 4x4 (factor 4)
+            pixels_asked = image.quantization is not None or data.streaming
+            tokenizer = TRAIN_TOKENIZER if big_enough and not pixels_asked else NO_TOKENIZER
+        return dataclasses.replace(image, resolution=resolution, quantization=image.quantization or "gray",
+                                   tokenizer=None if tokenizer == NO_TOKENIZER else tokenizer)
+
     def resolve(self) -> "TrainingArguments":
         """Check every part, then settle the values that follow from others; returns the resolved arguments."""
         data, image, model = self.data, self.image, self.model
@@ -435,26 +469,20 @@ class TrainingArguments(Arguments):
             raise ValueError("--source_column / --source_dir are for --task translate")
         if data.source_dir:
             data = dataclasses.replace(data, source_column="source")  # the column pairing with --source_dir adds
-        if image.fit_palette:
-            image = dataclasses.replace(image, quantization="palette")
-        if image.resolution is None:
-            if image.tokenizer and not self.trains_tokenizer and model.is_conditional:
-                raise ValueError(f"--task {model.task} with --tokenizer needs --resolution (the images' side in "
-                                 "pixels), from which --condition_size defaults")
-            resolution = tokenizer_config(image.tokenizer).image_size if image.tokenizer and not \
-                self.trains_tokenizer else (28 if data.is_default else 32)
-            image = dataclasses.replace(image, resolution=resolution)
+        image = self.resolve_image(image)
         # Stage one of --tokenizer train reads the images as stage two does (its image flags are the processor's).
         tokenizer = dataclasses.replace(self.tokenizer, resolution=image.resolution, resize_mode=image.resize_mode,
                                         resample=image.resample)
-        if self.trains_tokenizer:
+        factor = None  # pixels per token along a side
+        if image.tokenizer == TRAIN_TOKENIZER:
             tokenizer.check()
+            factor = tokenizer.downsample_factor
             if data.streaming and image.tokenizer_steps is None:
                 raise ValueError("--tokenizer train with --streaming needs --tokenizer_steps (a stream has no known "
                                  "length, so passes cannot set stage one's steps)")
         elif image.tokenizer_steps is not None:
             raise ValueError("--tokenizer_steps is for --tokenizer train")
-        if image.tokenizer and not self.trains_tokenizer:
+        elif image.tokenizer is not None:
             factor = tokenizer_config(image.tokenizer).downsample_factor
             if image.resolution % factor:
                 raise ValueError(f"--resolution {image.resolution} must be a multiple of the tokenizer's "
@@ -462,11 +490,15 @@ class TrainingArguments(Arguments):
         if model.is_conditional:
             quantization = model.condition_quantization
             if quantization is None:
-                # With a tokenizer the images are colour (--quantization is unused): RGB conditions unless colorizing.
-                gray = model.task == "colorize" or (not image.tokenizer and image.quantization in ("gray", "gray8"))
+                # With a tokenizer the images are read as colour (--quantization is unused): RGB conditions unless
+                # colorizing, or the data is the built-in grayscale Fashion-MNIST (8-bit gray beats 8-level RGB).
+                gray = model.task == "colorize" or (data.is_default if factor else image.quantization in ("gray",
+                                                                                                         "gray8"))
                 quantization = "gray8" if gray else "rgb"
-            size = model.condition_size or (max(1, image.resolution // 4) if model.task == "upscale" else
-                                            image.resolution)
+            # On tokens one condition pixel sits under each token (upscale 28 -> 7x7 with factor 4; colorize 64 ->
+            # 16x16: a full-size gray condition would be a prefix 16 times longer than the image's tokens).
+            size = model.condition_size or (image.resolution // factor if factor else max(1, image.resolution // 4)
+                                            if model.task == "upscale" else image.resolution)
             model = dataclasses.replace(model, condition_quantization=quantization, condition_size=size)
             model.check()
         return dataclasses.replace(self, data=data, image=image, model=model, tokenizer=tokenizer)
@@ -492,7 +524,6 @@ class TokenizerTrainingArguments(Arguments):
 
 # With --tokenizer train, stage one reads the images with the image processor's flags.
 SHARED_IMAGE_FLAGS = ("resolution", "resize_mode", "resample")
-TRAIN_TOKENIZER = "train"
 # The pair-reading flags mean nothing to a tokenizer, which reads single images.
 TOKENIZER_SKIPPED_DATA = ("label_column", "source_column", "source_dir")
 

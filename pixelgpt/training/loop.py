@@ -4,6 +4,7 @@ JSON and the push; and the plumbing around it (accelerate's start, optimizer, sc
 (`PixelGPTTrainer`, `TokenizerTrainer`) builds its data and model and says what a loss, an evaluation, a grid and
 a card are."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -84,13 +85,33 @@ def adamw(parameters, run: RunArguments) -> torch.optim.AdamW:
                              lr=run.learning_rate, betas=(run.adam_beta1, run.adam_beta2))
 
 
-def schedule(run: RunArguments, accelerator, optimizer, steps_per_epoch: int | None):
-    """(total steps, warm-up-then-cosine scheduler) of a run; `steps_per_epoch` is None for a stream."""
-    max_steps = run.max_train_steps or run.num_epochs * steps_per_epoch
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A trainer's default length: `passes` over the data, and at most `max_units` pixels or tokens read (one image
+    is `units_per_image`), so that large or high-resolution data does not make a default run hours long."""
+
+    passes: int
+    units_per_image: int = 0
+    max_units: int = 0
+
+
+def step_budget(run: RunArguments, accelerator, steps_per_epoch: int | None, budget: Budget) -> int:
+    """A run's optimizer steps: --max_train_steps, else --num_epochs passes, else the trainer's default `budget`
+    (`steps_per_epoch` is None for a stream, which --max_train_steps then sets)."""
+    if run.max_train_steps or run.num_epochs:
+        return run.max_train_steps or run.num_epochs * steps_per_epoch
+    steps = budget.passes * steps_per_epoch
+    if budget.units_per_image:  # the cap: what `budget.max_units` of pixels or tokens allow, at this batch size
+        images_per_step = run.train_batch_size * run.gradient_accumulation_steps * accelerator.num_processes
+        steps = min(steps, max(1, budget.max_units // (budget.units_per_image * images_per_step)))
+    return steps
+
+
+def schedule(run: RunArguments, accelerator, optimizer, max_steps: int):
+    """The warm-up-then-cosine scheduler of a run of `max_steps` optimizer steps."""
     # accelerate steps a prepared scheduler once per process per optimizer step, so lengths scale with processes.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(run.lr_warmup_steps, max_steps // 2) *
-                                                accelerator.num_processes, max_steps * accelerator.num_processes)
-    return max_steps, scheduler
+    return get_cosine_schedule_with_warmup(optimizer, min(run.lr_warmup_steps, max_steps // 2) *
+                                           accelerator.num_processes, max_steps * accelerator.num_processes)
 
 
 def optimizer_step(accelerator, run: RunArguments, model, loss, optimizer, scheduler, step: int) -> None:
@@ -130,7 +151,8 @@ class Trainer:
     - `shown(loss)`: (progress-bar postfix, tracker values) of an optimizer step;
     - `evaluate(step, final)`: held-out figures (a dict; logged and returned);
     - `sample_grid()`: a PIL grid of the current model's samples;
-    - `final_metrics(figures)` and `write_card(folder, metrics)`: what the saved folder reports.
+    - `final_metrics(figures)` and `write_card(folder, metrics)`: what the saved folder reports;
+      `after_save(folder, metrics)` may measure the saved model and add to its card (before any push).
     """
 
     description = "Training"  # the progress bar's
@@ -161,9 +183,9 @@ class Trainer:
                                     self.run.output_dir)
         return train, held_out, name
 
-    def prepare(self, model, trained, train, held_out, collate, eval_collate=None) -> None:
+    def prepare(self, model, trained, train, held_out, collate, eval_collate=None, budget: Budget = Budget(2)) -> None:
         """Check the room for a checkpoint, make the batches and the held-out loader, and prepare the model,
-        optimizer (over `trained`), loader and schedule with accelerate."""
+        optimizer (over `trained`), loader and schedule (`budget`: the default length) with accelerate."""
         run, accelerator = self.run, self.accelerator
         # One checkpoint holds the weights, two Adam moments and the EMA copy, 4 bytes each.
         size = 4 * sum(p.numel() for p in model.parameters()) * (3 + bool(run.use_ema))
@@ -174,7 +196,8 @@ class Trainer:
                                                   generator=torch.Generator().manual_seed(run.seed),  # see batches
                                                   num_workers=run.dataloader_num_workers)
         optimizer = adamw(trained, run)
-        self.max_steps, scheduler = schedule(run, accelerator, optimizer, self.batches.steps_per_epoch)
+        self.max_steps = step_budget(run, accelerator, self.batches.steps_per_epoch, budget)
+        scheduler = schedule(run, accelerator, optimizer, self.max_steps)
         self.model, self.optimizer, self.eval_loader, self.scheduler = accelerator.prepare(
             model, optimizer, eval_loader, scheduler)
         self.models = (self.model,)
@@ -218,6 +241,9 @@ class Trainer:
 
     def release(self) -> None:
         """Drop what a subclass holds of prepared objects (see `train`)."""
+
+    def after_save(self, folder: Path, metrics: dict) -> None:
+        """Measurements of the saved folder (main process only), before a push."""
 
     def loop(self) -> None:
         run, accelerator = self.run, self.accelerator
@@ -291,6 +317,7 @@ class Trainer:
                            train_seconds=round(time.time() - self.started, 1), skipped_train_images=len(bad_images))
             (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
             self.write_card(out, metrics)
+            self.after_save(out, metrics)
             if run.push_to_hub:
                 push_folder(run, out, f"{self.title}, step {self.step}")
         return figures

@@ -13,12 +13,13 @@ import torch
 from accelerate.logging import get_logger
 from PIL import Image
 
-from ..cards import write_model_card
+from ..cards import index_results, sample_quality_section, training_data, update_model_card, write_model_card
 from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
 from ..modeling.layouts_pixelgpt import task_inputs
 from ..processing import PixelGPTImageProcessor
-from ..utils import make_image_grid, open_image
-from .arguments import TOKENIZER_EPOCHS, TokenizerTrainingArguments, TrainingArguments
+from ..quality import RealImages, measure, quantized
+from ..utils import class_name, make_image_grid, open_image
+from .arguments import TokenizerTrainingArguments, TrainingArguments
 from .checkpoints import list_checkpoints, recorded_settings, remove_partial_checkpoints
 from .data import (
     encode_with_tokenizer,
@@ -28,10 +29,16 @@ from .data import (
     resolve_label_column,
     tokenizer_digest,
 )
-from .loop import Trainer, launch
+from .loop import Budget, Trainer, launch
 from .tokenizer import TokenizerTrainer
 
 logger = get_logger(__name__)
+
+# The default length of a run (docs/training.md#step-budgets). A pixel model: 2 passes (as before two stages were the
+# default). On tokens: 10 passes (the held-out loss of the built-in 6,000 images is lowest near there; 21 passes
+# overfit), at most 10M tokens read (6,377 steps of 32 7x7 grids, ~10 minutes on a 2-core CPU; 1,220 of 16x16).
+PIXEL_BUDGET = Budget(passes=2)
+TOKEN_PASSES, TOKEN_BUDGET = 10, 10_000_000
 
 # What a checkpoint is only meaningful with: resuming with another value is refused, naming the setting.
 RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "palette_size", "resize_mode",
@@ -90,9 +97,23 @@ def evaluate(model, dataloader, accelerator, k=1, seed=0):
     return (total / count).item() / math.log(2)
 
 
-def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, condition_column: str):
+# A class-conditional model's grid: one row per class (the first ones, when there are more), at this guidance when
+# the model learned the unconditional token it needs (--class_dropout_prob > 0).
+GRID_MAX_CLASSES, GRID_GUIDANCE = 16, 3.0
+
+
+def class_grid_labels(num_classes: int, num_samples: int) -> tuple[list, int]:
+    """(labels, columns) of a class-conditional grid: one row per class (at most GRID_MAX_CLASSES), at least 8
+    samples a row and together at least `num_samples`."""
+    rows = min(num_classes, GRID_MAX_CLASSES)
+    cols = max(8, -(-num_samples // rows))
+    return [c for c in range(rows) for _ in range(cols)], cols
+
+
+def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, condition_column: str,
+                guidance_scale: float = 1.0):
     """A grid of samples; conditional models show (condition, output) pairs for the first held-out images (their
-    `condition_column`), class-conditional ones one sample per class in turn."""
+    `condition_column`), class-conditional ones one row per class (at `guidance_scale`)."""
     sampling = dict(image_processor=processor, generator=torch.Generator().manual_seed(seed),
                     batch_size=num_samples, show_progress=False)
     if model.config.is_conditional:
@@ -102,10 +123,13 @@ def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, c
         shown = condition.decode(condition(sources).input_ids)  # what the model reads, as an image
         shown = [c.resize((processor.image_size,) * 2, Image.Resampling.NEAREST) for c in shown]
         images = [image for pair in zip(shown, outputs) for image in pair]
+    elif model.config.num_classes:
+        labels, cols = class_grid_labels(model.config.num_classes, num_samples)
+        sampling["batch_size"] = max(num_samples, len(labels))
+        images = model.generate_images(1, class_labels=labels, guidance_scale=guidance_scale, **sampling)
+        return make_image_grid(images, cols=cols)
     else:
-        classes = model.config.num_classes
-        labels = [i % classes for i in range(num_samples)] if classes else None
-        images = model.generate_images(1 if labels else num_samples, class_labels=labels, **sampling)
+        images = model.generate_images(num_samples, **sampling)
     return make_image_grid(images, cols=min(8, len(images)))
 
 
@@ -192,9 +216,10 @@ class PixelGPTTrainer(Trainer):
             model.activation_checkpointing_enable()
         collate = make_collate(processor, config, data, label_column, tokenizer)
         trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
-        self.prepare(model, trained, train, held_out, collate)
+        self.prepare(model, trained, train, held_out, collate, budget=self.budget(config, tokenizer))
         self.batches.bad_images.update(dict.fromkeys(encode_bad))
         self.held_out, self.num_train_images = held_out, None if data.streaming else len(train)
+        self.train_rows, self.label_column, self.class_names = train, label_column, class_names
         self.bits_name = "bits_per_dim" if processor.bits_per_token_is_bits_per_dim and not tokenizer else \
             "bits_per_token"
         self.resume()
@@ -204,6 +229,12 @@ class PixelGPTTrainer(Trainer):
                     f"{config.num_image_tokens} tokens per image")
         self.untrained_bits = self.evaluate(0, untrained=True) if self.step == 0 else None
         self.tokens_seen, self.tick = 0, time.time()
+
+    @staticmethod
+    def budget(config, tokenizer) -> Budget:
+        if tokenizer is None:
+            return PIXEL_BUDGET
+        return Budget(TOKEN_PASSES, units_per_image=config.num_image_tokens, max_units=TOKEN_BUDGET)
 
     def loss(self, batch, step: int):
         model_args, accelerator = self.args.model, self.accelerator
@@ -249,8 +280,9 @@ class PixelGPTTrainer(Trainer):
 
     def sample_grid(self):
         data = self.args.data
+        guidance = GRID_GUIDANCE if self.args.model.class_dropout_prob > 0 else 1.0
         return sample_grid(self.accelerator.unwrap_model(self.model), self.processor, self.held_out,
-                           self.run.num_samples, self.run.seed, data.source_column or data.image_column)
+                           self.run.num_samples, self.run.seed, data.source_column or data.image_column, guidance)
 
     def final_metrics(self, figures: dict) -> dict:
         metrics = {self.bits_name: figures[self.bits_name], "untrained_" + self.bits_name: self.untrained_bits}
@@ -261,20 +293,78 @@ class PixelGPTTrainer(Trainer):
                                                                      "steps")})
         return metrics
 
+    def after_save(self, folder: Path, metrics: dict) -> None:
+        """Class-conditional runs: judge the final model's samples (--quality_samples) and add the figures to the
+        folder's eval_results.json, sample_quality.json and card."""
+        data, model_args = self.args.data, self.args.model
+        if not (model_args.class_conditional and model_args.quality_samples):
+            return
+        if data.streaming:  # the judging classifier needs a sample of the training images, which a stream lacks
+            logger.info("--quality_samples: skipped for a streamed dataset (examples/sample_quality.py measures the "
+                        "saved model on an image folder or dataset)")
+            return
+        started = time.time()
+        report = measure_class_samples(self.accelerator.unwrap_model(self.model), self.processor, self.train_rows,
+                                       self.held_out, data, self.label_column, self.class_names,
+                                       model_args.quality_samples, tuple(model_args.quality_guidance),
+                                       self.run.seed)
+        (folder / "sample_quality.json").write_text(json.dumps(report, indent=2))
+        body, figures = sample_quality_section(report)
+        _, index, _ = training_data(self.dataset_name, data, self.num_train_images)
+        update_model_card(folder, key="sample_quality", title="Sample quality", body=body,
+                          eval_results=index_results("unconditional-image-generation", index, figures))
+        metrics.update({name: value for name, _, value in figures}, quality_seconds=round(time.time() - started, 1))
+        (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        first = report["trained_model_samples"]
+        logger.info(f"samples at guidance {report['sampling']['guidance_scale']:g}: class match "
+                    f"{first['matches_requested_class']:.1%}, recognised {first['recognised_share']:.1%} (real images "
+                    f"{report['real_test_images']['recognised_share']:.1%}); on the card")
+
     def write_card(self, folder, metrics: dict) -> None:
+        note = None
+        if self.config.num_classes:
+            names = [class_name(self.config, c) or str(c) for c in range(min(self.config.num_classes,
+                                                                              GRID_MAX_CLASSES))]
+            guidance = GRID_GUIDANCE if self.args.model.class_dropout_prob > 0 else 1.0
+            note = (f"Samples of the final model, one class per row (guidance {guidance:g}): "
+                    f"{', '.join(names)}{'' if len(names) == self.config.num_classes else ', ...'}.")
         write_model_card(folder, args=self.args, config=self.config,
                          processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
-                         bits_name=self.bits_name, num_train_images=self.num_train_images)
+                         bits_name=self.bits_name, num_train_images=self.num_train_images, grid_note=note)
+
+
+# Training images the judging classifier of --quality_samples learns from (as examples/sample_quality.py).
+QUALITY_CLASSIFIER_IMAGES = 6000
+
+
+def measure_class_samples(model, processor, train, held_out: list, data, label_column: str, class_names,
+                          num_samples: int, guidance: tuple, seed: int) -> dict:
+    """`pixelgpt.quality.measure` of a class-conditional model at each `guidance` scale, its classifier trained on up to
+    QUALITY_CLASSIFIER_IMAGES of the run's training images and checked on its held-out ones, each as the model sees
+    it (through the processor; grayscale data stays gray)."""
+
+    def seen(values):
+        images = [open_image(value, "image") for value in values]
+        shown = quantized(processor, images)
+        return [s.convert("L") for s in shown] if all(i.mode == "L" for i in images) else shown
+
+    rows = train.shuffle(seed=seed).select(range(min(QUALITY_CLASSIFIER_IMAGES, len(train))))
+    names = class_names or [str(c) for c in range(model.config.num_classes)]
+    real = RealImages.from_images(names, seen(rows[data.image_column]), rows[label_column],
+                                  seen([row[data.image_column] for row in held_out]),
+                                  [row[label_column] for row in held_out])
+    return measure(model, processor, real, num_samples=num_samples, guidance_scales=guidance, seed=seed)
 
 
 def tokenizer_stage(args: TrainingArguments) -> TokenizerTrainingArguments:
     """Stage one of `--tokenizer train`: a tokenizer trained on the run's images into <output_dir>/tokenizer, with
-    the run's data, optimisation and cadence, its own steps (--tokenizer_steps, or TOKENIZER_EPOCHS passes), and no
-    push (the model carries it). A resumed run resumes a stage one that has checkpoints and starts one that has none."""
+    the run's data, optimisation and cadence, its own steps (--tokenizer_steps, or the tokenizer's default budget),
+    and no push (the model carries it). A resumed run resumes a stage one that has checkpoints and starts one that
+    has none."""
     run, folder = args.run, Path(args.run.output_dir, "tokenizer")
     resume = run.resume_from_checkpoint and list_checkpoints(folder) and "latest"
     stage = dataclasses.replace(run, output_dir=str(folder), max_train_steps=args.image.tokenizer_steps,
-                                num_epochs=TOKENIZER_EPOCHS, resume_from_checkpoint=resume or None, push_to_hub=False,
+                                num_epochs=None, resume_from_checkpoint=resume or None, push_to_hub=False,
                                 hub_model_id=None)
     return TokenizerTrainingArguments(data=args.data, run=stage, tokenizer=args.tokenizer)
 

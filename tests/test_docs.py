@@ -26,6 +26,7 @@ PARSERS = {
     "examples/transform_quality.py": "examples/transform_quality.py:build_parser",
     "examples/build_default_dataset.py": "examples/build_default_dataset.py:main",  # parser built inside main()
     "bench/run.py": "bench/run.py:main",  # parser built inside main()
+    "bench/time_to_quality.py": "bench/time_to_quality.py:main",  # parser built inside main()
     "pixelgpt": "pixelgpt.cli:build_parser",
     # the command hands every flag of these two sub-commands to the training parsers (pixelgpt.cli.main)
     "pixelgpt train": "pixelgpt.training:build_parser",

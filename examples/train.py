@@ -2,7 +2,7 @@
 
     accelerate launch examples/train.py --output_dir pixelgpt-fashion          # built-in Fashion-MNIST subset
     accelerate launch examples/train.py --train_data_dir ./my_images --resolution 32 --quantization rgb
-    python examples/train.py --task inpaint --output_dir inpaint-fashion
+    python examples/train.py --tokenizer none --task inpaint --output_dir inpaint-fashion
 
 The flags, the data pipeline and the loop are library code (`pixelgpt.training`), so that the installed
 `pixelgpt train` command runs the same thing; `python examples/train.py --help` lists every flag.

@@ -24,7 +24,7 @@ def test_reports_confidence_for_real_trained_and_untrained_samples(tmp_path):
     training.main(training.parse_args([
         "--output_dir", str(tmp_path / "model"), "--hidden_size", "32", "--num_hidden_layers", "1",
         "--num_attention_heads", "2", "--max_train_steps", "2", "--max_eval_samples", "16", "--max_train_samples",
-        "64", "--class_conditional", "--num_samples", "2"]))
+        "64", "--class_conditional", "--num_samples", "2", "--quality_samples", "0"]))  # two stages, unjudged
     report = sample_quality.main(sample_quality.build_parser().parse_args(
         ["--model", str(tmp_path / "model"), "--num_samples", "10", "--classifier_epochs", "2",
          "--classifier_train_images", "1000", "--guidance_scale", "1", "3", "--output", str(tmp_path / "report.json")]))

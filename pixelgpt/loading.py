@@ -69,3 +69,23 @@ def load_model(name: str, device: str | None = None):
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load model {name}: {_first_line(err)}") from None
     return model.to(target).eval()
+
+
+def tokenizer_config(name: str) -> PixelGPTVQVAEConfig:
+    """The config of the `--tokenizer` folder or Hub id (weights are loaded later); a clear error when it holds
+    something else."""
+    hint = "Give the output folder (or Hub id) of examples/train_tokenizer.py."
+    folder = Path(name).expanduser()
+    if folder.is_file() or not folder.is_dir() and not is_repo_id(name):
+        raise ValueError(f"--tokenizer {name}: {'a file' if folder.is_file() else 'no such folder'}. {hint}")
+    try:
+        config = PixelGPTVQVAEConfig.get_config_dict(str(folder) if folder.is_dir() else name)[0]
+    except OSError as err:
+        raise ValueError(f"--tokenizer {name}: no PixelGPT tokenizer could be loaded from it ({err}). {hint}") from None
+    model_type = config.get("model_type")
+    if model_type is None:  # a folder without a model's config.json, e.g. the training images themselves
+        raise ValueError(f"--tokenizer {name} holds no saved model (no config.json naming a model type). {hint}")
+    if model_type != PixelGPTVQVAEConfig.model_type:  # loading it anyway would train on random codes
+        raise ValueError(f"--tokenizer {name} holds a {model_type!r} model, not a PixelGPT image tokenizer "
+                         f"({PixelGPTVQVAEConfig.model_type!r}). {hint}")
+    return PixelGPTVQVAEConfig.from_dict(config)

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +17,17 @@ class TrainingError(RuntimeError):
 
 # Files taken as images in folders (train.py --train_data_dir, the pixelgpt command).
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def first_image_side(folder) -> int | None:
+    """The smaller side of the first image file (in path order) under `folder`; None when it holds none that opens."""
+    root = Path(folder).expanduser()
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir() else []
+    try:
+        with Image.open(files[0]) as image:
+            return min(image.size)
+    except (IndexError, OSError):
+        return None
 
 
 def image_key(value) -> str:

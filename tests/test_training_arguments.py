@@ -247,3 +247,17 @@ def test_run_length_defaults_to_the_trainers_budget_and_quality_flags_are_checke
     assert "--quality_samples must be >= 0" in parse_error(training.parse_args, ["--quality_samples", "-1"])
     assert "--quality_guidance scales must be finite and >= 0" in parse_error(
         training.parse_args, ["--quality_guidance", "3", "nan"])
+
+
+def test_a_folder_of_small_images_defaults_to_their_own_side(tmp_path):
+    for side, name in ((20, "small"), (50, "large"), (30, "odd")):
+        (tmp_path / name / "a").mkdir(parents=True)
+        Image.new("L", (side + 6, side)).save(tmp_path / name / "a" / "0.png")  # the smaller side counts
+    small, large, odd = (str(tmp_path / name) for name in ("small", "large", "odd"))
+    assert training.parse_args(["--train_data_dir", small]).image.resolution == 20  # not enlarged to 32 (refused)
+    assert training.parse_args(["--train_data_dir", large]).image.resolution == 32  # at most 32
+    assert training.parse_args(["--train_data_dir", odd]).image.resolution == 28  # a multiple of 4
+    assert training.parse_tokenizer_args(["--train_data_dir", large]).tokenizer.resolution == 48  # 64 at most
+    assert training.parse_tokenizer_args(["--train_data_dir", odd, "--downsample_factor", "8"]).tokenizer.resolution \
+        == 24
+    assert training.parse_args(["--train_data_dir", str(tmp_path / "missing")]).image.resolution == 32  # named later

@@ -13,13 +13,13 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..loading import is_repo_id
+from ..loading import tokenizer_config
 from ..modeling import PIXELGPT_PRESETS
 from ..modeling.configuration_pixelgpt import CONDITIONAL_TASKS, FILL_ORDERS, PIXELGPT_TASKS
 from ..modeling.configuration_pixelgpt_vqvae import DOWNSAMPLE_FACTORS, PixelGPTVQVAEConfig
 from ..processing.image_processing_pixelgpt import CONDITION_QUANTIZATIONS, QUANTIZATIONS, RESAMPLE, RESIZE_MODES
+from ..utils import first_image_side
 
 DESCRIPTION = """Train a PixelGPT on an image dataset (the flags of `examples/train.py` and `pixelgpt train`).
 
@@ -144,6 +144,12 @@ class DataArguments:
         """True for the built-in data (no folder or dataset given)."""
         return not (self.train_data_dir or self.dataset_name)
 
+    def default_resolution(self, largest: int, multiple: int = 4) -> int:
+        """28 for the built-in images; else `largest`, or a folder's first image's smaller side when that is smaller
+        (rounded down to a multiple of `multiple`): enlarging small images by default would refuse them all."""
+        side = None if self.is_default else first_image_side(self.train_data_dir)
+        return 28 if self.is_default else min(largest, max(8, side // multiple * multiple) if side else largest)
+
     def check(self) -> None:
         if self.train_data_dir and self.dataset_name:
             raise ValueError("give --train_data_dir or --dataset_name, not both")
@@ -232,8 +238,8 @@ AUTO, TRAIN_TOKENIZER, NO_TOKENIZER = "auto", "train", "none"
 class ImageArguments:
     """How images become the tokens the model reads: the image processor's settings, or a learned tokenizer."""
 
-    resolution: int | None = flag(None, "Side of the square training images (default: 28 for the built-in data, "
-                                  "else 32).", PROCESSOR)
+    resolution: int | None = flag(None, "Side of the square training images (default: 28 for the built-in data; else "
+                                  "32, or a folder's images' own side when smaller).", PROCESSOR)
     quantization: str | None = flag(None, "Token scheme of a pixel model: N-level gray/rgb, lossless 8-bit "
                                     "gray8/rgb8, or a k-means palette (default: gray; giving it chooses pixels "
                                     "over --tokenizer auto).", PROCESSOR, choices=QUANTIZATIONS)
@@ -376,7 +382,8 @@ class TokenizerArguments:
     """The image tokenizer of stage one: its images, its autoencoder and its optional adversarial loss."""
 
     resolution: int | None = flag(None, "Side of the square training images, a multiple of --downsample_factor "
-                                  "(default: 64, or 28 for the built-in 28x28 data).", "images")
+                                  "(default: 64, or a folder's images' own side when smaller; 28 for the built-in "
+                                  "data).", "images")
     resize_mode: str = flag("crop", "Resize policy.", "images", choices=RESIZE_MODES)
     resample: str = flag("bicubic", "Resampling filter used when resizing.", "images", choices=sorted(RESAMPLE))
     downsample_factor: int = flag(4, "Pixels per token along each side (64x64 images: 16x16 tokens with 4, 8x8 with "
@@ -447,7 +454,7 @@ class TrainingArguments(Arguments):
             if trained_before and model.is_conditional:
                 raise ValueError(f"--task {model.task} with --tokenizer needs --resolution (the images' side in "
                                  "pixels), from which --condition_size defaults")
-            resolution = tokenizer_config(tokenizer).image_size if trained_before else (28 if data.is_default else 32)
+            resolution = tokenizer_config(tokenizer).image_size if trained_before else data.default_resolution(32)
         if tokenizer == AUTO:
             big_enough = resolution >= 16 and resolution % 4 == 0  # a token grid of at least 4x4 (factor 4)
             pixels_asked = image.quantization is not None or data.streaming
@@ -516,8 +523,9 @@ class TokenizerTrainingArguments(Arguments):
         self.data.check()
         self.run.check(self.data.streaming)
         tokenizer = self.tokenizer
-        if tokenizer.resolution is None:  # the built-in Fashion-MNIST images are 28x28: larger would refuse them all
-            tokenizer = dataclasses.replace(tokenizer, resolution=28 if self.data.is_default else 64)
+        if tokenizer.resolution is None:  # 64 unless the images are smaller (the built-in ones are 28x28)
+            tokenizer = dataclasses.replace(tokenizer, resolution=self.data.default_resolution(
+                64, tokenizer.downsample_factor))
         tokenizer.check()
         return dataclasses.replace(self, tokenizer=tokenizer)
 
@@ -563,26 +571,6 @@ def parse_args(argv=None) -> TrainingArguments:
 def parse_tokenizer_args(argv=None) -> TokenizerTrainingArguments:
     """The command line of `examples/train_tokenizer.py` / `pixelgpt train-tokenizer`."""
     return _parse(build_tokenizer_parser(), TokenizerTrainingArguments, argv)
-
-
-def tokenizer_config(name: str) -> PixelGPTVQVAEConfig:
-    """The config of the `--tokenizer` folder or Hub id (weights are loaded later); a clear error when it holds
-    something else."""
-    hint = "Give the output folder (or Hub id) of examples/train_tokenizer.py."
-    folder = Path(name).expanduser()
-    if folder.is_file() or not folder.is_dir() and not is_repo_id(name):
-        raise ValueError(f"--tokenizer {name}: {'a file' if folder.is_file() else 'no such folder'}. {hint}")
-    try:
-        config = PixelGPTVQVAEConfig.get_config_dict(str(folder) if folder.is_dir() else name)[0]
-    except OSError as err:
-        raise ValueError(f"--tokenizer {name}: no PixelGPT tokenizer could be loaded from it ({err}). {hint}") from None
-    model_type = config.get("model_type")
-    if model_type is None:  # a folder without a model's config.json, e.g. the training images themselves
-        raise ValueError(f"--tokenizer {name} holds no saved model (no config.json naming a model type). {hint}")
-    if model_type != PixelGPTVQVAEConfig.model_type:  # loading it anyway would train on random codes
-        raise ValueError(f"--tokenizer {name} holds a {model_type!r} model, not a PixelGPT image tokenizer "
-                         f"({PixelGPTVQVAEConfig.model_type!r}). {hint}")
-    return PixelGPTVQVAEConfig.from_dict(config)
 
 
 __all__ = [

@@ -6,10 +6,11 @@ against real images, pixelgpt.quality's classifier).
     python bench/time_to_quality.py --output_dir bench/results/b9_time_to_quality        # ~50 min on a 2-core CPU
     python bench/time_to_quality.py --minutes 0.5 --quality_samples 20 --output_dir /tmp/b9   # a smoke check
 
-A budget in minutes becomes steps through throughputs measured first on this machine (two short runs of each kind:
-seconds per step and fixed cost); two stages give a quarter of the minutes to the tokenizer (its default budget on
-this data takes about as long as a third of stage two's). Each run's own wall clock (`train_seconds`, without the
-quality measurement) is reported beside its budget. Writes report.json, report.md and time_to_quality.svg (class
+A budget in minutes of training becomes steps through the seconds per step measured first on this machine (the
+difference of two short runs of each kind, so that start-up, evaluation and grids do not count); two stages give a
+quarter of the minutes to the tokenizer (its default budget on this data takes about as long as a third of stage
+two's). Each run's whole wall clock (`train_seconds`: start-up, encoding, evaluations and the final grid included,
+the quality measurement not) is reported beside its budget. Writes report.json, report.md and time_to_quality.svg (class
 match and recognised share against minutes, both paths). Runs one training at a time: never beside another one.
 """
 
@@ -59,16 +60,13 @@ def calibrate(scratch: Path) -> dict:
 
 
 def budget_steps(rates: dict, path: str, minutes: float) -> list:
-    """The step flags that fill `minutes` of training on `path`."""
+    """The step flags that fill `minutes` of training (the optimizer steps' own time, measured per step; start-up,
+    evaluation and the final grid come on top) on `path`."""
     seconds = minutes * 60
     if path == "pixels":
-        per_step, fixed = rates["pixels"]
-        return ["--max_train_steps", str(max(1, round((seconds - fixed) / per_step)))]
-    tok_step, tok_fixed = rates["tokenizer"]
-    two_step, two_fixed = rates["stage two"]
-    tokenizer_steps = max(1, round((seconds * TOKENIZER_SHARE - tok_fixed) / tok_step))
-    # The calibration's stage two ran after a 20-step stage one: its fixed cost holds that whole stage one.
-    steps = max(1, round((seconds * (1 - TOKENIZER_SHARE) - (two_fixed - tok_fixed - 20 * tok_step)) / two_step))
+        return ["--max_train_steps", str(max(1, round(seconds / rates["pixels"][0])))]
+    tokenizer_steps = max(1, round(seconds * TOKENIZER_SHARE / rates["tokenizer"][0]))
+    steps = max(1, round(seconds * (1 - TOKENIZER_SHARE) / rates["stage two"][0]))
     return ["--tokenizer_steps", str(tokenizer_steps), "--max_train_steps", str(steps)]
 
 

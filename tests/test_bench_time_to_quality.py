@@ -13,11 +13,9 @@ RATES = {"pixels": (1.5, 12.0), "tokenizer": (0.15, 10.0), "stage two": (0.1, 20
 
 
 def test_minutes_become_the_steps_that_fill_them():
-    # Pixels: (120 s - 12 s fixed) / 1.5 s per step.
-    assert b9.budget_steps(RATES, "pixels", 2) == ["--max_train_steps", "72"]
-    # Two stages: a quarter of 120 s for stage one, (30 - 10) / 0.15 = 133 steps; stage two gets the rest minus its
-    # own fixed cost (20 s less stage one's 10 s and the calibration's 20 tokenizer steps, 3 s): (90 - 7) / 0.1.
-    assert b9.budget_steps(RATES, "two stages", 2) == ["--tokenizer_steps", "133", "--max_train_steps", "830"]
+    assert b9.budget_steps(RATES, "pixels", 2) == ["--max_train_steps", "80"]  # 120 s / 1.5 s per step
+    # Two stages: a quarter of 120 s for stage one, 30 / 0.15 = 200 steps; the rest for stage two, 90 / 0.1.
+    assert b9.budget_steps(RATES, "two stages", 2) == ["--tokenizer_steps", "200", "--max_train_steps", "900"]
     assert b9.budget_steps(RATES, "pixels", 0.01) == ["--max_train_steps", "1"]  # never 0 steps
 
 

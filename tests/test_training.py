@@ -391,3 +391,9 @@ def test_two_streaming_cpu_processes_read_disjoint_parts(tmp_path):
     assert not seen[0] & seen[1]
     assert (tmp_path / "ddp" / "model.safetensors").exists()
 
+
+
+def test_too_few_held_out_images_to_judge_by_skip_the_measurement_not_the_run(tmp_path, caplog):
+    out = train(tmp_path, "--max_train_steps", "1", "--class_conditional", "--max_eval_samples", "1")
+    assert (out / "model.safetensors").exists() and not (out / "sample_quality.json").exists()
+    assert "--quality_samples: skipped" in caplog.text and "held-out" in caplog.text

@@ -304,10 +304,14 @@ class PixelGPTTrainer(Trainer):
                         "saved model on an image folder or dataset)")
             return
         started = time.time()
-        report = measure_class_samples(self.accelerator.unwrap_model(self.model), self.processor, self.train_rows,
-                                       self.held_out, data, self.label_column, self.class_names,
-                                       model_args.quality_samples, tuple(model_args.quality_guidance),
-                                       self.run.seed)
+        try:
+            report = measure_class_samples(self.accelerator.unwrap_model(self.model), self.processor,
+                                           self.train_rows, self.held_out, data, self.label_column, self.class_names,
+                                           model_args.quality_samples, tuple(model_args.quality_guidance),
+                                           self.run.seed)
+        except ValueError as err:  # too few images to judge by (the model is saved: the run does not fail here)
+            logger.warning(f"--quality_samples: skipped, {err}")
+            return
         (folder / "sample_quality.json").write_text(json.dumps(report, indent=2))
         body, figures = sample_quality_section(report)
         _, index, _ = training_data(self.dataset_name, data, self.num_train_images)

@@ -81,7 +81,7 @@ def figures(results: dict) -> dict:
 
 def svg_plot(rows: list, minutes: list) -> str:
     """Class match (solid) and recognised share (dashed) against minutes, one colour per path."""
-    width, height, left, bottom, top, right = 560, 340, 60, 50, 20, 150
+    width, height, left, bottom, top, right = 660, 340, 60, 50, 20, 250
     span = max(minutes)
 
     def x(m):

@@ -261,3 +261,4 @@ def test_a_folder_of_small_images_defaults_to_their_own_side(tmp_path):
     assert training.parse_tokenizer_args(["--train_data_dir", odd, "--downsample_factor", "8"]).tokenizer.resolution \
         == 24
     assert training.parse_args(["--train_data_dir", str(tmp_path / "missing")]).image.resolution == 32  # named later
+    assert training.parse_args(["--dataset_name", str(tmp_path / "small")]).image.resolution == 32  # not read here

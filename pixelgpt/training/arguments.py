@@ -147,7 +147,7 @@ class DataArguments:
     def default_resolution(self, largest: int, multiple: int = 4) -> int:
         """28 for the built-in images; else `largest`, or a folder's first image's smaller side when that is smaller
         (rounded down to a multiple of `multiple`): enlarging small images by default would refuse them all."""
-        side = None if self.is_default else first_image_side(self.train_data_dir)
+        side = first_image_side(self.train_data_dir) if self.train_data_dir else None  # a dataset is not read here
         return 28 if self.is_default else min(largest, max(8, side // multiple * multiple) if side else largest)
 
     def check(self) -> None:

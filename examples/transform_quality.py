@@ -42,7 +42,7 @@ from transformers import AutoModel
 from pixelgpt import training  # held-out split exactly as in training
 from pixelgpt.cards import DEFAULT_DATASET_HUB_ID, save_card_grid, update_model_card
 from pixelgpt.quality import quantized
-from pixelgpt.utils import IMAGE_EXTENSIONS, make_image_grid, open_image, psnr
+from pixelgpt.utils import IMAGE_EXTENSIONS, image_files, make_image_grid, open_image, psnr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def held_out_images(args, model, count: int | None = None) -> list[Image.Image]:
     count = count or args.num_images
     if args.eval_data_dir:  # every image of the folder is unseen: the first `count`, in file order
-        files = sorted(p for p in Path(args.eval_data_dir).expanduser().rglob("*") if p.suffix.lower() in
-                       IMAGE_EXTENSIONS)
+        files = image_files(args.eval_data_dir)
         if not files:
             raise ValueError(f"--eval_data_dir {args.eval_data_dir}: no image files "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")

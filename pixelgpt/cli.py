@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pixelgpt.loading import load_model
-from pixelgpt.utils import IMAGE_EXTENSIONS, TrainingError, open_image
+from pixelgpt.utils import IMAGE_EXTENSIONS, TrainingError, image_files, open_image
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def _image_files(inputs: list[str]) -> list[tuple[Path, str]]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = image_files(path)
             if not files:
                 raise SystemExit(f"pixelgpt: {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             found.extend((f, f.relative_to(path).with_suffix("").as_posix()) for f in files)

@@ -19,10 +19,15 @@ class TrainingError(RuntimeError):
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def image_files(folder) -> list[Path]:
+    """The image files (IMAGE_EXTENSIONS) anywhere under `folder`, in path order; none for a folder that is not."""
+    root = Path(folder).expanduser()
+    return sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir() else []
+
+
 def first_image_side(folder) -> int | None:
     """The smaller side of the first image file (in path order) under `folder`; None when it holds none that opens."""
-    root = Path(folder).expanduser()
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir() else []
+    files = image_files(folder)
     try:
         with Image.open(files[0]) as image:
             return min(image.size)

@@ -305,8 +305,8 @@ def sample_quality_section(report: dict) -> tuple[str, list]:
     body = f"""{fd['num_images']} samples per row, judged by a small CNN trained on this run's training images (it
 labels {report['classifier_test_accuracy']:.1%} of the held-out images correctly; an extra class takes noise).
 *Class match*: the share labelled as the class asked for (chance: {1 / len(real['per_class']):.0%}); *recognised*:
-labelled as some class with probability >= 0.8; *Frechet distance*: between the set and the held-out images in the
-classifier's 128 penultimate features (lower is closer; the real-image row is the floor at this count).
+labelled as some class with probability >= 0.8; *Frechet distance*: between the set and the held-out images in
+{fd['features']} (lower is closer; the real-image row is the floor at this count).
 
 | images | class match | recognised | Frechet distance |
 |---|---|---|---|

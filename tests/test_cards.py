@@ -134,7 +134,8 @@ def test_the_sample_quality_section_shows_every_guidance_scale_and_the_real_and_
     report = {"sampling": {"guidance_scale": 3.0}, "classifier_test_accuracy": 0.855, "real_test_images": real,
               "guidance_curve": {"3.0": quality_entry(0.91, 0.805, 1.25), "1.0": quality_entry(0.73, 0.6, 2.5)},
               "untrained_model_samples": quality_entry(0.055, 0.0, 40.0),
-              "frechet_distance": {"num_images": 200, "real_training_images": 0.4},
+              "frechet_distance": {"num_images": 200, "real_training_images": 0.4,
+                                   "features": "the project classifier's 128 penultimate features"},
               "nearest_training_image": {"training_images_searched": 6000, "samples": {"median": 0.152},
                                          "held_out_real_images": {"median": 0.139}}}
     body, figures = cards.sample_quality_section(report)

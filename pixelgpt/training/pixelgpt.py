@@ -125,7 +125,7 @@ def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, c
         images = [image for pair in zip(shown, outputs) for image in pair]
     elif model.config.num_classes:
         labels, cols = class_grid_labels(model.config.num_classes, num_samples)
-        sampling["batch_size"] = max(num_samples, len(labels))
+        sampling["batch_size"] = len(labels)  # at least num_samples
         images = model.generate_images(1, class_labels=labels, guidance_scale=guidance_scale, **sampling)
         return make_image_grid(images, cols=cols)
     else:

@@ -45,7 +45,8 @@ class PixelGPTConfig(PreTrainedConfig):
     Configuration of a PixelGPT model: a decoder-only transformer over the token sequence of a square image (raster
     order, or any order for inpainting models), with 2-D rotary positions.
 
-    A sequence is `[condition tokens] + [start] + image tokens` (condition tokens only for the conditional tasks).
+    A sequence is `[prompt tokens] + [condition tokens] + [start] + image tokens` (prompt tokens only for text
+    models, condition tokens only for the conditional tasks).
     The start token is `start_token_id` (= `vocab_size`) for unconditional images or
     `class_token_id(c)` for class `c`. Image tokens take values in `[0, vocab_size)`; each pixel is
     `tokens_per_pixel` tokens (3 for lossless `rgb8`, 1 otherwise), so an image is
@@ -116,6 +117,14 @@ class PixelGPTConfig(PreTrainedConfig):
             scored pixels) are drawn: `"random"`; `"raster"` (known pixels in random order, then the hole row by
             row, which learns and scores better at the same budget); or `"raster_both"` (known pixels row by row
             too, skipping the hole, then the hole row by row: the first part is then the raster task itself).
+        text_vocab_size (`int`, defaults to 0):
+            Text models (`train.py --text_conditional`): the size of the prompt tokenizer's vocabulary; 0 for a model
+            without prompts. A text model reads `max_text_length` prompt tokens (padded with `text_pad_token_id`)
+            before everything else, and adds the mean of the prompt's word embeddings to every row.
+        max_text_length (`int`, defaults to 16):
+            Text models: prompt tokens per sequence (1 to 256); longer prompts are refused by the processor.
+        text_pad_token_id (`int`, defaults to 0):
+            Text models: the padding token; an all-padding prompt is the empty prompt (unconditional).
         tokenizer_config (`PixelGPTVQVAEConfig` or `dict`, *optional*):
             The image tokenizer the model works on (`train.py --tokenizer`), carried inside the model as Janus
             carries its VQ model: tokens are then the tokenizer's codes on a grid `downsample_factor` times smaller
@@ -150,6 +159,9 @@ class PixelGPTConfig(PreTrainedConfig):
     condition_prefix: bool = True
     class_embedding: bool = False
     inpaint_fill_order: str = "random"
+    text_vocab_size: int = 0
+    max_text_length: int = 16
+    text_pad_token_id: int = 0
     tokenizer_config: dict | PixelGPTVQVAEConfig | None = None
 
     def __post_init__(self, **kwargs):
@@ -236,6 +248,14 @@ class PixelGPTConfig(PreTrainedConfig):
                   f"task {self.task!r} has no condition image.")
         check(not self.class_embedding or self.num_classes > 0,
               "`class_embedding` needs a class-conditional model (`num_classes` > 0).")
+        for name in ("text_vocab_size", "max_text_length", "text_pad_token_id"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool), f"`{name}` must be an int, got {value!r}.")
+        check(self.text_vocab_size == 0 or self.text_vocab_size >= 2,
+              f"`text_vocab_size` must be 0 (no prompts) or at least 2, got {self.text_vocab_size}.")
+        check(1 <= self.max_text_length <= 256, f"`max_text_length` must be in [1, 256], got {self.max_text_length}.")
+        check(self.text_vocab_size == 0 or 0 <= self.text_pad_token_id < self.text_vocab_size,
+              f"`text_pad_token_id` must be in [0, {self.text_vocab_size}), got {self.text_pad_token_id}.")
         check(self.inpaint_fill_order in FILL_ORDERS,
               f"`inpaint_fill_order` must be one of {FILL_ORDERS}, got {self.inpaint_fill_order!r}.")
         check(self.parallel_tokens == 1 or self.task == "generate",
@@ -274,8 +294,19 @@ class PixelGPTConfig(PreTrainedConfig):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Condition tokens placed before the start token: `num_condition_tokens` with `condition_prefix`, else 0."""
-        return self.num_condition_tokens if self.condition_prefix else 0
+        """Rows placed before the start token: the prompt's (`num_text_tokens`), then the condition's
+        (`num_condition_tokens` with `condition_prefix`)."""
+        return self.num_text_tokens + (self.num_condition_tokens if self.condition_prefix else 0)
+
+    @property
+    def num_text_tokens(self) -> int:
+        """Prompt tokens of a text model (`max_text_length`), 0 for a model without prompts."""
+        return self.max_text_length if self.is_text_conditional else 0
+
+    @property
+    def is_text_conditional(self) -> bool:
+        """Whether the model reads a prompt (`text_vocab_size` > 0)."""
+        return self.text_vocab_size > 0
 
     @property
     def num_condition_tokens(self) -> int:

@@ -5,12 +5,12 @@ Sequence layout: `[start, x_0, x_1, ..., x_{N-1}]`, where the start token is the
 a class token, and `x_i` are image tokens from the image processor. Logits at sequence index t predict `x_t`.
 Class-conditional models may also add a class embedding to every row (`class_embedding`); conditional tasks put a
 condition image's tokens before the start token (`condition_prefix`) and/or add to each row the condition under the
-pixel it predicts (`aligned_condition`).
+pixel it predicts (`aligned_condition`). Text models put the prompt's tokens first of all and add its mean word
+embedding to every row.
 
-Positions are 2-D rotary embeddings of (row, column). A query is rotated by the position of the token it predicts
-and a key by the position of the token it holds, so every attention score sees the offset between "the pixel being
-drawn" and "a pixel already drawn" (the start token sits at pixel -1, just before the first one). Tokens of the
-same pixel (per-sub-pixel `rgb8`) share the position and are told apart by a learned channel embedding.
+Positions are 2-D rotary embeddings of (row, column) (`rotary_pixelgpt.py`): a query is rotated by the position of
+the token it predicts and a key by the position of the token it holds. Tokens of the same pixel (per-sub-pixel
+`rgb8`) share the position and are told apart by a learned channel embedding.
 
 This file is the network and its loss. Its projections are `PixelGPTLinear` (`linear_pixelgpt.py`), the rows it
 reads for each task are built in `layouts_pixelgpt.py`, the sampling loops are `sampling_pixelgpt.py` with their
@@ -37,85 +37,15 @@ from .configuration_pixelgpt import PixelGPTConfig
 from .linear_pixelgpt import PixelGPTLinear
 from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
+from .rotary_pixelgpt import PixelGPTRotaryEmbedding, apply_rotary
 from .tasks_pixelgpt import PixelGPTImageTasksMixin
 
-# The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py).
+# The `pipeline()` tasks every saved model answers to (see pipeline_pixelgpt.py); text models also "text-to-image".
 PIPELINE_TASKS = ("unconditional-image-generation", "image-to-image")
 
 # transformers 5.24 renamed `past_key_values` to `cache` in model inputs, outputs and generate(); the forwards
 # below take either name and return the cache under the installed version's name.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-class PixelGPTRotaryEmbedding(nn.Module):
-    """2-D rotary embedding: half of each head's rotation pairs turn with the row, the other half with the column."""
-
-    def __init__(self, config: PixelGPTConfig):
-        super().__init__()
-        self.quarter = config.head_dim // 4
-        self.theta = config.rope_theta
-        self.image_size = config.image_size
-        self.tokens_per_pixel = config.tokens_per_pixel
-        self._tables = {}  # (device, dtype) -> (cos, sin) of every token index, see `_pixel_cos_sin`
-
-    def _cos_sin(self, row: torch.Tensor, col: torch.Tensor, dtype: torch.dtype):
-        # Frequencies are recomputed each call (a handful of numbers) rather than kept in a non-persistent buffer,
-        # which `from_pretrained` would leave uninitialised. Rows and columns may be fractional (condition pixels).
-        inv_freq = self.theta ** (-torch.arange(self.quarter, device=row.device, dtype=torch.float32) / self.quarter)
-        freqs = torch.cat([row[..., None] * inv_freq, col[..., None] * inv_freq], dim=-1)  # (..., T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (..., T, hd)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
-    def _pixel_cos_sin(self, token_index: torch.Tensor, dtype: torch.dtype):
-        # Token indices of one model are few (start rows down to -64, k-ahead targets up to N + 63): their tables
-        # are computed once per device and dtype and then looked up, which saves ~8% of a small model's sampling
-        # step. A plain attribute, not a buffer: never saved, and rebuilt wherever the model moves.
-        # A compiled graph computes its own (the table is not touched there: filling it would make the graph's
-        # guards fail on the next call and compile it a second time).
-        low, high = -64, self.image_size * self.image_size * self.tokens_per_pixel + 64
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or token_index.numel() == 0 or not (
-                low <= int(token_index.min()) and int(token_index.max()) < high):
-            return self._compute_cos_sin(token_index, dtype)
-        key = (token_index.device, dtype)
-        if key not in self._tables:
-            self._tables[key] = self._compute_cos_sin(torch.arange(low, high, device=token_index.device), dtype)
-        cos, sin = self._tables[key]
-        return cos[token_index - low], sin[token_index - low]  # each (..., T, hd)
-
-    def _compute_cos_sin(self, token_index: torch.Tensor, dtype: torch.dtype):
-        pixel = torch.div(token_index, self.tokens_per_pixel, rounding_mode="floor")
-        row = torch.div(pixel, self.image_size, rounding_mode="floor")
-        return self._cos_sin(row.float(), (pixel - row * self.image_size).float(), dtype)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, input_positions: torch.LongTensor, target_positions: torch.LongTensor):
-        """Positions are image-token indices (negative for start tokens): a query is rotated by the pixel of the
-        token it predicts, a key by the pixel of the token it holds. Returns `(cos, sin)`, each `(2, B, T, hd)`:
-        the query rotation first, then the key rotation, so that attention rotates both in one go."""
-        positions = torch.stack(torch.broadcast_tensors(target_positions, input_positions))  # (2, B, T)
-        return self._pixel_cos_sin(positions, x.dtype)
-
-    @torch.no_grad()
-    def condition(self, condition_size: int, device, dtype):
-        """Rotation of a `condition_size`-square condition grid laid over the image grid, `(cos, sin)` each
-        `(1, 1, C, hd)` (queries and keys alike): condition pixel (i, j) sits at the centre of the image pixels it
-        covers, `(i + 0.5) * image_size / condition_size - 0.5`."""
-        scale = self.image_size / condition_size
-        centre = (torch.arange(condition_size, device=device, dtype=torch.float32) + 0.5) * scale - 0.5
-        row = centre.repeat_interleave(condition_size)[None, None]  # (1, 1, C)
-        col = centre.repeat(condition_size)[None, None]  # (1, 1, C)
-        return self._cos_sin(row, col, dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `(..., B, heads, T, hd)` by `(..., B, T, hd)` tables (broadcast over heads)."""
-    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # (..., B, 1, T, hd)
-    return x * cos + rotate_half(x) * sin
-
 
 def eager_attention_forward(
     module: nn.Module,
@@ -255,7 +185,8 @@ class PixelGPTPreTrainedModel(PreTrainedModel):
         # `pipeline(task, model=folder, trust_remote_code=True)` finds its class through `custom_pipelines`.
         pipeline_file = Path(sys.modules[PixelGPTPipeline.__module__].__file__)
         entry = {"impl": f"{pipeline_file.stem}.PixelGPTPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
-        self.config.custom_pipelines = {task: dict(entry) for task in PIPELINE_TASKS}
+        tasks = PIPELINE_TASKS + (("text-to-image",) if self.config.is_text_conditional else ())
+        self.config.custom_pipelines = {task: dict(entry) for task in tasks}
         # The pipeline file is saved beside the weights with the other code: this file imports it (relatively).
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -281,6 +212,14 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
                               if config.is_conditional and config.aligned_condition else None)
         # The class (or the unconditional start, for guidance) added to every row, not only read once at the start.
         self.embed_class = nn.Embedding(config.num_start_tokens, config.hidden_size) if config.class_embedding else None
+        # A text model reads its prompt first, as DALL-E and LlamaGen do (word order and detail, through attention),
+        # with a learned embedding per prompt slot; and, as class models add the class, every row adds the mean of
+        # the prompt's words from a second table: "purple" then steers every pixel directly, and a colour word
+        # learned on hearts and circles also applies to squares (a sum composes).
+        text = config.is_text_conditional
+        self.embed_text = nn.Embedding(config.text_vocab_size, config.hidden_size) if text else None
+        self.embed_text_position = nn.Embedding(config.max_text_length, config.hidden_size) if text else None
+        self.embed_prompt = nn.Embedding(config.text_vocab_size, config.hidden_size) if text else None
         self.layers = nn.ModuleList(PixelGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = PixelGPTRotaryEmbedding(config)
@@ -329,10 +268,37 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             raise ValueError(f"`condition_ids` must have {self.config.num_condition_tokens} tokens per image "
                              f"({self.config.condition_size}^2), got shape {tuple(condition_ids.shape)}.")
 
-    def add_row_context(self, inputs_embeds, input_ids, target_positions, start_ids, condition_ids) -> torch.Tensor:
+    def check_text(self, text_ids: torch.LongTensor | None, batch: int) -> torch.LongTensor | None:
+        """The prompt tokens of each sequence, `(B, max_text_length)`: those given, or the empty prompt (all
+        padding: unconditional) for a text model called without them; None for a model without prompts."""
+        config = self.config
+        if not config.is_text_conditional:
+            if text_ids is not None:
+                raise ValueError("`text_ids` (a prompt) were given, but this model was trained without text prompts "
+                                 "(train one with --text_conditional).")
+            return None
+        if text_ids is None:
+            return torch.full((batch, config.max_text_length), config.text_pad_token_id, dtype=torch.long,
+                              device=self.embed_text.weight.device)
+        if text_ids.dim() != 2 or text_ids.shape[1] != config.max_text_length:
+            raise ValueError(f"`text_ids` must have shape (batch, {config.max_text_length}) (max_text_length), got "
+                             f"{tuple(text_ids.shape)}.")
+        if bool(((text_ids < 0) | (text_ids >= config.text_vocab_size)).any()):
+            raise ValueError(f"`text_ids` must be prompt token ids in [0, {config.text_vocab_size}).")
+        return text_ids.to(self.embed_text.weight.device)
+
+    def prompt_embedding(self, text_ids: torch.LongTensor) -> torch.Tensor:
+        """The mean embedding of each prompt's words (padding left out; the empty prompt: its padding's), `(B, D)`."""
+        words = text_ids != self.config.text_pad_token_id  # (B, L)
+        words[:, 0] |= ~words.any(1)  # the empty prompt is read as its first padding token
+        weights = words.to(self.embed_prompt.weight.dtype) / words.sum(1, keepdim=True)  # (B, L)
+        return (weights[..., None] * self.embed_prompt(text_ids)).sum(1)  # (B, D)
+
+    def add_row_context(self, inputs_embeds, input_ids, target_positions, start_ids, condition_ids,
+                        text_ids=None) -> torch.Tensor:
         """Add to each row what it is told besides its token: the sub-pixel it predicts (`tokens_per_pixel` > 1),
-        its sequence's class (`class_embedding`) and the condition under the pixel it predicts
-        (`aligned_condition`). Returns `(B, T, D)`."""
+        its sequence's class (`class_embedding`) or prompt (text models), and the condition under the pixel it
+        predicts (`aligned_condition`). Returns `(B, T, D)`."""
         if self.channel_embed is not None:
             # Tell each row which sub-pixel (R, G or B) it predicts.
             inputs_embeds = inputs_embeds + self.channel_embed(target_positions % self.config.tokens_per_pixel)
@@ -344,6 +310,8 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
                 start_ids = input_ids[:, 0]
             classes = self.embed_class(start_ids.to(inputs_embeds.device) - self.config.vocab_size)  # (B, D)
             inputs_embeds = inputs_embeds + classes[:, None]
+        if text_ids is not None:
+            inputs_embeds = inputs_embeds + self.prompt_embedding(text_ids)[:, None]  # (B, T, D)
         if self.embed_aligned is not None:
             if condition_ids is None:
                 raise ValueError(f"This model (task {self.config.task!r}) reads a condition image at every row: "
@@ -355,15 +323,30 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             inputs_embeds = inputs_embeds + aligned
         return inputs_embeds
 
-    def prepend_condition(self, inputs_embeds, position_embeddings, condition_ids):
-        """Put the condition image's rows (`condition_prefix`) before the image rows, with their rotations."""
+    def prepend(self, inputs_embeds, position_embeddings, rows, rotation):
+        """Put `rows` `(B, P, D)` before the image rows, with their `rotation` (`(cos, sin)`, each `(1, 1, P, hd)`)."""
         batch = inputs_embeds.shape[0]
-        inputs_embeds = torch.cat([self.embed_condition(condition_ids), inputs_embeds], dim=1)  # (B, C + T, D)
-        condition = self.rotary_emb.condition(self.config.condition_size, inputs_embeds.device, inputs_embeds.dtype)
+        inputs_embeds = torch.cat([rows, inputs_embeds], dim=1)  # (B, P + T, D)
         position_embeddings = tuple(
             torch.cat([c.expand(2, batch, -1, -1), x.expand(2, batch, -1, -1)], dim=2)
-            for c, x in zip(condition, position_embeddings)
-        )  # each (2, B, C + T, hd)
+            for c, x in zip(rotation, position_embeddings)
+        )  # each (2, B, P + T, hd)
+        return inputs_embeds, position_embeddings
+
+    def prepend_context(self, inputs_embeds, position_embeddings, condition_ids, text_ids):
+        """Put the condition image's rows (`condition_prefix`) before the image rows, and the prompt's rows (text
+        models) before all: each with its rotation, the prompt's all at the start token's (pixel -1), its order
+        told by the slot embeddings."""
+        device, dtype = inputs_embeds.device, inputs_embeds.dtype
+        if condition_ids is not None and self.embed_condition is not None:
+            rotation = self.rotary_emb.condition(self.config.condition_size, device, dtype)
+            inputs_embeds, position_embeddings = self.prepend(inputs_embeds, position_embeddings,
+                                                              self.embed_condition(condition_ids), rotation)
+        if text_ids is not None:
+            rows = self.embed_text(text_ids) + self.embed_text_position.weight  # (B, L, D)
+            before = torch.full((1, 1, text_ids.shape[1]), -1, device=device)
+            rotation = self.rotary_emb._compute_cos_sin(before, dtype)  # each (1, 1, L, hd)
+            inputs_embeds, position_embeddings = self.prepend(inputs_embeds, position_embeddings, rows, rotation)
         return inputs_embeds, position_embeddings
 
     def causal_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids):
@@ -387,6 +370,7 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
         start_ids: torch.LongTensor | None = None,
+        text_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
@@ -403,6 +387,9 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         start_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             For `class_embedding` models, each sequence's start or class token: needed with every call whose first
             row is not a start token (a cached continuation). Default: the first row's token.
+        text_ids (`torch.LongTensor` of shape `(batch_size, max_text_length)`, *optional*):
+            Text models: each sequence's prompt tokens (the processor's `text_ids`), given with every call of a
+            sequence; placed first when the sequence begins, as `condition_ids` are. Default: the empty prompt.
         cache (`Cache`, *optional*):
             The name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
@@ -417,17 +404,23 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
+        if position_ids is None:  # sequence indices after the start token's; a cache also holds the prefix rows
+            first = past_seen - self.config.num_text_tokens if past_seen else 0
+            if past_seen and condition_ids is not None and self.embed_condition is not None:
+                first -= self.config.num_condition_tokens
+            position_ids = torch.arange(first, first + inputs_embeds.shape[1], device=inputs_embeds.device)
             position_ids = position_ids.unsqueeze(0)  # (1, T)
         if target_positions is None:  # raster order: sequence index t holds x_{t-1} (start: -1) and predicts x_t
             input_positions, target_positions = position_ids - 1, position_ids
         self.check_condition(condition_ids)
-        inputs_embeds = self.add_row_context(inputs_embeds, input_ids, target_positions, start_ids, condition_ids)
+        text_ids = self.check_text(text_ids, inputs_embeds.shape[0])
+        inputs_embeds = self.add_row_context(inputs_embeds, input_ids, target_positions, start_ids, condition_ids,
+                                             text_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
-        if condition_ids is not None and self.embed_condition is not None and past_seen == 0:
-            inputs_embeds, position_embeddings = self.prepend_condition(inputs_embeds, position_embeddings,
-                                                                        condition_ids)  # (B, C + T, D)
+        prefixed = condition_ids is not None and self.embed_condition is not None
+        if past_seen == 0 and (text_ids is not None or prefixed):
+            inputs_embeds, position_embeddings = self.prepend_context(inputs_embeds, position_embeddings,
+                                                                      condition_ids, text_ids)  # (B, P + T, D)
             position_ids = None  # positions of the image rows only; the mask needs no packing hints
 
         causal_mask = self.causal_mask(inputs_embeds, attention_mask, past_key_values, position_ids)
@@ -505,6 +498,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
         target_positions: torch.LongTensor | None = None,
         condition_ids: torch.LongTensor | None = None,
         start_ids: torch.LongTensor | None = None,
+        text_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -518,6 +512,7 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
         condition_ids: condition-image tokens of conditional models (see `PixelGPTModel.forward`). Their rows
             predict nothing: `logits` and `labels` cover the rows of `input_ids` only.
         start_ids: each sequence's start or class token, for `class_embedding` models (see `PixelGPTModel.forward`).
+        text_ids: the prompt tokens of text models (see `PixelGPTModel.forward`); their rows predict nothing either.
         cache: the name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
         past_key_values = past_key_values if past_key_values is not None else cache
@@ -533,12 +528,11 @@ class PixelGPTForImageGeneration(PixelGPTPreTrainedModel, PixelGPTImageTasksMixi
             target_positions=target_positions,
             condition_ids=condition_ids,
             start_ids=start_ids,
+            text_ids=text_ids,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if condition_ids is not None and self.config.condition_prefix:  # drop the condition rows, if put first
-            rows = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            hidden_states = hidden_states[:, hidden_states.shape[1] - rows :]  # (B, T, D)
+        rows = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        hidden_states = outputs.last_hidden_state[:, -rows:]  # (B, T, D): without the prompt and condition rows
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])  # (B, T_kept, V)
 
@@ -583,7 +577,7 @@ class PixelGPTForImageClassification(PixelGPTPreTrainedModel):
             Class indices in `[0, num_labels)`; when given, `loss` is the cross-entropy.
         """
         outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=output_hidden_states, **kwargs)
-        pooled = outputs.last_hidden_state[:, 1:].mean(dim=1)  # (B, D): mean over image-token positions
+        pooled = outputs.last_hidden_state[:, -self.config.num_image_tokens :].mean(dim=1)  # (B, D): image rows
         logits = self.score(pooled)  # (B, num_labels)
         loss = None
         if labels is not None:

@@ -31,8 +31,9 @@ class SamplingOptions:
 
     temperature: softmax temperature; 0 is greedy (argmax) decoding.
     top_k / top_p: optional top-k and nucleus filtering (None or 0 / 1.0 disable them).
-    guidance_scale: classifier-free guidance towards class labels (1 = none), `uncond + s * (cond - uncond)` on the
-        log-probabilities, as generate()'s `guidance_scale`.
+    guidance_scale: classifier-free guidance towards class labels or a prompt (1 = none), `uncond + s * (cond -
+        uncond)` on the log-probabilities, as generate()'s `guidance_scale`; "uncond" is the unconditional start
+        token and the empty (or negative) prompt, with the same condition image.
     tokens_per_step: 1, or the model's `parallel_tokens` k: k tokens per pass from the k-ahead predictions.
     exact: with tokens_per_step = k > 1, exact speculative sampling: the k-ahead predictions are drafts that the
         one-token predictions verify, so images are distributed exactly as one-token sampling draws them (1 to k
@@ -67,7 +68,7 @@ class SamplingOptions:
         return cls(**{k: v for k, v in kwargs.items() if k in names},
                    generate_kwargs={k: v for k, v in kwargs.items() if k not in names})
 
-    def check(self, config, class_labels=None) -> None:
+    def check(self, config, class_labels=None, prompt=None) -> None:
         """Raise a ValueError naming the first argument this model cannot sample with."""
         check_count("batch_size", self.batch_size)
         for name in ("temperature", "guidance_scale") + (("top_p",) if self.top_p is not None else ()):
@@ -88,12 +89,16 @@ class SamplingOptions:
                              f"parallel_tokens={config.parallel_tokens}), got {self.tokens_per_step!r}.")
         if self.guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0 (1 = no guidance), got {self.guidance_scale}.")
-        if self.guidance_scale != 1.0 and not config.num_classes:
-            raise ValueError("`guidance_scale` guides towards class labels: it needs a class-conditional model "
-                             "(trained with --class_conditional).")
-        if self.guidance_scale != 1.0 and class_labels is None:
-            raise ValueError("`guidance_scale` guides towards class labels: give `class_labels`, or keep "
-                             "guidance_scale=1 for unconditional samples.")
+        if self.guidance_scale != 1.0 and not (config.num_classes or config.is_text_conditional):
+            raise ValueError("`guidance_scale` guides towards class labels or a prompt: it needs a class-conditional "
+                             "or text model (trained with --class_conditional or --text_conditional).")
+        if self.guidance_scale != 1.0 and class_labels is None and prompt is None:
+            what = "a `prompt`" if config.is_text_conditional else "`class_labels`"
+            raise ValueError(f"`guidance_scale` guides towards {what}: give {what}, or keep guidance_scale=1 for "
+                             "unconditional samples.")
+        if config.is_text_conditional and (self.use_generate or self.exact):
+            raise ValueError("Text models sample with the default loop: `use_generate=True` and `exact=True` do not "
+                             "read a prompt.")
         if not isinstance(self.exact, bool):
             raise ValueError(f"`exact` must be True or False, got {self.exact!r}.")
         if self.use_generate and self.tokens_per_step != 1:
@@ -178,14 +183,17 @@ def leading_known(known_seq: torch.LongTensor) -> int:
 
 def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, known: torch.LongTensor | None = None,
                   order: torch.LongTensor | None = None, condition_ids: torch.LongTensor | None = None,
-                  progress=None) -> torch.LongTensor:
+                  progress=None, text_ids: torch.LongTensor | None = None,
+                  negative_text_ids: torch.LongTensor | None = None) -> torch.LongTensor:
     """The static-cache loop: one forward pass per `options.tokens_per_step` tokens. Draws from torch's global RNG.
 
     start_ids `(B,)` start or class tokens; known `(B, N)` image tokens in raster index, -1 where one is to be drawn
     (known tokens are kept); order `(B, N)` generation order, a permutation of token indices (default raster; put
     the known tokens first: the leading known tokens of every row are read in one pass); condition_ids
-    `(B, condition_size**2)` for conditional models. Uses `temperature`, `top_k`, `top_p`, `guidance_scale` and
-    `tokens_per_step` of `options`. Returns `(B, 1 + N)`: the start tokens, then the image tokens in raster order.
+    `(B, condition_size**2)` for conditional models; text_ids `(B, max_text_length)` the prompts of text models
+    (guidance steers away from `negative_text_ids`, default the empty prompt). Uses `temperature`, `top_k`, `top_p`,
+    `guidance_scale` and `tokens_per_step` of `options`. Returns `(B, 1 + N)`: the start tokens, then the image
+    tokens in raster order.
     """
     config, device = model.config, start_ids.device
     n, k, batch = config.num_image_tokens, options.tokens_per_step, start_ids.shape[0]
@@ -200,15 +208,20 @@ def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, 
     done = leading_known(known_seq)  # all rows read their first `done` tokens in one pass
     guided = options.guidance_scale != 1.0
     starts = start_ids
-    if guided:  # conditional rows first, then the same rows with the unconditional start token
-        if condition_ids is not None:
-            raise ValueError("Classifier-free guidance is for class labels, not condition images.")
+    if guided:  # conditional rows first, then the same rows unconditioned: start token, empty or negative prompt
+        if text_ids is None and condition_ids is not None:
+            raise ValueError("Classifier-free guidance steers towards class labels or a prompt, not a condition "
+                             "image.")
         starts = torch.cat([start_ids, torch.full_like(start_ids, config.start_token_id)])
-    num_condition = 0 if condition_ids is None else config.num_prefix_tokens
+        condition_ids = None if condition_ids is None else condition_ids.repeat(2, 1)  # the same image both ways
+        if text_ids is not None:
+            if negative_text_ids is None:
+                negative_text_ids = torch.full_like(text_ids, config.text_pad_token_id)
+            text_ids = torch.cat([text_ids, negative_text_ids])
     # Inference mode skips autograd's per-op bookkeeping (~5% of a pass on CPU); the tensors returned are made
     # after it, so callers get ordinary tensors.
     with torch.inference_mode(), packed_weights(model):
-        cache = PixelGPTStaticCache(config, starts.shape[0], num_condition + k + n, device, model.dtype)
+        cache = PixelGPTStaticCache(config, starts.shape[0], config.num_prefix_tokens + k + n, device, model.dtype)
         cached = -k  # the cache holds the rows of sequence indices [-k, cached); negative indices are start rows
         while done < n:
             m = min(k, n - done)
@@ -220,11 +233,12 @@ def sample_tokens(model, start_ids: torch.LongTensor, options: SamplingOptions, 
             if guided:
                 ids = torch.cat([ids, torch.where(index < 0, starts[batch:, None], ids)])  # (2B, rows)
                 held, predicted = held.repeat(2, 1), predicted.repeat(2, 1)
-            # Start and condition tokens go with every call (class-embedding rows add the one, aligned rows read
-            # the other); the model puts condition rows first only in the call that begins the cache.
+            # Start, condition and prompt tokens go with every call (class-embedding rows add the start, aligned
+            # rows read the condition, every row of a text model adds its prompt); the model puts condition and
+            # prompt rows first only in the call that begins the cache.
             logits = model(input_ids=ids, past_key_values=cache, use_cache=True, input_positions=held,
-                           target_positions=predicted, start_ids=starts,
-                           condition_ids=condition_ids).logits[:, -m:]  # (B', m, V)
+                           target_positions=predicted, start_ids=starts, condition_ids=condition_ids,
+                           text_ids=text_ids).logits[:, -m:]  # (B', m, V)
             if guided:
                 cond, uncond = logits[:batch].float().log_softmax(-1), logits[batch:].float().log_softmax(-1)
                 logits = uncond + options.guidance_scale * (cond - uncond)

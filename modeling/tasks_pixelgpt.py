@@ -39,13 +39,19 @@ class PixelGPTImageTasksMixin:
     Every sampling method takes the keyword arguments of `SamplingOptions` (`temperature`, `top_k`, `top_p`,
     `guidance_scale`, `tokens_per_step`, `exact`, `generator`, `batch_size`, `show_progress`, `use_generate`,
     `output_type`), plus `image_processor=` (default: `model.image_processor` or the one saved beside the model).
+    Text models also take `prompt=` (one for all, or one per output image of `generate_images` / per input image of
+    the others) and `negative_prompt=` (what guidance steers away from instead of the empty prompt); their
+    `image_processor=` may be the `PixelGPTProcessor`, which holds the prompt tokenizer.
     """
 
     image_processor = None  # set by the user, or loaded on first use from the model's `name_or_path`
+    processor = None  # text models: the PixelGPTProcessor (image processor + prompt tokenizer), likewise
 
     def get_image_processor(self, image_processor=None):
         """The processor that encodes inputs and decodes tokens: the one given, `self.image_processor`, or the one
         saved beside the model (loaded once). Raises if its token scheme does not match the model."""
+        if hasattr(image_processor, "tokenizer"):  # a PixelGPTProcessor: its image processor and prompt tokenizer
+            self.processor, image_processor = image_processor, image_processor.image_processor
         processor = image_processor or self.image_processor
         if processor is None:
             source = self.config.name_or_path
@@ -71,14 +77,51 @@ class PixelGPTImageTasksMixin:
                              f"{expected} for the model.")
         return processor
 
+    def get_prompt_processor(self, processor=None):
+        """The `PixelGPTProcessor` whose tokenizer reads prompts: the one given, `self.processor`, or the one saved
+        beside the model (loaded once)."""
+        if hasattr(processor, "tokenizer"):
+            self.processor = processor
+        if self.processor is None:
+            if not self.config.name_or_path:
+                raise ValueError("No prompt tokenizer: pass `image_processor=` a PixelGPTProcessor (image processor "
+                                 "and tokenizer) or set `model.processor`, or load the model with from_pretrained.")
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(self.config.name_or_path, trust_remote_code=True)
+        return self.processor
+
+    def _prompt_ids(self, sampling: dict, count: int, repeats: int, image_processor=None):
+        """Take `prompt` / `negative_prompt` out of `sampling`: each a string (for all `count` inputs) or a list of
+        `count`, as `(count * repeats, max_text_length)` ids (None where not given)."""
+        prompts = {name: sampling.pop(name, None) for name in ("prompt", "negative_prompt")}
+        if all(p is None for p in prompts.values()):
+            return None, None
+        if not self.config.is_text_conditional:
+            raise ValueError("This model was trained without text prompts: `prompt` / `negative_prompt` need a text "
+                             "model (train one with --text_conditional).")
+        processor, out = self.get_prompt_processor(image_processor), []
+        for name, value in prompts.items():
+            if value is None:
+                out.append(None)
+                continue
+            value = [value] * count if isinstance(value, str) else value
+            if not isinstance(value, (list, tuple)) or len(value) != count:
+                raise ValueError(f"`{name}` must be a string or a list of {count} strings (one per input), got "
+                                 f"{value!r}.")
+            ids = torch.from_numpy(processor.encode_prompts(list(value)))
+            out.append(ids.repeat_interleave(repeats, dim=0).to(self.device))
+        return tuple(out)
+
     # ------------------------------------------------------------------------------------------ public methods
     @torch.no_grad()
     def generate_images(self, num_images: int = 1, class_labels: int | list[int] | None = None, image_processor=None,
-                        **sampling):
-        """Sample new images: `num_images` (per class label, when `class_labels` is a list), decoded to PIL.
+                        prompt: str | list[str] | None = None, **sampling):
+        """Sample new images: `num_images` (per class label or prompt, when given a list), decoded to PIL.
 
         `class_labels`: a class id or a list of ids for a class-conditional model (None draws unconditionally);
-        `guidance_scale` > 1 guides towards them (classifier-free guidance, the model trained with class dropout).
+        `prompt`: a prompt or a list of prompts for a text model ("" draws unconditionally); `guidance_scale` > 1
+        guides towards them (classifier-free guidance, the model trained with class or prompt dropout).
         `tokens_per_step=k` uses a model trained with `parallel_tokens=k`: with `exact=True`, exact speculative
         sampling (the same distribution as one token per pass, in fewer passes); without, approximate k-ahead
         decoding (k tokens per pass, at a measured cost in quality). `output_type="tokens"` returns the ids
@@ -90,9 +133,18 @@ class PixelGPTImageTasksMixin:
             raise ValueError(f"This model draws from a condition image (task {self.config.task!r}); use "
                              f"`{self.config.task}_images(images)`.")
         self.config.check_operation("generate")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompts is not None and not (isinstance(prompts, (list, tuple)) and prompts):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}.")
+        if prompts is not None and class_labels is not None:
+            raise ValueError("Give `class_labels` or `prompt`, not both.")
+        if prompts is not None:
+            sampling["prompt"] = prompts
+        text = self._prompt_ids(sampling, len(prompts) if prompts is not None else 1, num_images, image_processor)
         options = SamplingOptions.from_kwargs(sampling)
         processor = self.get_image_processor(image_processor) if options.output_type == "pil" else None
-        tokens = self._sample_batches(self._start_ids(class_labels, num_images), options, class_labels=class_labels)
+        start_ids = self._start_ids(class_labels, num_images * (len(prompts) if prompts else 1))
+        tokens = self._sample_batches(start_ids, options, class_labels=class_labels, text=text)
         return self._output(tokens, processor, options)
 
     @torch.no_grad()
@@ -194,6 +246,7 @@ class PixelGPTImageTasksMixin:
         canvas = torch.full((batch, height, width, t), -1, dtype=torch.long)
         canvas[:, top : top + size, left : left + size] = tokens.view(batch, size, size, t)
         start_ids = self._input_start_ids(class_labels, batch, 1)
+        text = self._prompt_ids(sampling, batch, 1, image_processor)
         options = SamplingOptions.from_kwargs(sampling)
 
         def steps(origin, low_end):  # window corners from the image outwards, half a window at a time
@@ -211,7 +264,8 @@ class PixelGPTImageTasksMixin:
             window = canvas[:, y : y + size, x : x + size]  # (B, S, S, t) view
             if (window >= 0).all():
                 continue
-            filled = self._sample_batches(start_ids, options, window.reshape(batch, -1), class_labels=class_labels)
+            filled = self._sample_batches(start_ids, options, window.reshape(batch, -1), class_labels=class_labels,
+                                          text=text)
             window.copy_(filled[:, 1:].view(batch, size, size, t))
         if options.output_type == "tokens":
             return canvas.flatten(1)
@@ -388,8 +442,9 @@ class PixelGPTImageTasksMixin:
     def _edit(self, known, repeats, class_labels, processor, sampling, paste=None):
         """Fill the unknown (-1) tokens of `known` `(B * repeats, N)`: completion, inpainting, variations."""
         start_ids = self._input_start_ids(class_labels, len(known) // repeats, repeats)
+        text = self._prompt_ids(sampling, len(known) // repeats, repeats, processor)
         options = SamplingOptions.from_kwargs(sampling)
-        tokens = self._sample_batches(start_ids, options, known, class_labels=class_labels)
+        tokens = self._sample_batches(start_ids, options, known, class_labels=class_labels, text=text)
         return self._output(tokens, processor, options, paste)
 
     def _conditional(self, operation, images, num_samples, image_processor, sampling):
@@ -397,9 +452,11 @@ class PixelGPTImageTasksMixin:
         processor = self.get_image_processor(image_processor)
         check_count("num_samples", num_samples)
         condition = processor.encode_condition(images, return_tensors="pt").condition_ids
+        text = self._prompt_ids(sampling, len(condition), num_samples, image_processor)
         condition = condition.repeat_interleave(num_samples, dim=0)  # (B * num_samples, C)
         options = SamplingOptions.from_kwargs(sampling)
-        tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition)
+        tokens = self._sample_batches([self.config.start_token_id] * len(condition), options, condition_ids=condition,
+                                      text=text)
         return self._output(tokens, processor, options)
 
     def _token_pixels(self, token_ids: torch.LongTensor) -> torch.Tensor:
@@ -420,11 +477,15 @@ class PixelGPTImageTasksMixin:
         return processor.to_pil(torch.where(redraw[..., None], self._token_pixels(tokens), original).numpy())
 
     def _sample_batches(self, start_ids: list[int], options: SamplingOptions, known: torch.LongTensor | None = None,
-                condition_ids: torch.LongTensor | None = None, class_labels=None) -> torch.LongTensor:
+                        condition_ids: torch.LongTensor | None = None, class_labels=None,
+                        text=(None, None)) -> torch.LongTensor:
         """Check `options`, then sample `len(start_ids)` images `(B, 1 + N)` in batches of `options.batch_size`.
-        `known` `(B, N)`: tokens to keep (-1: draw). Any-order models draw their order (known pixels first) from
-        the seeded generator."""
-        options.check(self.config, class_labels)
+        `known` `(B, N)`: tokens to keep (-1: draw). `text`: the prompt and negative prompt ids `(B, L)` of text
+        models (or None). Any-order models draw their order (known pixels first) from the seeded generator."""
+        text_ids, negative_ids = text
+        if text_ids is None and negative_ids is not None:  # only a negative prompt: steer from it, prompt empty
+            text_ids = torch.full_like(negative_ids, self.config.text_pad_token_id)
+        options.check(self.config, class_labels, prompt=text_ids)
         device, n = self.device, self.config.num_image_tokens
         seed = None if options.generator is None else int(torch.randint(0, 2**62, (1,), generator=options.generator))
         start_ids = torch.tensor(start_ids, device=device)
@@ -444,6 +505,7 @@ class PixelGPTImageTasksMixin:
                 start = start_ids[i : i + options.batch_size]
                 part = known[i : i + options.batch_size].to(device)
                 condition = None if condition_ids is None else condition_ids[i : i + options.batch_size].to(device)
+                prompt, negative = (t if t is None else t[i : i + options.batch_size] for t in (text_ids, negative_ids))
                 if options.use_generate:
                     prefix = part[:, : leading_known(part)]
                     out = generate_reference(self, start, prefix if prefix.shape[1] else None, options, bar)
@@ -455,7 +517,7 @@ class PixelGPTImageTasksMixin:
                         order = last_tokens_order(part < 0, self.config.tokens_per_pixel,
                                                   fill_order=self.config.inpaint_fill_order)
                     out = sampling_loop(self, start, options, known=part, order=order, condition_ids=condition,
-                                        progress=bar)
+                                        progress=bar, text_ids=prompt, negative_text_ids=negative)
                 outputs.append(out.cpu())  # (b, 1 + N)
         bar.close()
         return torch.cat(outputs)

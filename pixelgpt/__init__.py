@@ -2,7 +2,9 @@
 
 Importing the package registers PixelGPT with the Auto classes, so `AutoModel.from_pretrained(folder)` and
 `AutoImageProcessor.from_pretrained(folder)` use the installed code; saved folders also carry the code for
-`trust_remote_code=True` loading where the package is not installed.
+`trust_remote_code=True` loading where the package is not installed. A text model's `PixelGPTProcessor` (image
+processor and prompt tokenizer) loads with `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`, from
+the code saved beside it: registering it here would make AutoProcessor look for a prompt tokenizer in every folder.
 
 `task_inputs(config, input_ids)` lays a batch of processor ids out as a model of that config is trained on it (the
 rows and positions `model(...)` reads, and the `labels`), for training loops of your own.
@@ -30,7 +32,7 @@ from .modeling import (
     SamplingOptions,
     task_inputs,
 )
-from .processing import PixelGPTImageProcessor
+from .processing import PixelGPTImageProcessor, PixelGPTProcessor
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ __all__ = [
     "PixelGPTModel",
     "PixelGPTPipeline",
     "PixelGPTPreTrainedModel",
+    "PixelGPTProcessor",
     "PixelGPTStaticCache",
     "PixelGPTVQVAE",
     "PixelGPTVQVAEConfig",

@@ -157,3 +157,28 @@ def save_tokenizer(folder) -> str:
     config = PixelGPTVQVAEConfig(image_size=8, base_channels=8, downsample_factor=2, fsq_levels=[3, 3])
     PixelGPTVQVAE(config).save_pretrained(folder)
     return str(folder)
+
+
+# Captions of the tiny text models below: colour words x shapes, as the built-in emoji captions compose them.
+TEXT_CAPTIONS = ["red square", "blue circle", "green heart", "purple square", "red circle", "blue heart", ""]
+
+
+def make_text_model(seed=0, image_size=5, **overrides):
+    """A tiny text model (prompts of at most 16 tokens, a WordPiece tokenizer trained on TEXT_CAPTIONS) and its
+    PixelGPTProcessor (8-level RGB pixels)."""
+    from pixelgpt.training.text import build_text_processor
+
+    image_processor = PixelGPTImageProcessor(quantization="rgb", num_levels=2, image_size=image_size)
+    processor = build_text_processor(image_processor, TEXT_CAPTIONS * 2, vocab_size=60)
+    model = make_model(seed, vocab_size=8, image_size=image_size, text_vocab_size=len(processor.tokenizer),
+                       max_text_length=processor.max_text_length, **overrides)
+    return model, processor
+
+
+def save_text_model(folder, **overrides) -> str:
+    """A tiny text model saved in `folder` as training saves one: weights, image processor, PixelGPTProcessor."""
+    model, processor = make_text_model(**overrides)
+    model.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

@@ -53,6 +53,9 @@ def test_derived_fields_are_not_taken_from_a_saved_file(tmp_path):
         ("intermediate_size", 0, r">= 1 or None"),
         ("parallel_tokens", 0, r"\[1, 64\]"),
         ("task", "segment", r"`task` must be one of \('generate', 'inpaint'"),
+        ("text_vocab_size", 1, r"0 \(no prompts\) or at least 2, got 1"),
+        ("max_text_length", 0, r"`max_text_length` must be in \[1, 256\], got 0"),
+        ("text_vocab_size", 2.5, r"`text_vocab_size` must be an int"),
     ],
 )
 def test_impossible_values_raise(field, value, message):
@@ -121,3 +124,15 @@ def test_check_operation_names_the_training_flag():
         config.check_operation("upscale")
     with pytest.raises(ValueError, match=r"Unknown operation 'sharpen'"):
         config.check_operation("sharpen")
+
+
+def test_a_text_model_reads_its_prompt_first():
+    config = PixelGPTConfig(image_size=8, text_vocab_size=50, max_text_length=6)
+    assert config.is_text_conditional and config.num_text_tokens == 6 and config.num_prefix_tokens == 6
+    assert config.max_position_embeddings == 6 + 1 + 64
+    both = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256, text_vocab_size=50,
+                          max_text_length=6)
+    assert both.num_prefix_tokens == 6 + 4
+    assert not PixelGPTConfig().is_text_conditional and PixelGPTConfig().num_text_tokens == 0
+    with pytest.raises(ValueError, match=r"`text_pad_token_id` must be in \[0, 50\), got 50"):
+        PixelGPTConfig(text_vocab_size=50, text_pad_token_id=50)

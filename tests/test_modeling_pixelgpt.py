@@ -26,6 +26,7 @@ CONFIGS = {
     "rgb8_subpixels": dict(vocab_size=11, image_size=3, tokens_per_pixel=3),
     "classes_tied": dict(num_classes=3, tie_word_embeddings=True),
     "class_every_row": dict(num_classes=3, class_embedding=True),
+    "text_prompt": dict(text_vocab_size=17, max_text_length=3),  # called without text_ids: the empty prompt
 }
 
 
@@ -35,13 +36,13 @@ def test_shapes(overrides):
     config = model.config
     ids = random_ids(config, batch=3)
     out = model(ids, output_hidden_states=True)
-    seq = 1 + config.num_image_tokens
+    seq, prefix = 1 + config.num_image_tokens, config.num_prefix_tokens  # a text model's prompt rows come first
     assert out.logits.shape == (3, seq, config.vocab_size)
     assert len(out.hidden_states) == config.num_hidden_layers + 1
-    assert all(h.shape == (3, seq, config.hidden_size) for h in out.hidden_states)
-    assert out.past_key_values.get_seq_length() == seq
+    assert all(h.shape == (3, prefix + seq, config.hidden_size) for h in out.hidden_states)
+    assert out.past_key_values.get_seq_length() == prefix + seq
     base = PixelGPTModel(config)(ids, use_cache=False)
-    assert base.last_hidden_state.shape == (3, seq, config.hidden_size) and base.past_key_values is None
+    assert base.last_hidden_state.shape == (3, prefix + seq, config.hidden_size) and base.past_key_values is None
 
 
 @pytest.mark.parametrize("overrides", CONFIGS.values(), ids=CONFIGS.keys())
@@ -419,3 +420,51 @@ def test_a_checkpoint_saved_before_the_conditioning_fields_loads_and_behaves_as_
     condition = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded(ids, condition_ids=condition).logits, model(ids, condition_ids=condition).logits,
                                rtol=0, atol=0)
+
+
+def text_model():
+    model = make_model(text_vocab_size=17, max_text_length=4)
+    prompts = torch.tensor([[3, 5, 0, 0], [7, 0, 0, 0]])  # two prompts, padded with 0
+    return model, prompts
+
+
+def test_prompt_rows_come_first_predict_nothing_and_reach_every_image_row():
+    model, prompts = text_model()
+    ids = random_ids(model.config)
+    out = model(ids, text_ids=prompts, output_hidden_states=True)
+    assert out.logits.shape == (2, ids.shape[1], 13) and out.hidden_states[0].shape[1] == 4 + ids.shape[1]
+    other = model(ids, text_ids=prompts.flip(0)).logits
+    assert (other - out.logits).abs().amax(-1).min() > 0  # every row of both images reads its prompt
+    # No prompt is the empty prompt (all padding): what guidance's unconditional branch reads.
+    torch.testing.assert_close(model(ids).logits, model(ids, text_ids=torch.zeros_like(prompts)).logits, rtol=0,
+                               atol=0)
+
+
+def test_prompt_embedding_is_the_mean_of_its_words_and_ignores_padding():
+    model, prompts = text_model()
+    table = model.model.embed_prompt.weight
+    pooled = model.model.prompt_embedding(torch.cat([prompts, torch.zeros(1, 4, dtype=torch.long)]))  # (3, D)
+    torch.testing.assert_close(pooled[0], (table[3] + table[5]) / 2)
+    torch.testing.assert_close(pooled[1], table[7])
+    torch.testing.assert_close(pooled[2], table[0])  # the empty prompt: its padding's embedding
+
+
+def test_prompted_cache_continuation_matches_the_full_forward():
+    model, prompts = text_model()
+    ids = random_ids(model.config)
+    full = model(ids, text_ids=prompts).logits
+    first = model(ids[:, :5], text_ids=prompts, use_cache=True)
+    assert first.past_key_values.get_seq_length() == 4 + 5  # the prompt rows are cached once, first
+    rest = model(ids[:, 5:], text_ids=prompts, past_key_values=first.past_key_values, use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_prompt_ids_are_refused():
+    model, prompts = text_model()
+    ids = random_ids(model.config)
+    with pytest.raises(ValueError, match=r"`text_ids` must have shape \(batch, 4\)"):
+        model(ids, text_ids=prompts[:, :3])
+    with pytest.raises(ValueError, match=r"prompt token ids in \[0, 17\)"):
+        model(ids, text_ids=prompts + 20)
+    with pytest.raises(ValueError, match="trained without text prompts"):
+        make_model()(ids, text_ids=prompts)

@@ -17,7 +17,8 @@ from conftest import random_ids, run_without_pixelgpt, tiny_config
 # transformers saves a class's file and, recursively, the files it imports relatively (the siblings).
 CODE_FILES = {"configuration_pixelgpt.py", "modeling_pixelgpt.py", "linear_pixelgpt.py", "cache_pixelgpt.py",
               "sampling_pixelgpt.py", "tasks_pixelgpt.py", "layouts_pixelgpt.py", "pipeline_pixelgpt.py",
-              "image_processing_pixelgpt.py", "configuration_pixelgpt_vqvae.py", "modeling_pixelgpt_vqvae.py"}
+              "image_processing_pixelgpt.py", "configuration_pixelgpt_vqvae.py", "modeling_pixelgpt_vqvae.py",
+              "rotary_pixelgpt.py"}
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 

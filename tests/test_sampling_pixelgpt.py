@@ -161,7 +161,7 @@ def test_guidance_scale_zero_is_unconditional_and_scale_one_is_conditional():
 
 def test_guidance_needs_classes():
     model = make_model()
-    with pytest.raises(ValueError, match="needs a class-conditional model"):
+    with pytest.raises(ValueError, match="needs a class-conditional or text model"):
         model.generate_images(guidance_scale=3.0, output_type="tokens", show_progress=False)
     model = make_model(num_classes=3)
     with pytest.raises(ValueError, match="give `class_labels`, or keep guidance_scale=1 for unconditional"):

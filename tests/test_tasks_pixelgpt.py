@@ -18,7 +18,7 @@ from pixelgpt.modeling import tasks_pixelgpt
 from pixelgpt.modeling.configuration_pixelgpt import CONDITIONAL_TASKS, DEFAULT_OPERATION, OPERATIONS, PIXELGPT_TASKS
 from pixelgpt.modeling.sampling_pixelgpt import SamplingOptions
 
-from conftest import make_conditional, make_model, tiny_config
+from conftest import make_conditional, make_model, make_text_model, tiny_config
 
 
 def test_generate_images_returns_pil_and_reproduces_with_a_generator(model_and_processor):
@@ -595,3 +595,82 @@ def test_tokenizer_model_pipeline_and_save_load_round_trip(tmp_path):
     edit = pipeline("image-to-image", model=str(tmp_path), trust_remote_code=True)
     out = edit(images[0], generator=torch.Generator().manual_seed(0), show_progress=False)  # no mask: variations
     assert np.array_equal(np.asarray(out[0]), expected)
+
+
+# ---------------------------------------------------------------------------------------------- text prompts
+def guided_greedy_reference(model, prompts, negative, scale):
+    """Greedy raster decoding with classifier-free guidance, one full forward pass per token (no cache): the
+    prompt's log-probabilities against the negative (or empty) prompt's."""
+    config = model.config
+    ids = torch.full((len(prompts), 1), config.start_token_id)
+    with torch.no_grad():
+        for _ in range(config.num_image_tokens):
+            cond = model(ids, text_ids=prompts).logits[:, -1].float().log_softmax(-1)
+            uncond = model(ids, text_ids=negative).logits[:, -1].float().log_softmax(-1)
+            ids = torch.cat([ids, (uncond + scale * (cond - uncond)).argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+def test_prompted_guided_sampling_matches_the_uncached_reference():
+    model, processor = make_text_model()
+    prompts = ["red square", "blue heart", "green heart"]
+    text = torch.from_numpy(processor.encode_prompts(prompts))
+    common = dict(temperature=0, guidance_scale=2.5, output_type="tokens", show_progress=False,
+                  image_processor=processor)
+    tokens = model.generate_images(1, prompt=prompts, **common)
+    assert torch.equal(tokens, guided_greedy_reference(model, text, torch.zeros_like(text), 2.5))
+    negative = model.generate_images(1, prompt=prompts, negative_prompt="red circle", **common)
+    steer = torch.from_numpy(processor.encode_prompts(["red circle"] * 3))
+    assert torch.equal(negative, guided_greedy_reference(model, text, steer, 2.5))
+    assert not torch.equal(negative, tokens)
+    one_by_one = model.generate_images(1, prompt=prompts, batch_size=1, **common)  # batching changes nothing
+    assert torch.equal(one_by_one, tokens)
+
+
+def test_prompts_give_num_images_each_in_order_and_reproduce_with_a_generator():
+    model, processor = make_text_model()
+    common = dict(output_type="tokens", show_progress=False, image_processor=processor)
+    draw = lambda **kw: model.generate_images(3, generator=torch.Generator().manual_seed(1), **common, **kw)  # noqa: E731
+    both = draw(prompt=["red square", "blue circle"])
+    assert both.shape == (6, 26) and torch.equal(both, draw(prompt=["red square", "blue circle"]))
+    greedy = dict(temperature=0, **common)
+    red, blue = (model.generate_images(1, prompt=p, **greedy) for p in ("red square", "blue circle"))
+    assert not torch.equal(red, blue)
+    # The empty prompt is the unconditional model: the same images as no prompt at all.
+    assert torch.equal(draw(prompt=""), draw())
+    images = model.generate_images(2, prompt="red square", image_processor=processor, show_progress=False)
+    assert len(images) == 2 and images[0].size == (5, 5)
+
+
+def test_edits_take_one_prompt_per_input_image():
+    model, processor = make_text_model(task="inpaint")
+    images = [np.full((5, 5, 3), 255, np.uint8), np.zeros((5, 5, 3), np.uint8)]
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    common = dict(temperature=0, show_progress=False, image_processor=processor, output_type="tokens")
+    red = model.inpaint_images(images, mask, prompt="red square", generator=torch.Generator().manual_seed(0),
+                               **common)
+    mixed = model.inpaint_images(images, mask, prompt=["red square", "blue heart"],
+                                 generator=torch.Generator().manual_seed(0), **common)
+    known = model.encode_images(images, processor)
+    keep = ~mask.reshape(-1)
+    assert torch.equal(red[:, 1:][:, keep], known[:, 1:][:, keep])  # the pixels outside the hole are kept
+    assert torch.equal(mixed[0], red[0]) and not torch.equal(mixed[1], red[1])  # each input reads its own prompt
+    with pytest.raises(ValueError, match="a string or a list of 2 strings"):
+        model.inpaint_images(images, mask, prompt=["red square"], **common)
+
+
+def test_prompt_misuse_is_refused_in_one_line():
+    model, processor = make_text_model()
+    common = dict(show_progress=False, image_processor=processor)
+    with pytest.raises(ValueError, match="trained without text prompts"):
+        make_model(vocab_size=8).generate_images(1, prompt="red square", **common)
+    with pytest.raises(ValueError, match="Give `class_labels` or `prompt`, not both"):
+        model.generate_images(1, prompt="red square", class_labels=0, **common)
+    with pytest.raises(ValueError, match="guides towards a `prompt`: give a `prompt`"):
+        model.generate_images(1, guidance_scale=3.0, **common)
+    with pytest.raises(ValueError, match="at most 16"):
+        model.generate_images(1, prompt="red " * 17, **common)
+    for option in (dict(use_generate=True), dict(exact=True)):
+        with pytest.raises(ValueError, match="Text models sample with the default loop"):
+            model.generate_images(1, prompt="red square", **common, **option)

@@ -28,6 +28,7 @@ DESCRIPTION = """Train a PixelGPT on an image dataset (the flags of `examples/tr
     pixelgpt train --dataset_name user/dataset --image_column img --label_column cls --class_conditional
     pixelgpt train --task inpaint                      # any-order model: inpaint, outpaint, vary
     pixelgpt train --train_data_dir photos --source_dir sketches --task translate   # paired folders
+    pixelgpt train --text_conditional --output_dir pixelgpt-emoji   # prompts: built-in captioned emoji, 2 stages
 
 Plain `python examples/train.py` (or `pixelgpt train`) runs one process; `accelerate launch` adds multi-process /
 mixed precision.
@@ -106,7 +107,8 @@ def in_unit_range(part, names, low_open: bool = False, high_open: bool = True) -
             raise ValueError(f"--{name} must be in {interval}, got {value}")
 
 
-DATA = "data (default: the built-in Fashion-MNIST subset)"
+DATA = "data (default: the built-in Fashion-MNIST subset; with --text_conditional the built-in captioned emoji)"
+BUILTIN_DATA = ("fashion", "emoji")
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,15 @@ class DataArguments:
                            "images, each process reads its own part. Needs --max_train_steps.", DATA)
     shuffle_buffer_size: int = flag(1000, "--streaming: images held in the shuffle buffer (more: better mixing, more "
                                     "memory).", DATA)
-    label_column: str | None = flag(None, "Column of integer or ClassLabel labels (default: 'label' when the data "
-                                    "has it).", DATA)
+    label_column: str | None = flag(None, "Column of integer or ClassLabel labels (default: 'label', if any).", DATA)
     source_column: str | None = flag(None, "--task translate: the column of source images (the image column holds "
                                      "the targets).", DATA)
     source_dir: str | None = flag(None, "--task translate with --train_data_dir: a folder of source images with the "
                                   "same relative file names as the target images.", DATA)
+    caption_column: str = flag("text", "--text_conditional: the captions' column (a folder: its metadata.jsonl).", DATA)
+    builtin_data: str | None = flag(None, "Data without --train_data_dir or --dataset_name: fashion (Fashion-MNIST, "
+                                    "28x28 gray) or emoji (captioned Twemoji, 64x64; --text_conditional's default).",
+                                    DATA, choices=BUILTIN_DATA)
 
     @property
     def is_default(self) -> bool:
@@ -145,10 +150,17 @@ class DataArguments:
         return not (self.train_data_dir or self.dataset_name)
 
     def default_resolution(self, largest: int, multiple: int = 4) -> int:
-        """28 for the built-in images; else `largest`, or a folder's first image's smaller side when that is smaller
-        (rounded down to a multiple of `multiple`): enlarging small images by default would refuse them all."""
+        """28 for the built-in Fashion-MNIST, 64 for the built-in emoji; else `largest`, or a folder's first image's
+        smaller side when that is smaller (rounded down to a multiple of `multiple`): enlarging small images by
+        default would refuse them all."""
+        if self.is_default:
+            return 64 if self.builtin_data == "emoji" else 28
         side = first_image_side(self.train_data_dir) if self.train_data_dir else None  # a dataset is not read here
-        return 28 if self.is_default else min(largest, max(8, side // multiple * multiple) if side else largest)
+        return min(largest, max(8, side // multiple * multiple) if side else largest)
+
+    def with_builtin(self, text: bool) -> "DataArguments":
+        """With --builtin_data settled: emoji for text models, else fashion."""
+        return dataclasses.replace(self, builtin_data=self.builtin_data or ("emoji" if text else "fashion"))
 
     def check(self) -> None:
         if self.train_data_dir and self.dataset_name:
@@ -321,6 +333,9 @@ class ModelArguments:
     class_dropout_prob: float = flag(0.1, "With --class_conditional: share of images trained with the unconditional "
                                      "start token, which classifier-free guidance (generate_images(guidance_scale="
                                      "...)) needs.", MODEL)
+    text_conditional: bool = flag(False, "Condition on the captions of --caption_column (text prompts).", MODEL)
+    prompt_dropout_prob: float = flag(0.1, "--text_conditional: share trained with the empty prompt (guidance).", MODEL)
+    text_vocab_size: int = flag(1000, "With --text_conditional: most entries of the prompt tokenizer.", MODEL)
     gradient_checkpointing: bool = flag(False, "Trade compute for activation memory.", MODEL)
     parallel_tokens: int = flag(1, "Also train k-ahead prediction for this k, so the model can draw k tokens per "
                                 "forward pass (generate_images(tokens_per_step=k)); 1 = one token per pass only.",
@@ -355,7 +370,12 @@ class ModelArguments:
         if not all(math.isfinite(g) and g >= 0 for g in self.quality_guidance):
             raise ValueError(f"--quality_guidance scales must be finite and >= 0 (1 = no guidance), got "
                              f"{list(self.quality_guidance)}")
-        in_unit_range(self, ("class_dropout_prob", "inpaint_box_probability", "inpaint_box_warmup"), high_open=False)
+        in_unit_range(self, ("class_dropout_prob", "prompt_dropout_prob", "inpaint_box_probability",
+                             "inpaint_box_warmup"), high_open=False)
+        if self.text_conditional and self.class_conditional:
+            raise ValueError("--text_conditional does not combine with --class_conditional (captions can name it)")
+        if not 10 <= self.text_vocab_size <= 100_000:
+            raise ValueError(f"--text_vocab_size must be in [10, 100000], got {self.text_vocab_size}")
         if self.parallel_tokens > 1 and self.task != "generate":
             raise ValueError("--parallel_tokens needs --task generate (k-ahead decoding is raster order)")
         low, high = self.inpaint_box_sides
@@ -464,6 +484,7 @@ class TrainingArguments(Arguments):
 
     def resolve(self) -> "TrainingArguments":
         """Check every part, then settle the values that follow from others; returns the resolved arguments."""
+        self = dataclasses.replace(self, data=self.data.with_builtin(self.model.text_conditional))
         data, image, model = self.data, self.image, self.model
         data.check()
         self.run.check(data.streaming)
@@ -520,6 +541,7 @@ class TokenizerTrainingArguments(Arguments):
     tokenizer: TokenizerArguments = field(default_factory=TokenizerArguments)
 
     def resolve(self) -> "TokenizerTrainingArguments":
+        self = dataclasses.replace(self, data=self.data.with_builtin(text=False))
         self.data.check()
         self.run.check(self.data.streaming)
         tokenizer = self.tokenizer
@@ -533,7 +555,7 @@ class TokenizerTrainingArguments(Arguments):
 # With --tokenizer train, stage one reads the images with the image processor's flags.
 SHARED_IMAGE_FLAGS = ("resolution", "resize_mode", "resample")
 # The pair-reading flags mean nothing to a tokenizer, which reads single images.
-TOKENIZER_SKIPPED_DATA = ("label_column", "source_column", "source_dir")
+TOKENIZER_SKIPPED_DATA = ("label_column", "source_column", "source_dir", "caption_column")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -573,16 +595,6 @@ def parse_tokenizer_args(argv=None) -> TokenizerTrainingArguments:
     return _parse(build_tokenizer_parser(), TokenizerTrainingArguments, argv)
 
 
-__all__ = [
-    "DataArguments",
-    "ImageArguments",
-    "ModelArguments",
-    "RunArguments",
-    "TokenizerArguments",
-    "TokenizerTrainingArguments",
-    "TrainingArguments",
-    "build_parser",
-    "build_tokenizer_parser",
-    "parse_args",
-    "parse_tokenizer_args",
-]
+__all__ = ["DataArguments", "ImageArguments", "ModelArguments", "RunArguments", "TokenizerArguments",
+           "TokenizerTrainingArguments", "TrainingArguments", "build_parser", "build_tokenizer_parser", "parse_args",
+           "parse_tokenizer_args"]

@@ -13,11 +13,12 @@ from datasets import ClassLabel, DatasetDict, IterableDataset, IterableDatasetDi
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from ..default_data import DEFAULT_DATASET_NAME, load_default_dataset
+from ..default_data import DEFAULT_DATASET_NAME, EMOJI_DATASET_NAME, load_default_dataset, load_emoji_dataset
 from ..modeling.configuration_pixelgpt import MAX_CLASSES
 from ..modeling.modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from ..utils import IMAGE_EXTENSIONS, image_key, open_image
 from .arguments import DataArguments, tokenizer_config
+from .text import caption_ids
 
 logger = get_logger(__name__)
 
@@ -41,6 +42,8 @@ def load_splits(data: DataArguments, seed: int = 0):
         dataset = load_dataset(data.dataset_name, data.dataset_config_name, cache_dir=data.cache_dir, **stream)
         # A Hub id names the data on the card; a local path would put this machine's folders into a public card.
         name = None if Path(data.dataset_name).expanduser().exists() else data.dataset_name
+    elif data.builtin_data == "emoji":
+        dataset, name = load_emoji_dataset(data.streaming), EMOJI_DATASET_NAME
     else:
         dataset, name = load_default_dataset(data.streaming), DEFAULT_DATASET_NAME
     if not isinstance(dataset, (DatasetDict, IterableDatasetDict)):
@@ -269,13 +272,14 @@ def read_row(row: dict, processor, image_column: str, source_column: str | None)
     return array, image
 
 
-def make_collate(processor, config, data: DataArguments, label_column, tokenizer=None):
+def make_collate(processor, config, data: DataArguments, label_column, tokenizer=None, text_processor=None):
     """The DataLoader's `collate_fn`: undecoded rows -> a batch (`input_ids`, `condition_ids` for the conditional
-    tasks, and `bad_images`). Images are decoded here, in DataLoader workers when there are some, never all before
-    training; a row whose image cannot be used is left out of the batch and named in `bad_images`. Rows encoded
-    ahead by a tokenizer (`token_ids`) are used as they are; `tokenizer` encodes the others (a stream)."""
+    tasks, `text_ids` (the captions of --caption_column) with a `text_processor`, and `bad_images`). Images are
+    decoded here, in DataLoader workers when there are some, never all before training; a row whose image cannot be
+    used is left out of the batch and named in `bad_images`. Rows encoded ahead by a tokenizer (`token_ids`) are used
+    as they are; `tokenizer` encodes the others (a stream)."""
     def collate(rows):
-        pixels, sources, tokens, conditions, labels, bad = [], [], [], [], [], []
+        pixels, sources, tokens, conditions, labels, captions, bad = [], [], [], [], [], [], []
         for row in rows:
             if "token_ids" in row:  # encoded once by the image tokenizer (`encode_with_tokenizer`)
                 tokens.append(np.asarray(row["token_ids"]))
@@ -290,6 +294,8 @@ def make_collate(processor, config, data: DataArguments, label_column, tokenizer
                 sources.append(source)
             if label_column:
                 labels.append(config.class_token_id(row[label_column]))
+            if text_processor is not None:
+                captions.append(row[data.caption_column])
         if pixels:  # (b, H, W, C) uint8
             pixels = np.stack(pixels)
             if tokenizer is not None:
@@ -302,6 +308,9 @@ def make_collate(processor, config, data: DataArguments, label_column, tokenizer
         input_ids = torch.cat([torch.tensor(start, dtype=torch.long).view(-1, 1), torch.as_tensor(
             np.array(tokens), dtype=torch.long).view(len(start), config.num_image_tokens)], dim=1)  # (b, 1 + N)
         batch = {"input_ids": input_ids, "bad_images": bad}
+        if text_processor is not None:
+            batch["text_ids"] = torch.tensor(caption_ids(text_processor, captions), dtype=torch.long).view(
+                len(captions), config.max_text_length)
         if config.is_conditional:
             ids = processor.encode_condition(sources, return_tensors="np").condition_ids if sources else conditions
             batch["condition_ids"] = torch.as_tensor(np.array(ids), dtype=torch.long).view(

@@ -30,6 +30,7 @@ from .data import (
     tokenizer_digest,
 )
 from .loop import Budget, Trainer, launch
+from .text import captioned_processor, token_ids
 from .tokenizer import TokenizerTrainer
 
 logger = get_logger(__name__)
@@ -40,12 +41,16 @@ logger = get_logger(__name__)
 PIXEL_BUDGET = Budget(passes=2)
 TOKEN_PASSES, TOKEN_BUDGET = 10, 10_000_000
 
+# Where a text run keeps its prompt tokenizer from the start (a resumed run reads prompts with the same ids); the
+# finished model folder holds it too, beside the weights.
+PROMPT_TOKENIZER = "prompt-tokenizer"
+
 # What a checkpoint is only meaningful with: resuming with another value is refused, naming the setting.
 RESUME_SETTINGS = ("resolution", "quantization", "num_levels", "fit_palette", "palette_size", "resize_mode",
                    "task", "condition_quantization", "condition_num_levels", "condition_size", "model_size",
                    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "class_conditional",
                    "parallel_tokens", "use_ema", "inpaint_fill_order", "aligned_condition", "condition_prefix",
-                   "class_embedding")
+                   "class_embedding", "text_conditional", "caption_column", "text_vocab_size")
 
 
 def run_settings(args: TrainingArguments, tokenizer=None) -> dict:
@@ -69,7 +74,8 @@ def task_loss(model, accelerator, batch, k=1, box_probability=0.5, generator=Non
     config = accelerator.unwrap_model(model).config
     inputs = task_inputs(config, batch["input_ids"], k, box_probability, generator, box_sides=box_sides)
     labels, hole = inputs.pop("labels"), inputs.pop("hole", None)
-    logits = model(**inputs, condition_ids=batch.get("condition_ids"), use_cache=False).logits
+    logits = model(**inputs, condition_ids=batch.get("condition_ids"), text_ids=batch.get("text_ids"),
+                   use_cache=False).logits
     weighted = hole is not None and hole_weight != 1 and reduction == "mean"
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                              reduction="none" if weighted else reduction)
@@ -110,12 +116,27 @@ def class_grid_labels(num_classes: int, num_samples: int) -> tuple[list, int]:
     return [c for c in range(rows) for _ in range(cols)], cols
 
 
+def prompt_grid_prompts(processor, captions, num_samples: int) -> tuple[list, int]:
+    """(prompts, columns) of a text model's grid: one row per distinct caption that fits the model's prompt length
+    (the first GRID_MAX_CLASSES // 2), at least 4 samples a row and together at least `num_samples`."""
+    fits = [str(c) for c, ids in zip(captions, token_ids(processor.tokenizer, captions))
+            if c and len(ids) <= processor.max_text_length]
+    prompts = list(dict.fromkeys(fits))[: GRID_MAX_CLASSES // 2] or [""]
+    return prompts, max(4, -(-num_samples // len(prompts)))
+
+
 def sample_grid(model, processor, held_out: list, num_samples: int, seed: int, condition_column: str,
-                guidance_scale: float = 1.0):
+                guidance_scale: float = 1.0, caption_column: str | None = None):
     """A grid of samples; conditional models show (condition, output) pairs for the first held-out images (their
-    `condition_column`), class-conditional ones one row per class (at `guidance_scale`)."""
+    `condition_column`), class-conditional ones one row per class, text models one row per held-out caption (of
+    `caption_column`; `processor` is then the PixelGPTProcessor), each at `guidance_scale`."""
     sampling = dict(image_processor=processor, generator=torch.Generator().manual_seed(seed),
                     batch_size=num_samples, show_progress=False)
+    if model.config.is_text_conditional and not model.config.is_conditional:
+        prompts, cols = prompt_grid_prompts(processor, [row[caption_column] for row in held_out], num_samples)
+        sampling["batch_size"] = len(prompts) * cols
+        images = model.generate_images(cols, prompt=prompts, guidance_scale=guidance_scale, **sampling)
+        return make_image_grid(images, cols=cols)
     if model.config.is_conditional:
         sources = [open_image(row[condition_column], "image") for row in held_out[: max(1, num_samples // 2)]]
         outputs = model.translate_images(sources, **sampling)
@@ -163,9 +184,13 @@ def build_processor(args: TrainingArguments, tokenizer) -> PixelGPTImageProcesso
                                   resize_mode=image.resize_mode, resample=image.resample, **condition)
 
 
-def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int, class_names) -> PixelGPTConfig:
+def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int, class_names,
+                 text_processor=None) -> PixelGPTConfig:
     model = args.model
     config_kwargs = model.sizes()
+    if text_processor is not None:
+        config_kwargs.update(text_vocab_size=len(text_processor.tokenizer), text_pad_token_id=
+                             text_processor.tokenizer.pad_token_id, max_text_length=text_processor.max_text_length)
     if model.class_conditional:
         config_kwargs.update(num_classes=num_classes, class_embedding=model.class_embedding)
         if class_names:
@@ -200,6 +225,11 @@ class PixelGPTTrainer(Trainer):
         label_column, num_classes, class_names = None, 0, None
         if model_args.class_conditional:  # labels are read only when they are used
             label_column, num_classes, class_names = resolve_label_column(data.label_column, train)
+        self.text_processor = None
+        if model_args.text_conditional:  # the prompt tokenizer, trained on the captions (kept for a resume)
+            self.text_processor = captioned_processor(processor, train, data, model_args.text_vocab_size, accelerator,
+                                                      Path(self.run.output_dir, PROMPT_TOKENIZER),
+                                                      self.resume_path is not None)
         if image.fit_palette:
             fit_palette(processor, train, args)
         encode_bad = []
@@ -208,13 +238,13 @@ class PixelGPTTrainer(Trainer):
             with accelerator.local_main_process_first():
                 train, encode_bad = encode_with_tokenizer(train, tokenizer, processor, data, model_args.task, "train")
 
-        config = self.config = build_config(args, processor, tokenizer, num_classes, class_names)
+        config = self.config = build_config(args, processor, tokenizer, num_classes, class_names, self.text_processor)
         model = PixelGPTForImageGeneration(config)
         if tokenizer is not None:  # carried frozen: saved with the model, never trained here
             model.image_tokenizer.load_state_dict(tokenizer.state_dict())
         if model_args.gradient_checkpointing:
             model.activation_checkpointing_enable()
-        collate = make_collate(processor, config, data, label_column, tokenizer)
+        collate = make_collate(processor, config, data, label_column, tokenizer, self.text_processor)
         trained = [p for p in model.parameters() if p.requires_grad]  # not a carried tokenizer
         self.prepare(model, trained, train, held_out, collate, budget=self.budget(config, tokenizer))
         self.batches.bad_images.update(dict.fromkeys(encode_bad))
@@ -248,6 +278,9 @@ class PixelGPTTrainer(Trainer):
             dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < model_args.class_dropout_prob
             input_ids = input_ids.clone()
             input_ids[dropped, 0] = self.config.start_token_id
+        if "text_ids" in batch and model_args.prompt_dropout_prob > 0:  # prompt dropout, for guidance likewise
+            dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < model_args.prompt_dropout_prob
+            batch = dict(batch, text_ids=batch["text_ids"].masked_fill(dropped[:, None], self.config.text_pad_token_id))
         # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
         box_probability = model_args.inpaint_box_probability
         if model_args.inpaint_box_warmup > 0:  # depends on the step only, so a resumed run anneals alike
@@ -279,10 +312,12 @@ class PixelGPTTrainer(Trainer):
         return figures
 
     def sample_grid(self):
-        data = self.args.data
-        guidance = GRID_GUIDANCE if self.args.model.class_dropout_prob > 0 else 1.0
-        return sample_grid(self.accelerator.unwrap_model(self.model), self.processor, self.held_out,
-                           self.run.num_samples, self.run.seed, data.source_column or data.image_column, guidance)
+        data, model_args = self.args.data, self.args.model
+        dropout = model_args.prompt_dropout_prob if model_args.text_conditional else model_args.class_dropout_prob
+        guidance = GRID_GUIDANCE if dropout > 0 else 1.0
+        return sample_grid(self.accelerator.unwrap_model(self.model), self.text_processor or self.processor,
+                           self.held_out, self.run.num_samples, self.run.seed, data.source_column or data.image_column,
+                           guidance, data.caption_column)
 
     def final_metrics(self, figures: dict) -> dict:
         metrics = {self.bits_name: figures[self.bits_name], "untrained_" + self.bits_name: self.untrained_bits}
@@ -297,6 +332,8 @@ class PixelGPTTrainer(Trainer):
         """Class-conditional runs: judge the final model's samples (--quality_samples) and add the figures to the
         folder's eval_results.json, sample_quality.json and card."""
         data, model_args = self.args.data, self.args.model
+        if self.text_processor is not None:  # the prompt tokenizer beside the image processor (AutoProcessor)
+            self.text_processor.save_pretrained(folder)
         if not (model_args.class_conditional and model_args.quality_samples):
             return
         if data.streaming:  # the judging classifier needs a sample of the training images, which a stream lacks

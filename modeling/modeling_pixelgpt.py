@@ -336,7 +336,7 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
     def prepend_context(self, inputs_embeds, position_embeddings, condition_ids, text_ids):
         """Put the condition image's rows (`condition_prefix`) before the image rows, and the prompt's rows (text
         models) before all: each with its rotation, the prompt's all at the start token's (pixel -1), its order
-        told by the slot embeddings."""
+        told by the slot embeddings. Without either, the rows are returned as they are."""
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
         if condition_ids is not None and self.embed_condition is not None:
             rotation = self.rotary_emb.condition(self.config.condition_size, device, dtype)
@@ -348,6 +348,14 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             rotation = self.rotary_emb._compute_cos_sin(before, dtype)  # each (1, 1, L, hd)
             inputs_embeds, position_embeddings = self.prepend(inputs_embeds, position_embeddings, rows, rotation)
         return inputs_embeds, position_embeddings
+
+    def sequence_positions(self, past_seen: int, inputs_embeds, condition_ids) -> torch.LongTensor:
+        """The sequence indices of the new rows, counted from the start token's (0): a cache also holds the prompt
+        and condition rows placed before it. Returns `(1, T)`."""
+        first = past_seen - self.config.num_text_tokens if past_seen else 0
+        if past_seen and condition_ids is not None and self.embed_condition is not None:
+            first -= self.config.num_condition_tokens
+        return torch.arange(first, first + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
     def causal_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids):
         if isinstance(past_key_values, PixelGPTStaticCache):  # PixelGPT's own caches make their own masks
@@ -388,28 +396,22 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
             For `class_embedding` models, each sequence's start or class token: needed with every call whose first
             row is not a start token (a cached continuation). Default: the first row's token.
         text_ids (`torch.LongTensor` of shape `(batch_size, max_text_length)`, *optional*):
-            Text models: each sequence's prompt tokens (the processor's `text_ids`), given with every call of a
-            sequence; placed first when the sequence begins, as `condition_ids` are. Default: the empty prompt.
+            Text models: the prompts (the processor's `text_ids`), given with every call; default the empty prompt.
         cache (`Cache`, *optional*):
             The name transformers >= 5.24 gives `past_key_values`; either may be passed.
         """
         past_key_values = past_key_values if past_key_values is not None else cache
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False  # a cache is useless in training and conflicts with recomputation
+        # A cache is useless in training and conflicts with recomputation.
+        use_cache = (self.config.use_cache if use_cache is None else use_cache) and not (
+            self.gradient_checkpointing and self.training)
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)  # (B, T, D)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        past_key_values = DynamicCache(config=self.config) if use_cache and past_key_values is None else past_key_values
         past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:  # sequence indices after the start token's; a cache also holds the prefix rows
-            first = past_seen - self.config.num_text_tokens if past_seen else 0
-            if past_seen and condition_ids is not None and self.embed_condition is not None:
-                first -= self.config.num_condition_tokens
-            position_ids = torch.arange(first, first + inputs_embeds.shape[1], device=inputs_embeds.device)
-            position_ids = position_ids.unsqueeze(0)  # (1, T)
+        if position_ids is None:
+            position_ids = self.sequence_positions(past_seen, inputs_embeds, condition_ids)  # (1, T)
         if target_positions is None:  # raster order: sequence index t holds x_{t-1} (start: -1) and predicts x_t
             input_positions, target_positions = position_ids - 1, position_ids
         self.check_condition(condition_ids)
@@ -417,15 +419,13 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         inputs_embeds = self.add_row_context(inputs_embeds, input_ids, target_positions, start_ids, condition_ids,
                                              text_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, input_positions, target_positions)
-        prefixed = condition_ids is not None and self.embed_condition is not None
-        if past_seen == 0 and (text_ids is not None or prefixed):
+        if past_seen == 0:  # the call that begins a sequence puts the prompt and condition rows first
             inputs_embeds, position_embeddings = self.prepend_context(inputs_embeds, position_embeddings,
                                                                       condition_ids, text_ids)  # (B, P + T, D)
             position_ids = None  # positions of the image rows only; the mask needs no packing hints
 
         causal_mask = self.causal_mask(inputs_embeds, attention_mask, past_key_values, position_ids)
-        hidden_states = inputs_embeds
-        all_hidden_states = () if output_hidden_states else None
+        hidden_states, all_hidden_states = inputs_embeds, (() if output_hidden_states else None)
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)

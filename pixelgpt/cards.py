@@ -34,7 +34,7 @@ trained on {{ dataset_text }}.
 from transformers import AutoModel
 
 model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True){{ repo_note }}
-images = model.generate_images(num_images=8{{ class_example }})  # list of PIL images
+images = model.generate_images(num_images=8{{ example }})  # list of PIL images
 images[0].save("sample.png")
 ```
 
@@ -93,6 +93,11 @@ def training_data(dataset_name: str | None, data, num_train_images: int | None) 
     model-index, a phrase for the text). `data` is the run's `DataArguments`; `num_train_images` is None for a
     stream."""
     is_default = dataset_name is not None and "built-in" in dataset_name
+    if is_default and data.builtin_data == "emoji":  # not a Hub dataset; its attribution goes on every card
+        count = f"{num_train_images:,}" if num_train_images else "the"
+        return None, ("twemoji", "Twemoji captions (built-in)"), (
+            f"{count} captioned Twemoji images shipped with PixelGPT (Twemoji graphics by Twitter, Inc. and other "
+            "contributors, CC-BY 4.0; captions made from their short names)")
     hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for local data
     index = (hub_dataset,) * 2 if hub_dataset else (("imagefolder", "local image folder") if data.train_data_dir else
                                                     ("local", "local dataset"))
@@ -157,11 +162,12 @@ def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
 
 
 def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name,
-                     num_train_images: int | None, grid_name: str = "samples.png", grid_note: str | None = None):
+                     num_train_images: int | None, grid_name: str = "samples.png", grid_note: str | None = None,
+                     prompt: str | None = None):
     """Write a PixelGPT's README.md (YAML metadata + usage + results + hyper-parameters); `args` is the run's
     `TrainingArguments`. The card shows `grid_name` (the sample grid the run saved in `folder`) enlarged to at
     least CARD_GRID_MIN_WIDTH pixels, saved beside it as `samples_large.png`, with `grid_note` (what the grid shows;
-    a default sentence without it). Every held-out figure in `metrics`
+    a default sentence without it), and `prompt` in its code for a text model. Every held-out figure in `metrics`
     (bits, those of the untrained model, k-ahead bits) is both in the text and in the YAML model-index."""
     folder = Path(folder)
     repo_id = args.run.hub_model_id or folder.resolve().name
@@ -184,8 +190,12 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                      metrics["tokenizer_bicubic_psnr"])]
         extra_rows.append(f"| tokenizer (stage one): reconstruction PSNR, dB | {metrics['tokenizer_psnr']:.2f} | "
                           f"bicubic from {grid_side}x{grid_side} RGB: {metrics['tokenizer_bicubic_psnr']:.2f} |")
+    example = ", class_labels=[0]" if config.num_classes else ""
+    if config.is_text_conditional:
+        example = f", prompt={prompt or ''!r}, guidance_scale=3.0"
     card_data = ModelCardData(
-        library_name="transformers", pipeline_tag="unconditional-image-generation",
+        library_name="transformers",
+        pipeline_tag="text-to-image" if config.is_text_conditional else "unconditional-image-generation",
         tags=["pixelgpt", "image-generation", "autoregressive", "custom_code"],
         datasets=[hub_dataset] if hub_dataset else None, metrics=[bits_name], model_name=repo_id,
         eval_results=index_results("unconditional-image-generation", index, figures))
@@ -197,7 +207,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
         grid_note=grid and (grid_note or ("Held-out inputs (as the model reads them) beside the final model's outputs."
                                           if config.is_conditional else "Samples of the final model.")) + " " + grid[1],
         model_name=repo_id, resolution=config.pixel_size, token_scheme=token_scheme(config, processor),
-        dataset_text=dataset_text, class_example=", class_labels=[0]" if config.num_classes else "",
+        dataset_text=dataset_text, example=example,
         bits_name=bits_name, bits=f"{bits:.4f}",
         untrained_bits="n/a (resumed run)" if untrained is None else f"{untrained:.4f}",
         bits_note=("Bits per dimension: mean negative log-likelihood over 8-bit sub-pixels, in bits (comparable with "
@@ -238,6 +248,19 @@ def update_model_card(folder, *, key: str, title: str, body: str, eval_results: 
     card.text = text
     card.save(path)
     return card
+
+
+def prompt_section(max_text_length: int, examples: list[str]) -> str:
+    """A text model's card section: what its prompts look like (`examples`: some of its captions) and how they are
+    read."""
+    shown = ", ".join(f"`{e}`" for e in examples[:6]) or "(none)"
+    return (f"This model draws from text prompts, worded as its training captions are: {shown}. A prompt is read in "
+            f"lower case and may be at most {max_text_length} tokens long (a longer one is refused, naming the "
+            "limit); a word that no caption had is read as the word pieces it shares with known words. The empty "
+            "prompt draws unconditionally; `guidance_scale` > 1 steers towards the prompt (classifier-free guidance: "
+            "the model also learned the empty prompt) and `negative_prompt=` away from another one. Every image "
+            "method takes `prompt=` (e.g. `model.inpaint_images(image, mask, prompt=...)`), and so does "
+            "`pipeline(\"text-to-image\", model=..., trust_remote_code=True)`.")
 
 
 def write_tokenizer_card(folder: Path, args, config, metrics: dict, dataset_name, num_train_images: int | None):

@@ -7,6 +7,12 @@ gradio is an optional extra (`pip install -e ".[demo]"` in a clone), imported on
 never needs it. Every tab calls the model method `pixelgpt <operation>` calls (`<operation>_images`), with its
 widgets named after that method's keyword arguments.
 
+A text model (trained with --text_conditional) gets a prompt box on every tab: what to draw, or to redraw the image
+towards; an empty prompt draws unconditionally. A negative prompt and the guidance scale sit beside it: guidance > 1
+steers towards the prompt and away from the empty prompt, or from the negative prompt when one is given. Under the
+box, a note names the words the model never saw in its captions (it reads them as word pieces), or says the prompt is
+too long. Models without text show no prompt box.
+
 The demo has no login unless `auth` is given, and whoever reaches it runs the model on this machine. The page names
 a model by its folder's name or Hub id, never by a local path. Every file it serves (uploads, results) lives in one
 folder per process, `pixelgpt-demo-*` in the temporary folder (gradio's GRADIO_TEMP_DIR is pointed at it), kept to
@@ -197,18 +203,63 @@ def _editor_inputs(editor: dict, processor) -> tuple[Image.Image, np.ndarray]:
     return image, mask
 
 
-def _operation_widgets(gr, config, op: str, key: str) -> dict:
-    """The inputs and settings of tab `op`, named after the keyword arguments of `model.<op>_images`."""
+def prompt_note(processor, prompt: str) -> str:
+    """The note under a prompt box: the words of `prompt` the model never saw in its captions (punctuation aside), or
+    why the prompt is refused (too long); "" when there is nothing to say."""
+    if not (prompt or "").strip():
+        return ""
+    try:
+        processor.encode_prompts(prompt)
+    except ValueError as err:
+        return str(err)
+    unknown = [word for word in processor.unknown_words(prompt) if any(c.isalnum() for c in word)]
+    if not unknown:
+        return ""
+    words = ", ".join(f"“{word}”" for word in dict.fromkeys(unknown))
+    return f"Words the model never saw in its captions: {words} (it reads them as word pieces)."
+
+
+def _prompt_widgets(gr, processor, key: str, w: dict) -> None:
+    """A text model's prompt box, the note under it (`prompt_note`, updated as the prompt changes) and its negative
+    prompt box, added to `w` as `prompt` and `negative_prompt`."""
+    w["prompt"] = gr.Textbox(label="Prompt", placeholder="e.g. a red heart (empty: draw unconditionally)",
+                             max_lines=1, elem_id=f"{key}-prompt")
+    note = gr.Markdown("", visible=False, elem_id=f"{key}-prompt-note")
+    w["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="what guidance steers away from (optional)",
+                                      max_lines=1, elem_id=f"{key}-negative")
+
+    def show_note(prompt):
+        text = prompt_note(processor, prompt)
+        return gr.Markdown(text, visible=bool(text))
+
+    w["prompt"].change(show_note, inputs=w["prompt"], outputs=note, queue=False, show_progress="hidden",
+                       api_visibility="private")
+
+
+def _guidance_widget(gr, config, key: str):
+    """The guidance slider: towards the prompt of a text model, towards the class of a class-conditional one."""
+    if config.is_text_conditional:
+        info = ("Classifier-free guidance towards the prompt and away from the negative prompt, or from the empty "
+                "one (1 = none; unused when both are empty).")
+    else:
+        info = ("Classifier-free guidance towards the class (1 = none; 3: the best class match measured, "
+                "docs/quality.md; unused with 'none').")
+    return gr.Slider(0, 5, value=3, step=0.1, label="Guidance scale", info=info, elem_id=f"{key}-guidance")
+
+
+def _operation_widgets(gr, config, op: str, key: str, processor=None) -> dict:
+    """The inputs and settings of tab `op`, named after the keyword arguments of `model.<op>_images`; a text model's
+    prompt boxes with `processor` (its PixelGPTProcessor)."""
     size, w = config.pixel_size, {}
+    if op == "generate" and config.is_text_conditional:
+        _prompt_widgets(gr, processor, key, w)
     if op == "generate" and config.num_classes:
         names = [(f"{i}: {class_name(config, i)}" if class_name(config, i) else str(i), i)
                  for i in range(config.num_classes)]
         w["class_labels"] = gr.Dropdown(names + [("none (unconditional)", -1)], value=0, label="Class",
                                         elem_id=f"{key}-class")
-        w["guidance_scale"] = gr.Slider(0, 5, value=3, step=0.1, label="Guidance scale",
-                                        info="Classifier-free guidance towards the class (1 = none; 3: "
-                                        "the best class match measured, docs/quality.md; unused with 'none').",
-                                        elem_id=f"{key}-guidance")
+    if op == "generate" and (config.num_classes or config.is_text_conditional):
+        w["guidance_scale"] = _guidance_widget(gr, config, key)
     elif op == "inpaint":
         # Brush sizes count pixels of the upload: gradio's default (25) would cover a whole model-sized
         # image. PNG, as webp would change the pixels kept around the mask.
@@ -220,6 +271,9 @@ def _operation_widgets(gr, config, op: str, key: str) -> dict:
         # image_mode=None keeps transparency: the image processor flattens it on its own background.
         w["images"] = _checked_uploads(gr, gr.Image(type="pil", image_mode=None, label="Input image",
                                                      elem_id=f"{key}-input", elem_classes="pixel-input"))
+    if op != "generate" and config.is_text_conditional:  # the prompt the image is redrawn towards
+        _prompt_widgets(gr, processor, key, w)
+        w["guidance_scale"] = _guidance_widget(gr, config, key)
     if op == "complete":
         w["keep_rows"] = gr.Slider(0, size, value=size // 2, step=1, precision=0, label="Rows kept from the top")
     elif op == "outpaint":
@@ -243,9 +297,14 @@ def _draw(model, op: str, kwargs: dict, outputs: Path) -> tuple[list[str], list[
     """`model.<op>_images` on the widgets' values `kwargs`; returns the PNG files of the results, enlarged (whole
     pixels) and at the model's size. A bad input is a ValueError saying what to change."""
     generator = torch.Generator().manual_seed(kwargs.pop("seed") or 0)
-    if kwargs.get("class_labels") == -1:  # unconditional: no class for the guidance slider to guide towards
+    if kwargs.get("class_labels") == -1:  # class "none"
         kwargs["class_labels"] = None
-        kwargs.pop("guidance_scale", None)
+    if "prompt" in kwargs:  # a text model: an empty prompt (and negative prompt) is none
+        prompt, negative = kwargs.pop("prompt") or "", kwargs.pop("negative_prompt") or ""
+        kwargs.update({name: text for name, text in (("prompt", prompt), ("negative_prompt", negative))
+                       if text.strip()})
+    if kwargs.get("class_labels") is None and not {"prompt", "negative_prompt"} & set(kwargs):
+        kwargs.pop("guidance_scale", None)  # unconditional: nothing for the guidance slider to guide towards
     editor = kwargs.pop("editor", None)
     if editor is not None and editor["background"] is not None:
         kwargs["images"], kwargs["mask_image"] = _editor_inputs(editor, model.get_image_processor())
@@ -283,12 +342,12 @@ def _draw_function(gr, model, op: str, w: dict, outputs: Path):
 
 def _operation_tab(gr, model, op: str, key: str, outputs: Path) -> None:
     """The tab of one operation: its inputs, sampling settings, a Run button, the enlarged results and their
-    PNG files (written under `outputs`). Element ids are `<key>-input`, `-run`, `-gallery`, `-files` (the browser
-    tests find them)."""
+    PNG files (written under `outputs`). Element ids are `<key>-input`, `-prompt`, `-prompt-note`, `-negative`,
+    `-guidance`, `-run`, `-gallery`, `-files` (the browser tests find them)."""
     size = model.config.pixel_size
     with gr.Tab(op.capitalize()), gr.Row():
         with gr.Column():
-            w = _operation_widgets(gr, model.config, op, key)
+            w = _operation_widgets(gr, model.config, op, key, model.processor)
             run = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
         with gr.Column():
             gallery = gr.Gallery(label=f"Results (shown enlarged; model size {size}x{size})", format="png",
@@ -317,6 +376,8 @@ def build_demo(models: list[str], device: str | None = None):
     loaded = [load_model(name, device) for name in models]
     for model in loaded:
         model.get_image_processor()  # a missing or mismatched processor fails now, not at the first click
+        if model.config.is_text_conditional:
+            model.get_prompt_processor()  # and so does a text model's missing prompt tokenizer
     names, seen = [], {}
     for name in map(model_name, models):  # two folders of the same name: "name", "name (2)"
         seen[name] = seen.get(name, 0) + 1
@@ -327,6 +388,7 @@ def build_demo(models: list[str], device: str | None = None):
             config = model.config
             with gr.Tab(name) if len(models) > 1 else contextlib.nullcontext():
                 classes = f", {config.num_classes} classes" if config.num_classes else ""
+                classes += ", text prompts" if config.is_text_conditional else ""
                 gr.Markdown(f"`{name}`: task `{config.task}`, {config.pixel_size}x{config.pixel_size} pixels{classes}")
                 with gr.Tabs():
                     for op in config.operations:

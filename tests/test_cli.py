@@ -12,9 +12,9 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from pixelgpt import PixelGPTForImageGeneration
-from pixelgpt.cli import build_parser, main, run
+from pixelgpt.cli import build_parser, main, run, slug
 
-from conftest import save_model, save_tokenizer
+from conftest import save_model, save_text_model, save_tokenizer
 
 TINY_TRAIN = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--resolution", "8",
               "--max_train_samples", "32", "--max_eval_samples", "16", "--train_batch_size", "8", "--num_samples", "2",
@@ -209,3 +209,67 @@ def test_generate_exact_k_ahead_matches_the_model_method(tmp_path):
     written = read(tmp_path / "out")
     assert [np.array_equal(written[f"sample-{i:04d}.png"], np.asarray(image)) for i, image in enumerate(expected)] \
         == [True] * 3
+
+
+# ------------------------------------------------------------------------------------- text prompts (issue 31)
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return save_text_model(tmp_path_factory.mktemp("cli-text") / "model")
+
+
+def test_prompts_become_file_names():
+    assert [slug(p) for p in ("A red square!", "", "  ", "🙂", "Crème brûlée", "x" * 60)] == \
+        ["a-red-square", "unconditional", "unconditional", "prompt", "creme-brulee", "x" * 48]
+    assert slug("a very long prompt about " + "red squares " * 9) == "a-very-long-prompt-about-red-squares-red-squares"
+
+
+def test_generate_with_prompts_writes_each_prompts_images_as_the_model_draws_them(text_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "--model", text_model, "--prompt", "A teal square!", "--prompt", "blue circle", "--prompt",
+                 "Blue circle", "--num_images", "2", "--negative_prompt", "green heart", "--guidance_scale", "3",
+                 "--seed", "4", "--output_dir", str(out)]) == 0
+    written = read(out)
+    names = [f"{name}-{k:04d}.png" for name in ("a-teal-square", "blue-circle", "blue-circle_2") for k in range(2)]
+    assert sorted(written) == sorted(names)
+    model = PixelGPTForImageGeneration.from_pretrained(text_model)
+    expected = model.generate_images(2, prompt=["A teal square!", "blue circle", "Blue circle"],
+                                     negative_prompt="green heart", guidance_scale=3, show_progress=False,
+                                     generator=torch.Generator().manual_seed(4))
+    assert [np.array_equal(written[name], np.asarray(image)) for name, image in zip(names, expected)] == [True] * 6
+    note = "pixelgpt: note: the model never saw 'teal' in its captions (in 'A teal square!'); it reads them as word"
+    err = capsys.readouterr().err
+    assert note in err and "'!'" not in err  # and nothing about '!', which is no word
+
+
+def test_editing_commands_take_one_prompt_for_every_input(text_model, tmp_path):
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["complete", "--model", text_model, "--keep_rows", "2", "--prompt", "red square", "--guidance_scale",
+                 "2", "--num_samples", "2", "--seed", "1", "--output_dir", str(out), str(tmp_path / "0.png"),
+                 str(tmp_path / "1.png")]) == 0
+    written = read(out)
+    names = [f"{i}-red-square-{k}.png" for i in range(2) for k in range(2)]
+    assert sorted(written) == names
+    model = PixelGPTForImageGeneration.from_pretrained(text_model)
+    expected = model.complete_images([Image.open(tmp_path / f"{i}.png") for i in range(2)], 2, num_completions=2,
+                                     prompt="red square", guidance_scale=2, show_progress=False,
+                                     generator=torch.Generator().manual_seed(1))
+    assert [np.array_equal(written[name], np.asarray(image)) for name, image in zip(names, expected)] == [True] * 4
+
+
+def test_prompt_misuse_is_one_line(models, text_model, tmp_path):
+    image = str(models["images"] / "im0.png")
+    for argv, message in (
+        (["generate", "--model", models["generate"], "--prompt", "a red square"],
+         f"pixelgpt: {models['generate']} was trained without text prompts: --prompt need a text model"),
+        (["vary", "--model", models["inpaint"], "--negative_prompt", "red", image],
+         "was trained without text prompts: --negative_prompt need a text model (train one with --text_conditional)"),
+        (["generate", "--model", text_model, "--prompt", "red square", "--class_label", "1"],
+         "pixelgpt: give --prompt or --class_label, not both"),
+        (["generate", "--model", text_model, "--prompt", " ".join(["red square"] * 20)],
+         "reads at most 16 (max_text_length)"),
+    ):
+        assert message in refusal([*argv, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pixelgpt.default_data import DATA_DIR, load_default_dataset, load_emoji_dataset
+from pixelgpt.default_data import DATA_DIR, GRID_REPEATS, load_default_dataset, load_emoji_dataset
 from pixelgpt.emoji_captions import HELD_OUT_PAIRS, colour_shape, emoji_caption
 
 from conftest import REPO_ROOT, SHARED_DATA
@@ -41,16 +41,20 @@ def test_shipped_files_are_the_ones_the_readme_names():
 
 
 def test_emoji_dataset_has_both_splits_with_captioned_64x64_rgba_images(emoji):
-    assert {split: len(emoji[split]) for split in emoji} == {"train": 3593, "test": 193}
+    assert {split: len(emoji[split]) for split in emoji} == {"train": 3593 + 22 * (GRID_REPEATS - 1), "test": 193}
+    once = load_emoji_dataset(grid_repeats=1)["train"]
+    assert len(once) == 3593 and list(emoji["train"]["name"][:3593]) == list(once["name"])
+    repeated = list(emoji["train"]["name"][3593:])  # the training grid again: each of its 22 emoji, 15 more times
+    assert len(set(repeated)) == 22 and all(colour_shape(n) not in (None, *HELD_OUT_PAIRS) for n in repeated)
     for split in ("train", "test"):
         data = emoji[split]
         assert data.column_names == ["image", "text", "name", "label"]
         assert data.features["label"].names == EMOJI_CATEGORIES
         assert list(data["text"]) == [emoji_caption(name) for name in data["name"]]
         assert {(image.mode, image.size) for image in data["image"]} == {("RGBA", (64, 64))}
-    names = list(emoji["train"]["name"]) + list(emoji["test"]["name"])
+    names = list(once["name"]) + list(emoji["test"]["name"])
     assert len(set(names)) == len(names) == 3786  # every emoji once, in one split
-    assert len(set(emoji["train"]["text"]) | set(emoji["test"]["text"])) == 3786  # no two share a caption
+    assert len(set(once["text"]) | set(emoji["test"]["text"])) == 3786  # no two share a caption
 
 
 def test_emoji_test_split_is_the_held_out_pairs_and_five_percent_of_the_rest(emoji):
@@ -81,7 +85,7 @@ def test_builder_rebuilds_the_shipped_emoji_test_file_byte_for_byte(tmp_path):
         images, labels = data["images"], data["labels"]
         names, categories = [str(n) for n in data["names"]], [str(c) for c in data["categories"]]
     train, test = build_emoji_dataset.split(names)
-    shipped = load_emoji_dataset()
+    shipped = load_emoji_dataset(grid_repeats=1)
     assert [names[i] for i in train] == list(shipped["train"]["name"])
     assert [names[i] for i in test] == list(shipped["test"]["name"])
     build_emoji_dataset.build(images, names, labels, categories, test, tmp_path / "emoji_test.parquet")

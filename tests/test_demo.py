@@ -2,7 +2,7 @@
 calls them (gradio's preprocessing included): uploads it refuses, empty masks, the bounded folder of its files; a
 `pixelgpt demo` process stopped with SIGTERM; then the real page in headless Chromium on two tiny saved models
 (class-conditional generate, inpaint): no local path served, a login when asked, generate, inpaint with a mask drawn
-with the mouse, and errors shown in the page.
+with the mouse, and errors shown in the page; and a tiny text model's prompt boxes, called and typed in the page.
 
 The browser tests need gradio and playwright (the `test` extra) and Debian's Chromium (`apt-get install chromium`;
 playwright's own browser download is not used); they are skipped, with that reason, where one is missing.
@@ -28,12 +28,13 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pixelgpt import PixelGPTImageProcessor, cli, demo
+from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor, cli, demo
 from pixelgpt.cli import build_parser
 
-from conftest import save_model, save_tokenizer
+from conftest import save_model, save_text_model, save_tokenizer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -452,3 +453,100 @@ def test_an_upload_that_is_no_image_is_a_message_in_the_page(page, tmp_path):
     page.locator("#m0-complete-input input[type=file]").set_input_files(upload)
     page.click("#m0-complete-run")
     page.get_by_text("the upload is not an image file the demo can read (UnidentifiedImageError)").wait_for()
+
+
+# ------------------------------------------------------------------------------------- text prompts (issue 31)
+@pytest.fixture(scope="module")
+def built_text(tmp_path_factory):
+    """The demo (not served) of a tiny text model (m0: generate and complete tabs) and its saved folder."""
+    gr = pytest.importorskip("gradio", reason=demo.GRADIO_MISSING)
+    folder = save_text_model(tmp_path_factory.mktemp("built-text") / "text")
+    return gr, demo.build_demo([folder]), folder
+
+
+def element_ids(app) -> set:
+    return {c["props"].get("elem_id") for c in app.get_config_file()["components"]} - {None}
+
+
+def test_a_text_model_has_a_prompt_box_on_every_tab_and_a_model_without_text_none(built, built_text):
+    ids = element_ids(built_text[1])
+    for op in ("generate", "complete"):
+        assert {f"m0-{op}-{part}" for part in ("prompt", "prompt-note", "negative", "guidance")} <= ids, op
+    assert not [i for i in element_ids(built[1]) if "prompt" in i or "negative" in i]
+    assert "m1-inpaint-guidance" not in element_ids(built[1])  # guidance stays where a class is to guide towards
+
+
+def test_the_prompt_boxes_reach_the_model_and_an_empty_prompt_draws_unconditionally(built_text, tmp_path):
+    gr, app, folder = built_text
+    model = PixelGPTForImageGeneration.from_pretrained(folder).eval()
+
+    def drawn(key, **by_label):
+        return [np.asarray(Image.open(f)) for f in call(app, key, Images=2, **by_label)[1]]
+
+    def expected(method, *args, **kwargs):
+        images = getattr(model, method)(*args, generator=torch.Generator().manual_seed(0), show_progress=False,
+                                        **kwargs)
+        return [np.asarray(image) for image in images]
+
+    same = lambda a, b: len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    assert same(drawn("m0-generate", Prompt="red square"),
+                expected("generate_images", 2, prompt="red square", guidance_scale=3))
+    assert same(drawn("m0-generate", Prompt="red square", **{"Negative prompt": "blue"}),
+                expected("generate_images", 2, prompt="red square", negative_prompt="blue", guidance_scale=3))
+    assert same(drawn("m0-generate", Prompt="  "), expected("generate_images", 2))  # guidance 3 unused
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    assert same(drawn("m0-complete", Prompt="blue circle", **{"Input image": str(tmp_path / "in.png")}),
+                expected("complete_images", Image.open(tmp_path / "in.png"), 2, num_completions=2,
+                         prompt="blue circle", guidance_scale=3))
+    with pytest.raises(gr.Error) as error:
+        call(app, "m0-generate", Prompt=" ".join(["red square"] * 20))
+    assert "reads at most 16 (max_text_length)" in error.value.message
+
+
+def test_the_note_under_the_prompt_names_words_the_model_never_saw(built_text):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(built_text[2], trust_remote_code=True)
+    assert demo.prompt_note(processor, "red square") == demo.prompt_note(processor, "") == ""
+    note = demo.prompt_note(processor, "A teal square, teal!")
+    assert note == "Words the model never saw in its captions: “teal” (it reads them as word pieces)."
+    assert "at most 16 (max_text_length)" in demo.prompt_note(processor, " ".join(["red square"] * 20))
+
+
+@pytest.fixture(scope="module")
+def served_text(served, tmp_path_factory):
+    """The demo of a tiny text model (m0), served on 127.0.0.1 beside `served`, in its browser."""
+    folder = save_text_model(tmp_path_factory.mktemp("served-text") / "text")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        app = demo.launch([folder], server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        yield served[0], app.local_url
+        app.close()
+
+
+def test_a_prompt_typed_in_the_page_steers_the_images(served_text):
+    """Typed prompts: a note names the words the model never saw; the same seed and prompt draw the same images, a
+    different prompt others."""
+    browser, url = served_text
+
+    def draw(prompt: str, note: str | None = None) -> list[bytes]:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(30_000)
+        try:
+            page.goto(url)
+            box = page.locator("#m0-generate-prompt").locator("input, textarea").first
+            if note is not None:  # a word never seen first: the note names it, then goes with it
+                box.fill(f"a {note} square")
+                page.locator("#m0-generate-prompt-note").get_by_text(f"“{note}”").wait_for()
+            box.fill(prompt)
+            page.get_by_text("Words the model never saw").wait_for(state="hidden")
+            page.click("#m0-generate-run")
+            shown, files = results(page, "m0-generate", 8)
+            assert all(image.shape == (5, 5, 3) for image in files) and len(shown) == 8
+            return [image.tobytes() for image in files]
+        finally:
+            page.close()
+
+    first = draw("red square", note="teal")
+    assert draw("red square") == first  # the same seed (0) and prompt: the same images
+    assert draw("blue circle") != first

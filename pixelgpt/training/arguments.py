@@ -342,10 +342,10 @@ class ModelArguments:
                                 MODEL)
     parallel_fraction: float = flag(0.5, "Share of training steps that use k-ahead prediction when --parallel_tokens "
                                     "> 1.", MODEL)
-    quality_samples: int = flag(200, "With --class_conditional: at the end, judge this many samples per "
-                                "--quality_guidance scale by a classifier of the run's images (class match, recognised "
-                                "share, Frechet distance in its features, copy check: pixelgpt.quality) and write the "
-                                "figures on the card; 0 skips it.", EVAL)
+    quality_samples: int = flag(200, "--class_conditional: at the end, judge this many samples per --quality_guidance "
+                                "by a classifier of the run's images (pixelgpt.quality); --text_conditional on the "
+                                "built-in emoji: 1/25 of it per prompt (pixelgpt.prompt_quality, at the first "
+                                "--quality_guidance). Figures go on the card; 0 skips it.", EVAL)
     quality_guidance: list[float] = flag([3.0, 1.0, 2.0, 4.0, 5.0], "The guidance scales --quality_samples measures; "
                                          "the first is the headline figure and the copy check's.", EVAL)
 

@@ -13,10 +13,20 @@ import torch
 from accelerate.logging import get_logger
 from PIL import Image
 
-from ..cards import index_results, sample_quality_section, training_data, update_model_card, write_model_card
+from ..cards import (
+    index_results,
+    prompt_section,
+    sample_quality_section,
+    training_data,
+    update_model_card,
+    write_model_card,
+)
+from ..default_data import load_emoji_dataset
 from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
 from ..modeling.layouts_pixelgpt import task_inputs
 from ..processing import PixelGPTImageProcessor
+from ..prompt_quality import markdown as prompt_markdown
+from ..prompt_quality import measure_prompts
 from ..quality import RealImages, measure, quantized
 from ..utils import class_name, make_image_grid, open_image
 from .arguments import TokenizerTrainingArguments, TrainingArguments
@@ -334,6 +344,10 @@ class PixelGPTTrainer(Trainer):
         data, model_args = self.args.data, self.args.model
         if self.text_processor is not None:  # the prompt tokenizer beside the image processor (AutoProcessor)
             self.text_processor.save_pretrained(folder)
+            update_model_card(folder, key="prompts", title="Prompts", eval_results=[], body=prompt_section(
+                self.text_processor.max_text_length, self.grid_prompts()))
+            if data.is_default and data.builtin_data == "emoji" and model_args.quality_samples:
+                self.judge_prompts(folder, metrics)
         if not (model_args.class_conditional and model_args.quality_samples):
             return
         if data.streaming:  # the judging classifier needs a sample of the training images, which a stream lacks
@@ -361,8 +375,44 @@ class PixelGPTTrainer(Trainer):
                     f"{first['matches_requested_class']:.1%}, recognised {first['recognised_share']:.1%} (real images "
                     f"{report['real_test_images']['recognised_share']:.1%}); on the card")
 
+    def grid_prompts(self) -> list[str]:
+        """The prompts of a text model's grid: the held-out captions that fit (`prompt_grid_prompts`)."""
+        captions = [row[self.args.data.caption_column] for row in self.held_out]
+        return prompt_grid_prompts(self.text_processor, captions, self.run.num_samples)[0]
+
+    def judge_prompts(self, folder: Path, metrics: dict) -> None:
+        """A text model on the built-in emoji: `pixelgpt.prompt_quality` (colour words, held-out pairs, skin tones,
+        retrieval) on its card, eval_results.json and prompt_quality.json."""
+        model_args, started = self.args.model, time.time()
+        try:
+            report = measure_prompts(self.accelerator.unwrap_model(self.model), load_emoji_dataset(grid_repeats=1),
+                                     num_samples=max(1, model_args.quality_samples // PROMPT_QUALITY_SHARE),
+                                     guidance_scale=model_args.quality_guidance[0], seed=self.run.seed,
+                                     processor=self.text_processor)
+        except ValueError as err:  # e.g. a prompt this model's tokenizer spells longer than it reads
+            logger.warning(f"--quality_samples: skipped, {err}")
+            return
+        (folder / "prompt_quality.json").write_text(json.dumps(report, indent=2))
+        figures = [(f"prompt_quality_{name}", f"{title} ({which})", report[section][which][key])
+                   for name, title, section, key in PROMPT_FIGURES
+                   for which in ("trained_model_samples", "untrained_model_samples")]
+        update_model_card(folder, key="prompt_quality", title="Do samples follow their prompts?",
+                          body=prompt_markdown(report), eval_results=index_results(
+                              "text-to-image", ("twemoji", "Twemoji captions (built-in)"), figures[::2]))
+        metrics.update({name: value for name, _, value in figures[::2]},
+                       prompt_quality_seconds=round(time.time() - started, 1))
+        (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        logger.info(f"prompts at guidance {model_args.quality_guidance[0]:g}: colour words "
+                    f"{report['colour_words']['trained_model_samples']['accuracy']:.1%}, held-out pairs "
+                    f"{report['composition']['trained_model_samples']['accuracy']:.1%}, skin-tone order "
+                    f"{report['skin_tones']['trained_model_samples']['in_order_share']:.1%}; on the card")
+
     def write_card(self, folder, metrics: dict) -> None:
-        note = None
+        note, prompts = None, self.grid_prompts() if self.text_processor is not None else None
+        if prompts:
+            guidance = GRID_GUIDANCE if self.args.model.prompt_dropout_prob > 0 else 1.0
+            note = f"Samples of the final model, one prompt per row (guidance {guidance:g}): " + ", ".join(
+                f'"{p}"' for p in prompts) + "."
         if self.config.num_classes:
             names = [class_name(self.config, c) or str(c) for c in range(min(self.config.num_classes,
                                                                               GRID_MAX_CLASSES))]
@@ -371,8 +421,18 @@ class PixelGPTTrainer(Trainer):
                     f"{', '.join(names)}{'' if len(names) == self.config.num_classes else ', ...'}.")
         write_model_card(folder, args=self.args, config=self.config,
                          processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
-                         bits_name=self.bits_name, num_train_images=self.num_train_images, grid_note=note)
+                         bits_name=self.bits_name, num_train_images=self.num_train_images, grid_note=note,
+                         prompt=prompts[0] if prompts else None)
 
+
+# A text run on the built-in emoji judges --quality_samples / PROMPT_QUALITY_SHARE samples per prompt (8 of 200):
+# 22 colour prompts, 5 held-out pairs, 30 skin-tone prompts and 193 retrieval captions, for the model and an
+# untrained copy, ~1 minute on a 2-core CPU. PROMPT_FIGURES: (name, title, report section, key) of its figures.
+PROMPT_QUALITY_SHARE = 25
+PROMPT_FIGURES = (("colour_words", "colour words right", "colour_words", "accuracy"),
+                  ("held_out_pairs", "held-out colour x shape pairs right", "composition", "accuracy"),
+                  ("skin_tone_order", "skin-tone pairs in order", "skin_tones", "in_order_share"),
+                  ("retrieval_top5", "retrieval top-5 among the test images", "retrieval", "top_5"))
 
 # Training images the judging classifier of --quality_samples learns from (as examples/sample_quality.py).
 QUALITY_CLASSIFIER_IMAGES = 6000

@@ -1,0 +1,398 @@
+"""Does a text-prompted model draw what its prompt says? Four figures on the emoji set that need no download.
+
+1. Colour words: every colour x shape prompt of the training split ("large blue circle"), `num_samples` samples
+   each; a sample's colour is its mean foreground RGB assigned to the nearest named colour's reference (measured
+   the same way from the real training images of that colour, `colour_references`). Figure: the share of samples
+   of the colour named. Chance 1/9.
+2. Composition: the same on the colour x shape pairs never trained on (`HELD_OUT_PAIRS`), per pair and overall.
+3. Skin tones: for several people, the five tone prompts; a sample's skin is its pixels near one of the five skin
+   references (the real `skin-tone-2..6` swatches), summarised by their mean luma. Figure: the share of tone pairs
+   (i lighter than j by name) whose mean sample luma is in that order. Chance 50%.
+4. Prompt fidelity: one or more samples per held-out (test split) caption; all test images ranked by their distance
+   to the sample in `FEATURES_NAME`; top-k: the caption's own image is among the k nearest. Chance k/N.
+
+Each figure stands beside its chance level, the same figure for an untrained model of the same configuration
+(`quality.untrained_copy`) and the ceiling: the real images measured as if they were samples (the retrieval ceiling
+uses shifted, noisy copies of the test images, `jittered`). `measure_prompts` draws the samples and returns a
+JSON-ready report; `markdown` writes it as a table. `examples/prompt_quality.py` is its command line.
+"""
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixelgpt.emoji_captions import COLOURS, HELD_OUT_PAIRS, SKIN_TONES, colour_shape
+from pixelgpt.quality import quantized, untrained_copy
+
+# The colour transparent pixels are composited over, as the image processor does (its `background` default).
+BACKGROUND = (255, 255, 255)
+# A pixel farther than this (Euclidean RGB, 0-255) from the background is foreground. Twemoji's "white" fill,
+# (230, 231, 232), sits 40 away; anti-aliased edges that are mostly background fall below.
+FOREGROUND_DISTANCE = 24.0
+# A skin pixel is within this of its nearest skin reference; neighbouring Twemoji tones are 46 to 77 apart.
+SKIN_DISTANCE = 30.0
+# Fewer foreground (skin) pixels than this share of the image: the sample has no colour (skin) to judge.
+MIN_PIXEL_SHARE = 0.005
+# Twemoji's five modifiers, light to dark, as the emoji names carry them ("wave/1F3FB"), and the tone swatches.
+TONE_CODES = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")
+SKIN_SWATCHES = tuple(f"skin-tone-{i}" for i in range(2, 7))
+# People measured first when present (all five tones drawn by each); others fill up to `num_people`.
+PEOPLE = ("wave", "+1", "raised_hands", "clap", "ok_hand", "man", "woman", "boy", "girl", "baby")
+LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601: the lightness of a skin pixel
+PALETTE_WEIGHT = 0.5  # of the foreground colour histogram beside the 8x8 thumbnail (see `features`)
+FEATURES_NAME = "8x8 RGB thumbnail over white + 0.5 x sqrt foreground colour histogram (4x4x4 bins), L2"
+TOP_K = (1, 5)
+
+
+def rgb_pixels(image) -> np.ndarray:
+    """A PIL image as `(H, W, 3)` float64 RGB in 0-255, transparency composited over `BACKGROUND`."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        canvas = Image.new("RGB", image.size, BACKGROUND)
+        rgba = image.convert("RGBA")
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        image = canvas
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def mean_foreground(image) -> np.ndarray | None:
+    """Mean RGB of the pixels not near the background, or None when fewer than `MIN_PIXEL_SHARE` of them are."""
+    pixels = rgb_pixels(image).reshape(-1, 3)
+    foreground = np.linalg.norm(pixels - np.array(BACKGROUND), axis=1) > FOREGROUND_DISTANCE
+    if foreground.mean() < MIN_PIXEL_SHARE:
+        return None
+    return pixels[foreground].mean(0)
+
+
+def colour_references(images_by_colour: Mapping[str, Sequence]) -> dict[str, list[float]]:
+    """Each colour's reference RGB: the mean of `mean_foreground` over the real images of that colour.
+
+    Why the mean of the foreground: a colour x shape emoji is one flat fill on a transparent background, so the mean
+    of its non-background pixels is that fill (pulled slightly by the anti-aliased edge), whatever the shape; a
+    sample is summarised the same way, so the same edge pull is in both. The mean also averages out the per-pixel
+    noise of a sample, where the most frequent colour or a cluster would follow a few stray pixels. Measured rather
+    than taken from a colour chart: Twemoji's purple is (170, 142, 214), its white a light gray."""
+    references = {}
+    for colour, images in images_by_colour.items():
+        means = [m for m in map(mean_foreground, images) if m is not None]
+        if not means:
+            raise ValueError(f"colour_references: no image of {colour!r} has a foreground.")
+        references[colour] = [float(v) for v in np.mean(means, 0)]
+    return references
+
+
+def nearest_colour(image, references: Mapping[str, Sequence[float]]) -> str | None:
+    """The colour of `references` nearest the image's mean foreground RGB (None when it has no foreground)."""
+    mean = mean_foreground(image)
+    if mean is None:
+        return None
+    names = list(references)
+    return names[int(np.linalg.norm(np.array([references[n] for n in names]) - mean, axis=1).argmin())]
+
+
+def colour_accuracy(images, colours: Sequence[str], references, groups: Sequence[str] | None = None) -> dict:
+    """The share of `images` judged (`nearest_colour`) the colour named for each, overall and per colour (or per
+    `groups` entry, e.g. "purple square"), with how many images had no foreground (judged wrong)."""
+    judged = [nearest_colour(image, references) for image in images]
+    hits, keys = defaultdict(list), groups if groups is not None else colours
+    for key, colour, seen in zip(keys, colours, judged, strict=True):
+        hits[key].append(seen == colour)
+    every = [hit for key in hits for hit in hits[key]]
+    return {"accuracy": float(np.mean(every)) if every else None, "num_images": len(every),
+            "no_foreground": judged.count(None), "per_group": {k: float(np.mean(v)) for k, v in hits.items()}}
+
+
+def skin_lightness(image, references, threshold: float = SKIN_DISTANCE) -> float | None:
+    """Mean luma (0-255) of the image's skin pixels: those within `threshold` of their nearest skin reference
+    (`references`, (5, 3) RGB). None when fewer than `MIN_PIXEL_SHARE` of the pixels are skin."""
+    pixels = rgb_pixels(image).reshape(-1, 3)
+    distance = np.linalg.norm(pixels[:, None] - np.asarray(references, dtype=np.float64)[None], axis=2).min(1)
+    skin = distance <= threshold
+    if skin.mean() < MIN_PIXEL_SHARE:
+        return None
+    return float(pixels[skin].mean(0) @ LUMA)
+
+
+def tone_order(lightness: Mapping[str, Sequence[Sequence[float | None]]]) -> dict:
+    """`lightness[person][t]`: the skin lightness of each sample of tone t (light to dark). For each person and
+    each tone pair i < j (i lighter by name): in order when the mean lightness of i's samples is higher than j's.
+    A pair with a tie, or a tone without any skin pixels, is undecided and counts half (chance stays 50%)."""
+    score, pairs, undecided, per_person = 0.0, 0, 0, {}
+    for person, tones in lightness.items():
+        means = [np.mean([v for v in values if v is not None]) if any(v is not None for v in values) else None
+                 for values in tones]
+        mine = 0.0
+        for i in range(len(means)):
+            for j in range(i + 1, len(means)):
+                pairs += 1
+                if means[i] is None or means[j] is None or means[i] == means[j]:
+                    undecided, mine = undecided + 1, mine + 0.5
+                else:
+                    mine += float(means[i] > means[j])
+        score += mine
+        per_person[person] = mine / (len(means) * (len(means) - 1) / 2)
+    return {"in_order_share": score / pairs if pairs else None, "pairs": pairs, "undecided_pairs": undecided,
+            "per_person": per_person}
+
+
+def features(images) -> torch.Tensor:
+    """The retrieval features (`FEATURES_NAME`), `(N, 3 * 8 * 8 + 64)` float32; L2 between rows compares images.
+
+    Layout: each image over white, box-filtered to an 8x8 RGB thumbnail (0-1, divided by 8, so that its L2 is the
+    root-mean-square RGB distance over the 64 cells). Palette: the square roots of the shares of its foreground
+    pixels in 4x4x4 RGB bins (their L2 is the Hellinger distance, times sqrt 2), weighed by 0.5. Why: a sample is a
+    new drawing, never a copy; the thumbnail keeps where each colour is and forgets detail a few pixels off, the
+    histogram keeps which colours are drawn whatever their place and size. On shifted, noisy or shrunk copies of
+    400 real emoji among each other, this beat 8x8, 16x16 or 32x32 thumbnails alone (top-1 of copies shrunk to 80%
+    and shifted: 74% against 15%, 9%; shifted by up to 4 pixels: 96% against 96%, 93%, 87%)."""
+    rows = []
+    for image in images:
+        pixels = rgb_pixels(image)
+        layout = np.asarray(Image.fromarray(pixels.round().astype(np.uint8)).resize((8, 8), Image.Resampling.BOX))
+        flat = pixels.reshape(-1, 3)
+        foreground = np.linalg.norm(flat - np.array(BACKGROUND), axis=1) > FOREGROUND_DISTANCE
+        chosen = flat[foreground] if foreground.any() else flat
+        bins = np.minimum(chosen // 64, 3).astype(int) @ np.array([16, 4, 1])
+        palette = np.sqrt(np.bincount(bins, minlength=64) / len(bins))
+        rows.append(np.concatenate([layout.reshape(-1) / 255 / 8, PALETTE_WEIGHT * palette]))
+    return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, 256))).float()
+
+
+def retrieval(queries, targets: Sequence[int], gallery, keys: Sequence | None = None, ks=TOP_K) -> dict:
+    """Top-k retrieval of `gallery[targets[q]]` from `queries[q]`, ranking the gallery by L2 distance between
+    `features`. With `keys` (e.g. the gallery's captions), any gallery image with its target's key is a hit
+    (ties of equal captions). The median rank is of the first hit (1 = nearest)."""
+    query, reference = features(queries), features(gallery)
+    distance = torch.cdist(query.double(), reference.double())  # (Q, N)
+    keys = list(range(len(gallery))) if keys is None else list(keys)
+    hit = torch.tensor([[keys[g] == keys[t] for g in range(len(gallery))] for t in targets])
+    # rank of the first hit: gallery images strictly nearer than the nearest hit, plus one
+    nearest_hit = distance.masked_fill(~hit, float("inf")).min(1).values
+    ranks = (distance < nearest_hit[:, None]).sum(1) + 1
+    report = {f"top_{k}": float((ranks <= k).double().mean()) for k in ks}
+    report["median_rank"] = float(ranks.double().median())
+    return report
+
+
+def jittered(images, seed: int, shift: int | None = None, noise: float = 8.0) -> list:
+    """Copies of `images` (over white) shifted by up to `shift` pixels each way (white fill; default: 1/32 of the
+    side, 2 pixels at 64) with Gaussian per-channel noise of `noise` (0-255): stand-ins for near-perfect samples,
+    the retrieval ceiling."""
+    rng, copies = np.random.default_rng(seed), []
+    for image in images:
+        pixels = rgb_pixels(image)
+        most = max(pixels.shape[:2]) // 32 if shift is None else shift
+        dx, dy = rng.integers(-most, most + 1, size=2)
+        moved = np.full_like(pixels, 255.0)
+        h, w = pixels.shape[:2]
+        moved[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = pixels[max(-dy, 0):h + min(-dy, 0),
+                                                                              max(-dx, 0):w + min(-dx, 0)]
+        moved += rng.normal(0, noise, moved.shape)
+        copies.append(Image.fromarray(moved.clip(0, 255).round().astype(np.uint8)))
+    return copies
+
+
+def chance(num_colours: int = len(COLOURS), num_gallery: int | None = None) -> dict:
+    """The chance levels: a colour drawn at random, a coin per tone pair, a random ranking of the gallery."""
+    levels = {"colour_words": 1 / num_colours, "composition": 1 / num_colours, "skin_tones": 0.5}
+    if num_gallery:
+        levels["retrieval"] = {f"top_{k}": min(k, num_gallery) / num_gallery for k in TOP_K}
+    return levels
+
+
+# ------------------------------------------------------------------------------------------------------- the driver
+def _rows(split, keep) -> tuple[list, list, list]:
+    """(indices, names, texts) of the rows of `split` whose name `keep(name)` accepts, each name once (the built-in
+    training split repeats its colour x shape emoji)."""
+    names, texts = split["name"], split["text"]
+    first = {name: i for i, name in reversed(list(enumerate(names)))}
+    chosen = [i for i, name in enumerate(names) if keep(name) and first[name] == i]
+    return chosen, [names[i] for i in chosen], [texts[i] for i in chosen]
+
+
+def _images(split, indices, see) -> list:
+    return see([split[int(i)]["image"] for i in indices]) if len(indices) else []
+
+
+def _keep(part: dict, keep: list) -> dict:
+    """`part` with only the entries of its lists where `keep` is true."""
+    return {key: [v for v, k in zip(values, keep, strict=True) if k] for key, values in part.items()}
+
+
+def _people(train, num_people: int) -> list[str]:
+    """Base names whose five single-tone variants are all in the training split: `PEOPLE` first, then in order."""
+    tones = defaultdict(set)
+    for name in train["name"]:
+        base, _, code = name.partition("/")
+        if code in TONE_CODES:
+            tones[base].add(code)
+    complete = [base for base, codes in tones.items() if len(codes) == len(TONE_CODES)]
+    ordered = [p for p in PEOPLE if p in complete] + sorted(p for p in complete if p not in PEOPLE)
+    return ordered[:num_people]
+
+
+def prompt_sets(dataset, num_people: int = 6, see=lambda images: images) -> dict:
+    """What the four figures ask for and compare with, from a DatasetDict of train/test splits with columns
+    `image`, `text` and `name`: the prompts with their expected answers, and the real images (through `see`, e.g.
+    the model's quantization) for the references and the ceilings."""
+    train, test = dataset["train"], dataset["test"]
+    grid = lambda name: colour_shape(name) is not None and colour_shape(name) not in HELD_OUT_PAIRS  # noqa: E731
+    idx, names, texts = _rows(train, grid)
+    trained = {"prompts": texts, "colours": [colour_shape(n)[0] for n in names], "images": _images(train, idx, see)}
+    by_colour = defaultdict(list)
+    for colour, image in zip(trained["colours"], trained["images"], strict=True):
+        by_colour[colour].append(image)
+    idx, names, texts = _rows(test, lambda name: colour_shape(name) in HELD_OUT_PAIRS)
+    held_out = {"prompts": texts, "colours": [colour_shape(n)[0] for n in names],
+                "pairs": [" ".join(colour_shape(n)) for n in names], "images": _images(test, idx, see)}
+    # A colour the model's quantization turns into background (white at 4 levels per channel) cannot be judged.
+    judged = {c for c, images in by_colour.items() if any(mean_foreground(i) is not None for i in images)}
+    trained, held_out = (_keep(part, [c in judged for c in part["colours"]]) for part in (trained, held_out))
+    people = _people(train, num_people)
+    variants = {f"{p}/{code}": None for p in people for code in TONE_CODES}
+    idx, names, texts = _rows(train, lambda name: name in variants)
+    by_name = dict(zip(names, zip(texts, _images(train, idx, see), strict=True), strict=True))
+    skin = {"people": people, "prompts": [by_name[f"{p}/{c}"][0] for p in people for c in TONE_CODES],
+            "images": [by_name[f"{p}/{c}"][1] for p in people for c in TONE_CODES]}
+    swatches = []
+    for split in (train, test):
+        idx, names, _ = _rows(split, lambda name: name in SKIN_SWATCHES)
+        swatches += list(zip(names, _images(split, idx, see)))
+    if sorted(n for n, _ in swatches) != list(SKIN_SWATCHES):
+        raise ValueError(f"prompt_sets: the data needs the five skin-tone swatches {SKIN_SWATCHES} once each.")
+    skin["references"] = [mean_foreground(image) for _, image in sorted(swatches, key=lambda s: s[0])]
+    if any(rgb is None for rgb in skin["references"]):
+        raise ValueError("prompt_sets: a skin-tone swatch is all background as the model sees it.")
+    skin["references"] = [list(rgb) for rgb in skin["references"]]
+    if not len(test):
+        raise ValueError("prompt_sets: the test split is empty; retrieval ranks its images.")
+    gallery = {"prompts": list(test["text"]), "images": see(list(test["image"]))}
+    return {"colour_references": colour_references({c: by_colour[c] for c in sorted(judged)}),
+            "unjudged_colours": sorted(set(by_colour) - judged), "colour_words": trained,
+            "composition": held_out, "skin_tones": skin, "retrieval": gallery}
+
+
+def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
+    """The four figures of `samples` (per set: the images in the order of the set's prompts, `n` per prompt; the
+    retrieval set `repeats` per prompt)."""
+    refs, words, held, skin = sets["colour_references"], sets["colour_words"], sets["composition"], sets["skin_tones"]
+    rep = lambda values, k: [v for v in values for _ in range(k)]  # noqa: E731
+    held_out = colour_accuracy(samples["composition"], rep(held["colours"], n), refs, rep(held["pairs"], n))
+    lightness = [skin_lightness(image, skin["references"]) for image in samples["skin_tones"]]
+    per_prompt = [lightness[i * n:(i + 1) * n] for i in range(len(skin["prompts"]))]
+    k = len(TONE_CODES)
+    tones = {p: per_prompt[i * k:(i + 1) * k] for i, p in enumerate(skin["people"])}
+    gallery = sets["retrieval"]
+    targets = rep(range(len(gallery["prompts"])), repeats)
+    return {"colour_words": colour_accuracy(samples["colour_words"], rep(words["colours"], n), refs),
+            "composition": held_out, "skin_tones": tone_order(tones),
+            "retrieval": retrieval(samples["retrieval"], targets, gallery["images"], gallery["prompts"])}
+
+
+def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) -> dict:
+    """The samples of each set: one `generate_images` call for the first three sets, one for the retrieval set."""
+    extra = {} if processor is None else {"image_processor": processor}
+
+    def draw(prompts, count, seed):
+        if not prompts:
+            return []
+        return model.generate_images(count, prompt=list(prompts), guidance_scale=settings["guidance_scale"],
+                                     generator=torch.Generator().manual_seed(seed),
+                                     batch_size=settings["batch_size"], show_progress=False, **extra)
+
+    names = ("colour_words", "composition", "skin_tones")
+    images = draw([p for name in names for p in sets[name]["prompts"]], n, settings["seed"])
+    samples, start = {}, 0
+    for name in names:
+        size = n * len(sets[name]["prompts"])
+        samples[name], start = images[start:start + size], start + size
+    samples["retrieval"] = draw(sets["retrieval"]["prompts"], repeats, settings["seed"] + 1)
+    return samples
+
+
+def measure_prompts(model, dataset, num_samples: int = 8, guidance_scale: float = 3.0, seed: int = 0, *,
+                    batch_size: int = 64, num_people: int = 6, retrieval_samples: int = 1, processor=None) -> dict:
+    """Sample `model` on the four sets of prompts (`prompt_sets` of `dataset`; `num_samples` per prompt,
+    `retrieval_samples` per held-out caption) and an untrained copy of it (`quality.untrained_copy`, seed `seed`),
+    and report each figure for both beside its chance level and the real images' ceiling (a JSON-ready dict).
+    `processor`: the model's (`PixelGPTProcessor` or image processor), given to `generate_images` and used to see
+    the real images as the model does (its quantization); None: the model's own, real images as they are. The
+    global (CPU) random state is left as it was, and `model` in the mode it was in."""
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("num_people", num_people),
+                        ("retrieval_samples", retrieval_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"measure_prompts needs {name} >= 1, got {value!r}.")
+    if not getattr(model.config, "text_vocab_size", 0):
+        raise ValueError("measure_prompts needs a text model (config.text_vocab_size > 0).")
+    images_processor = getattr(processor, "image_processor", processor)
+    see = (lambda images: images) if images_processor is None else (lambda images: quantized(images_processor, images))
+    sets = prompt_sets(dataset, num_people, see)
+    settings = {"num_samples": num_samples, "retrieval_samples": retrieval_samples, "guidance_scale": guidance_scale,
+                "seed": seed, "batch_size": batch_size}
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model.eval()
+            trained = _figures(sets, _draw(model, sets, num_samples, retrieval_samples, settings, processor),
+                               num_samples, retrieval_samples)
+            untrained_model = untrained_copy(model, seed)
+            for name in ("image_processor", "processor"):  # the prompt tokenizer and processor, as the model's
+                setattr(untrained_model, name, getattr(model, name, None))
+            untrained = _figures(sets, _draw(untrained_model, sets, num_samples, retrieval_samples, settings,
+                                             processor), num_samples, retrieval_samples)
+    finally:
+        model.train(was_training)
+    return _report(sets, settings, trained, untrained, seed)
+
+
+def _report(sets: dict, settings: dict, trained: dict, untrained: dict, seed: int) -> dict:
+    """The JSON-ready report: per figure, the samples', the untrained model's, the real images' and chance."""
+    gallery = sets["retrieval"]
+    real = _figures(sets, {"colour_words": sets["colour_words"]["images"], "composition": sets["composition"]["images"],
+                           "skin_tones": sets["skin_tones"]["images"],
+                           "retrieval": jittered(gallery["images"], seed)}, 1, 1)
+    levels = chance(len(sets["colour_references"]), len(gallery["images"]))
+    report = {"sampling": settings, "features": FEATURES_NAME}
+    for name in ("colour_words", "composition", "skin_tones", "retrieval"):
+        report[name] = {"trained_model_samples": trained[name], "untrained_model_samples": untrained[name],
+                        "real_images": real[name], "chance": levels.get(name)}
+    report["colour_words"]["references"] = {c: [round(v, 1) for v in rgb]
+                                            for c, rgb in sets["colour_references"].items()}
+    report["colour_words"]["prompts"] = sets["colour_words"]["prompts"]
+    report["colour_words"]["unjudged_colours"] = sets["unjudged_colours"]
+    report["composition"]["prompts"] = sets["composition"]["prompts"]
+    report["skin_tones"].update(people=sets["skin_tones"]["people"], tones=list(SKIN_TONES),
+                                references=[[round(v, 1) for v in rgb] for rgb in sets["skin_tones"]["references"]])
+    report["retrieval"].update(num_gallery=len(gallery["images"]), features=FEATURES_NAME,
+                               real_images_are="test images shifted by up to 1/32 of their side, noise 8 (jittered)")
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table: each figure for the samples, the untrained model, the real images, chance."""
+    def cell(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    rows = [("Colour words (share of the colour named)", "colour_words", "accuracy"),
+            ("Composition: held-out colour x shape pairs", "composition", "accuracy"),
+            ("Skin tones (tone pairs in order of lightness)", "skin_tones", "in_order_share"),
+            ("Retrieval top-1 among the test images", "retrieval", "top_1"),
+            ("Retrieval top-5 among the test images", "retrieval", "top_5")]
+    lines = ["| figure | samples | untrained model | real images | chance |", "|---|---|---|---|---|"]
+    for title, name, key in rows:
+        entry = report[name]
+        level = entry["chance"][key] if isinstance(entry["chance"], dict) else entry["chance"]
+        values = [entry[part][key] for part in ("trained_model_samples", "untrained_model_samples", "real_images")]
+        lines.append(f"| {title} | " + " | ".join(map(cell, [*values, level])) + " |")
+        if name == "composition":
+            for pair in entry["trained_model_samples"]["per_group"]:
+                values = [entry[part]["per_group"].get(pair) for part in
+                          ("trained_model_samples", "untrained_model_samples", "real_images")]
+                lines.append(f"| &nbsp;&nbsp;{pair} | " + " | ".join(map(cell, [*values, level])) + " |")
+    s = report["sampling"]
+    lines.append(f"\nSamples per prompt: {s['num_samples']} ({s['retrieval_samples']} per retrieval caption); guidance "
+                 f"scale {s['guidance_scale']}, seed {s['seed']}; retrieval among {report['retrieval']['num_gallery']} "
+                 f"test images by {report['features']}; people: {', '.join(report['skin_tones']['people'])}.")
+    return "\n".join(lines)

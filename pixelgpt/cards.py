@@ -163,12 +163,12 @@ def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
 
 def write_model_card(folder, *, args, config, processor, dataset_name, metrics, bits_name,
                      num_train_images: int | None, grid_name: str = "samples.png", grid_note: str | None = None,
-                     prompt: str | None = None):
+                     prompt: str | None = None, guidance: float = 1.0):
     """Write a PixelGPT's README.md (YAML metadata + usage + results + hyper-parameters); `args` is the run's
     `TrainingArguments`. The card shows `grid_name` (the sample grid the run saved in `folder`) enlarged to at
     least CARD_GRID_MIN_WIDTH pixels, saved beside it as `samples_large.png`, with `grid_note` (what the grid shows;
-    a default sentence without it), and `prompt` in its code for a text model. Every held-out figure in `metrics`
-    (bits, those of the untrained model, k-ahead bits) is both in the text and in the YAML model-index."""
+    a default sentence without it), and `prompt` (at `guidance`) in its code for a text model. Every held-out figure
+    in `metrics` (bits, those of the untrained model, k-ahead bits) is both in the text and in the YAML model-index."""
     folder = Path(folder)
     repo_id = args.run.hub_model_id or folder.resolve().name
     hub_dataset, index, dataset_text = training_data(dataset_name, args.data, num_train_images)
@@ -192,7 +192,7 @@ def write_model_card(folder, *, args, config, processor, dataset_name, metrics, 
                           f"bicubic from {grid_side}x{grid_side} RGB: {metrics['tokenizer_bicubic_psnr']:.2f} |")
     example = ", class_labels=[0]" if config.num_classes else ""
     if config.is_text_conditional:
-        example = f", prompt={prompt or ''!r}, guidance_scale=3.0"
+        example = f", prompt={prompt or ''!r}, guidance_scale={guidance:g}"
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-to-image" if config.is_text_conditional else "unconditional-image-generation",

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from pixelgpt.loading import load_model
+from pixelgpt.prompt_quality import PROMPT_GUIDANCE
 from pixelgpt.utils import class_name, enlarge_nearest
 
 GRADIO_MISSING = 'The demo needs gradio: pip install gradio (or, in a clone, pip install -e ".[demo]")'
@@ -240,11 +241,12 @@ def _guidance_widget(gr, config, key: str):
     """The guidance slider: towards the prompt of a text model, towards the class of a class-conditional one."""
     if config.is_text_conditional:
         info = ("Classifier-free guidance towards the prompt and away from the negative prompt, or from the empty "
-                "one (1 = none; unused when both are empty).")
+                f"one (1 = none; {PROMPT_GUIDANCE:g}: the best measured, docs/text.md; unused when both are empty).")
     else:
         info = ("Classifier-free guidance towards the class (1 = none; 3: the best class match measured, "
                 "docs/quality.md; unused with 'none').")
-    return gr.Slider(0, 5, value=3, step=0.1, label="Guidance scale", info=info, elem_id=f"{key}-guidance")
+    value = PROMPT_GUIDANCE if config.is_text_conditional else 3
+    return gr.Slider(0, 5, value=value, step=0.1, label="Guidance scale", info=info, elem_id=f"{key}-guidance")
 
 
 def _operation_widgets(gr, config, op: str, key: str, processor=None) -> dict:

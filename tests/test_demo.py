@@ -33,6 +33,7 @@ from PIL import Image
 
 from pixelgpt import PixelGPTForImageGeneration, PixelGPTImageProcessor, cli, demo
 from pixelgpt.cli import build_parser
+from pixelgpt.prompt_quality import PROMPT_GUIDANCE
 
 from conftest import save_model, save_text_model, save_tokenizer
 
@@ -490,14 +491,15 @@ def test_the_prompt_boxes_reach_the_model_and_an_empty_prompt_draws_unconditiona
 
     same = lambda a, b: len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
     assert same(drawn("m0-generate", Prompt="red square"),
-                expected("generate_images", 2, prompt="red square", guidance_scale=3))
+                expected("generate_images", 2, prompt="red square", guidance_scale=PROMPT_GUIDANCE))
     assert same(drawn("m0-generate", Prompt="red square", **{"Negative prompt": "blue"}),
-                expected("generate_images", 2, prompt="red square", negative_prompt="blue", guidance_scale=3))
-    assert same(drawn("m0-generate", Prompt="  "), expected("generate_images", 2))  # guidance 3 unused
+                expected("generate_images", 2, prompt="red square", negative_prompt="blue",
+                         guidance_scale=PROMPT_GUIDANCE))
+    assert same(drawn("m0-generate", Prompt="  "), expected("generate_images", 2))  # the guidance is unused
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     assert same(drawn("m0-complete", Prompt="blue circle", **{"Input image": str(tmp_path / "in.png")}),
                 expected("complete_images", Image.open(tmp_path / "in.png"), 2, num_completions=2,
-                         prompt="blue circle", guidance_scale=3))
+                         prompt="blue circle", guidance_scale=PROMPT_GUIDANCE))
     with pytest.raises(gr.Error) as error:
         call(app, "m0-generate", Prompt=" ".join(["red square"] * 20))
     assert "reads at most 16 (max_text_length)" in error.value.message

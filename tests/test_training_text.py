@@ -15,6 +15,7 @@ from transformers import AutoModel, AutoProcessor
 from pixelgpt.training import loop
 from pixelgpt.training.arguments import parse_args
 from pixelgpt.training.pixelgpt import PROMPT_TOKENIZER
+from pixelgpt.training.text import drop_words
 
 from conftest import parse_error
 
@@ -124,3 +125,17 @@ def test_a_streamed_captioned_folder_trains(tmp_path, captioned):
     out = train(tmp_path, "--train_data_dir", str(captioned), *PIXELS, "--streaming", "--max_train_steps", "3")
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
     assert processor.unknown_words("red green blue block") == []  # the tokenizer read the stream's captions
+
+
+def test_word_dropout_leaves_words_out_in_order_and_prompt_dropout_empties_whole_prompts():
+    torch.manual_seed(0)
+    prompts = torch.tensor([[5, 6, 7, 8, 0, 0]] * 2000)
+    dropped = drop_words(prompts, 0.0, 0.25, pad=0)
+    kept = dropped != 0
+    assert abs(kept.sum().item() / (4 * 2000) - 0.75) < 0.02  # each word kept with chance 0.75
+    for row, mask in zip(dropped[:50], kept[:50]):
+        words = row[mask].tolist()
+        assert words == sorted(words) and mask.tolist() == sorted(mask.tolist(), reverse=True)  # in order, packed
+    empty = (drop_words(prompts, 0.1, 0.0, pad=0) == 0).all(1).float().mean().item()
+    assert abs(empty - 0.1) < 0.02
+    assert torch.equal(drop_words(prompts, 0.0, 0.0, pad=0), prompts)  # no dropout: the prompts as they are

@@ -158,8 +158,7 @@ class DataArguments:
         side = first_image_side(self.train_data_dir) if self.train_data_dir else None  # a dataset is not read here
         return min(largest, max(8, side // multiple * multiple) if side else largest)
 
-    def with_builtin(self, text: bool) -> "DataArguments":
-        """With --builtin_data settled: emoji for text models, else fashion."""
+    def with_builtin(self, text: bool) -> "DataArguments":  # --builtin_data settled: emoji for text models
         return dataclasses.replace(self, builtin_data=self.builtin_data or ("emoji" if text else "fashion"))
 
     def check(self) -> None:
@@ -336,6 +335,7 @@ class ModelArguments:
     text_conditional: bool = flag(False, "Condition on the captions of --caption_column (text prompts).", MODEL)
     prompt_dropout_prob: float = flag(0.1, "--text_conditional: share trained with the empty prompt (guidance).", MODEL)
     text_vocab_size: int = flag(1000, "With --text_conditional: most entries of the prompt tokenizer.", MODEL)
+    caption_word_dropout: float = flag(0.25, "--text_conditional: chance that a caption token is left out.", MODEL)
     gradient_checkpointing: bool = flag(False, "Trade compute for activation memory.", MODEL)
     parallel_tokens: int = flag(1, "Also train k-ahead prediction for this k, so the model can draw k tokens per "
                                 "forward pass (generate_images(tokens_per_step=k)); 1 = one token per pass only.",
@@ -344,8 +344,8 @@ class ModelArguments:
                                     "> 1.", MODEL)
     quality_samples: int = flag(200, "--class_conditional: at the end, judge this many samples per --quality_guidance "
                                 "by a classifier of the run's images (pixelgpt.quality); --text_conditional on the "
-                                "built-in emoji: 1/25 of it per prompt (pixelgpt.prompt_quality, at the first "
-                                "--quality_guidance). Figures go on the card; 0 skips it.", EVAL)
+                                "built-in emoji: 1/25 of it per prompt (pixelgpt.prompt_quality, at PROMPT_GUIDANCE). "
+                                "Figures go on the card; 0 skips it.", EVAL)
     quality_guidance: list[float] = flag([3.0, 1.0, 2.0, 4.0, 5.0], "The guidance scales --quality_samples measures; "
                                          "the first is the headline figure and the copy check's.", EVAL)
 
@@ -370,8 +370,8 @@ class ModelArguments:
         if not all(math.isfinite(g) and g >= 0 for g in self.quality_guidance):
             raise ValueError(f"--quality_guidance scales must be finite and >= 0 (1 = no guidance), got "
                              f"{list(self.quality_guidance)}")
-        in_unit_range(self, ("class_dropout_prob", "prompt_dropout_prob", "inpaint_box_probability",
-                             "inpaint_box_warmup"), high_open=False)
+        in_unit_range(self, ("class_dropout_prob", "prompt_dropout_prob", "caption_word_dropout",
+                             "inpaint_box_probability", "inpaint_box_warmup"), high_open=False)
         if self.text_conditional and self.class_conditional:
             raise ValueError("--text_conditional does not combine with --class_conditional (captions can name it)")
         if not 10 <= self.text_vocab_size <= 100_000:

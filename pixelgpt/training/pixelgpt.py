@@ -25,8 +25,8 @@ from ..default_data import load_emoji_dataset
 from ..modeling import PixelGPTConfig, PixelGPTForImageGeneration
 from ..modeling.layouts_pixelgpt import task_inputs
 from ..processing import PixelGPTImageProcessor
+from ..prompt_quality import PROMPT_GUIDANCE, measure_prompts
 from ..prompt_quality import markdown as prompt_markdown
-from ..prompt_quality import measure_prompts
 from ..quality import RealImages, measure, quantized
 from ..utils import class_name, make_image_grid, open_image
 from .arguments import TokenizerTrainingArguments, TrainingArguments
@@ -40,7 +40,7 @@ from .data import (
     tokenizer_digest,
 )
 from .loop import Budget, Trainer, launch
-from .text import captioned_processor, token_ids
+from .text import captioned_processor, drop_words, token_ids
 from .tokenizer import TokenizerTrainer
 
 logger = get_logger(__name__)
@@ -288,9 +288,9 @@ class PixelGPTTrainer(Trainer):
             dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < model_args.class_dropout_prob
             input_ids = input_ids.clone()
             input_ids[dropped, 0] = self.config.start_token_id
-        if "text_ids" in batch and model_args.prompt_dropout_prob > 0:  # prompt dropout, for guidance likewise
-            dropped = torch.rand(input_ids.shape[0], device=input_ids.device) < model_args.prompt_dropout_prob
-            batch = dict(batch, text_ids=batch["text_ids"].masked_fill(dropped[:, None], self.config.text_pad_token_id))
+        if "text_ids" in batch:  # prompt dropout (for guidance) and word dropout, from torch's RNG likewise
+            batch = dict(batch, text_ids=drop_words(batch["text_ids"], model_args.prompt_dropout_prob,
+                                                    model_args.caption_word_dropout, self.config.text_pad_token_id))
         # Random orders and boxes draw from torch's global RNG, which checkpoints restore.
         box_probability = model_args.inpaint_box_probability
         if model_args.inpaint_box_warmup > 0:  # depends on the step only, so a resumed run anneals alike
@@ -322,9 +322,7 @@ class PixelGPTTrainer(Trainer):
         return figures
 
     def sample_grid(self):
-        data, model_args = self.args.data, self.args.model
-        dropout = model_args.prompt_dropout_prob if model_args.text_conditional else model_args.class_dropout_prob
-        guidance = GRID_GUIDANCE if dropout > 0 else 1.0
+        data, guidance = self.args.data, self.grid_guidance()
         return sample_grid(self.accelerator.unwrap_model(self.model), self.text_processor or self.processor,
                            self.held_out, self.run.num_samples, self.run.seed, data.source_column or data.image_column,
                            guidance, data.caption_column)
@@ -380,6 +378,14 @@ class PixelGPTTrainer(Trainer):
         captions = [row[self.args.data.caption_column] for row in self.held_out]
         return prompt_grid_prompts(self.text_processor, captions, self.run.num_samples)[0]
 
+    def grid_guidance(self) -> float:
+        """The guidance of the sample grids: GRID_GUIDANCE for classes, PROMPT_GUIDANCE for prompts, 1 for a model
+        that never learned the unconditional branch (a dropout of 0)."""
+        model_args = self.args.model
+        if model_args.text_conditional:
+            return PROMPT_GUIDANCE if model_args.prompt_dropout_prob > 0 else 1.0
+        return GRID_GUIDANCE if model_args.class_dropout_prob > 0 else 1.0
+
     def judge_prompts(self, folder: Path, metrics: dict) -> None:
         """A text model on the built-in emoji: `pixelgpt.prompt_quality` (colour words, held-out pairs, skin tones,
         retrieval) on its card, eval_results.json and prompt_quality.json."""
@@ -387,7 +393,7 @@ class PixelGPTTrainer(Trainer):
         try:
             report = measure_prompts(self.accelerator.unwrap_model(self.model), load_emoji_dataset(grid_repeats=1),
                                      num_samples=max(1, model_args.quality_samples // PROMPT_QUALITY_SHARE),
-                                     guidance_scale=model_args.quality_guidance[0], seed=self.run.seed,
+                                     guidance_scale=PROMPT_GUIDANCE, seed=self.run.seed,
                                      processor=self.text_processor)
         except ValueError as err:  # e.g. a prompt this model's tokenizer spells longer than it reads
             logger.warning(f"--quality_samples: skipped, {err}")
@@ -402,7 +408,7 @@ class PixelGPTTrainer(Trainer):
         metrics.update({name: value for name, _, value in figures[::2]},
                        prompt_quality_seconds=round(time.time() - started, 1))
         (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        logger.info(f"prompts at guidance {model_args.quality_guidance[0]:g}: colour words "
+        logger.info(f"prompts at guidance {PROMPT_GUIDANCE:g}: colour words "
                     f"{report['colour_words']['trained_model_samples']['accuracy']:.1%}, held-out pairs "
                     f"{report['composition']['trained_model_samples']['accuracy']:.1%}, skin-tone order "
                     f"{report['skin_tones']['trained_model_samples']['in_order_share']:.1%}; on the card")
@@ -410,19 +416,19 @@ class PixelGPTTrainer(Trainer):
     def write_card(self, folder, metrics: dict) -> None:
         note, prompts = None, self.grid_prompts() if self.text_processor is not None else None
         if prompts:
-            guidance = GRID_GUIDANCE if self.args.model.prompt_dropout_prob > 0 else 1.0
+            guidance = self.grid_guidance()
             note = f"Samples of the final model, one prompt per row (guidance {guidance:g}): " + ", ".join(
                 f'"{p}"' for p in prompts) + "."
         if self.config.num_classes:
             names = [class_name(self.config, c) or str(c) for c in range(min(self.config.num_classes,
                                                                               GRID_MAX_CLASSES))]
-            guidance = GRID_GUIDANCE if self.args.model.class_dropout_prob > 0 else 1.0
+            guidance = self.grid_guidance()
             note = (f"Samples of the final model, one class per row (guidance {guidance:g}): "
                     f"{', '.join(names)}{'' if len(names) == self.config.num_classes else ', ...'}.")
         write_model_card(folder, args=self.args, config=self.config,
                          processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
                          bits_name=self.bits_name, num_train_images=self.num_train_images, grid_note=note,
-                         prompt=prompts[0] if prompts else None)
+                         prompt=prompts[0] if prompts else None, guidance=self.grid_guidance())
 
 
 # A text run on the built-in emoji judges --quality_samples / PROMPT_QUALITY_SHARE samples per prompt (8 of 200):

@@ -5,6 +5,7 @@ import itertools
 import logging
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -90,3 +91,15 @@ def caption_ids(processor: PixelGPTProcessor, captions) -> list[list[int]]:
     where longer."""
     limit, pad = processor.max_text_length, processor.tokenizer.pad_token_id
     return [r[:limit] + [pad] * (limit - len(r[:limit])) for r in token_ids(processor.tokenizer, captions)]
+
+
+def drop_words(text_ids: torch.LongTensor, prompt_dropout: float, word_dropout: float, pad: int) -> torch.LongTensor:
+    """Training prompts `(B, L)`: a `prompt_dropout` share becomes the empty prompt (what guidance steers from), and
+    each other token is left out with chance `word_dropout`, the rest moved up in order. A model that also sees "purple"
+    and "square" apart learns what each word draws on its own, which is what composing "purple square" (never seen
+    together) needs; one that sees only whole captions can learn each caption as one name. Draws from torch's RNG."""
+    words = text_ids != pad
+    keep = words & (torch.rand(text_ids.shape, device=text_ids.device) >= word_dropout)
+    keep &= (torch.rand(text_ids.shape[0], 1, device=text_ids.device) >= prompt_dropout)
+    order = torch.sort((~keep).int(), dim=1, stable=True).indices  # kept tokens first, in their order
+    return text_ids.gather(1, order).masked_fill(~keep.gather(1, order), pad)

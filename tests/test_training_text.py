@@ -14,10 +14,10 @@ from transformers import AutoModel, AutoProcessor
 
 from pixelgpt.training import loop
 from pixelgpt.training.arguments import parse_args
-from pixelgpt.training.pixelgpt import PROMPT_TOKENIZER
+from pixelgpt.training.pixelgpt import PROMPT_TOKENIZER, prompt_grid_prompts
 from pixelgpt.training.text import drop_words
 
-from conftest import parse_error
+from conftest import make_text_model, parse_error
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 # 8x8 pixels, one bit per channel: the colours above are exact tokens.
@@ -139,3 +139,14 @@ def test_word_dropout_leaves_words_out_in_order_and_prompt_dropout_empties_whole
     empty = (drop_words(prompts, 0.1, 0.0, pad=0) == 0).all(1).float().mean().item()
     assert abs(empty - 0.1) < 0.02
     assert torch.equal(drop_words(prompts, 0.0, 0.0, pad=0), prompts)  # no dropout: the prompts as they are
+
+
+def test_the_grid_shows_prompts_spread_over_the_held_out_captions_that_fit():
+    processor = make_text_model()[1]
+    captions = [f"red square {'red ' * (i % 3)}".strip() for i in range(40)] + ["red " * 30, None, "blue heart"]
+    prompts, cols = prompt_grid_prompts(processor, captions, num_samples=16)
+    assert prompts == ["red square", "red square red", "red square red red", "blue heart"] and cols == 4
+    many = [f"{'red ' * (i // 6)}blue {'heart ' * (i % 6)}".strip() for i in range(48)]  # 48 that fit in 16 tokens
+    prompts, cols = prompt_grid_prompts(processor, many, num_samples=16)
+    assert prompts == many[::6] and cols == 4
+    assert prompt_grid_prompts(processor, ["red " * 30], 16)[0] == [""]  # none fits: the unconditional row

@@ -137,8 +137,10 @@ def push_folder(run: RunArguments, out: Path, message: str) -> None:
     repo_id = api.create_repo(run.hub_model_id or out.resolve().name, private=run.hub_private_repo,
                               exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=message,
-                      # the lock names this machine and is still held here; the model carries stage one's tokenizer
-                      ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME, "tokenizer/*"])
+                      # the lock names this machine and is still held here; the model carries stage one's tokenizer,
+                      # and the folder's tokenizer.json is the prompt tokenizer kept for a resume
+                      ignore_patterns=["checkpoint-*", "samples/*", "logs/*", "skipped_*", LOCK_NAME, "tokenizer/*",
+                                       "prompt-tokenizer/*"])
     logger.info(f"Pushed to https://huggingface.co/{repo_id}")
 
 

@@ -128,10 +128,12 @@ def class_grid_labels(num_classes: int, num_samples: int) -> tuple[list, int]:
 
 def prompt_grid_prompts(processor, captions, num_samples: int) -> tuple[list, int]:
     """(prompts, columns) of a text model's grid: one row per distinct caption that fits the model's prompt length
-    (the first GRID_MAX_CLASSES // 2), at least 4 samples a row and together at least `num_samples`."""
+    (GRID_MAX_CLASSES // 2 of them, spread over the list: neighbours in a folder tend to be alike), at least 4
+    samples a row and together at least `num_samples`."""
     fits = [str(c) for c, ids in zip(captions, token_ids(processor.tokenizer, captions))
             if c and len(ids) <= processor.max_text_length]
-    prompts = list(dict.fromkeys(fits))[: GRID_MAX_CLASSES // 2] or [""]
+    distinct, rows = list(dict.fromkeys(fits)), GRID_MAX_CLASSES // 2
+    prompts = distinct[:: max(1, len(distinct) // rows)][:rows] or [""]
     return prompts, max(4, -(-num_samples // len(prompts)))
 
 

@@ -24,6 +24,8 @@ PARSERS = {
     "examples/train_tokenizer.py": "pixelgpt.training:build_tokenizer_parser",
     "examples/sample_quality.py": "examples/sample_quality.py:build_parser",
     "examples/transform_quality.py": "examples/transform_quality.py:build_parser",
+    "examples/prompt_quality.py": "examples/prompt_quality.py:build_parser",
+    "examples/build_emoji_dataset.py": "examples/build_emoji_dataset.py:main",  # parser built inside main()
     "examples/build_default_dataset.py": "examples/build_default_dataset.py:main",  # parser built inside main()
     "bench/run.py": "bench/run.py:main",  # parser built inside main()
     "bench/time_to_quality.py": "bench/time_to_quality.py:main",  # parser built inside main()

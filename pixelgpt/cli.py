@@ -9,7 +9,7 @@
 
 Text models (trained with --text_conditional) also take prompts:
 
-    pixelgpt generate --model emoji-text --prompt "a red square" --prompt "a blue circle" --guidance_scale 3
+    pixelgpt generate --model emoji-text --prompt "a red square" --prompt "a blue circle" --guidance_scale 1.5
     pixelgpt vary --model emoji-text-inpaint --prompt "a green heart" photo.png
 
 `--prompt` says what to draw (generate: repeat it, --num_images images each; "" draws unconditionally; the editing

@@ -1,6 +1,6 @@
 """Does a text model draw what its prompt says? Four figures on the built-in emoji set, no download needed.
 
-    python examples/prompt_quality.py --model emoji-text-model --num_samples 8 --guidance_scale 3
+    python examples/prompt_quality.py --model emoji-text-model --num_samples 8 --guidance_scale 1.5
     python examples/prompt_quality.py --model emoji-text-model --output_json prompt_quality.json
 
 1. Colour words: every colour x shape prompt of the training split ("large blue circle", "red heart"), --num_samples
@@ -33,7 +33,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from pixelgpt.default_data import load_emoji_dataset
-from pixelgpt.prompt_quality import markdown, measure_prompts
+from pixelgpt.prompt_quality import PROMPT_GUIDANCE, markdown, measure_prompts
 
 
 def positive(text: str) -> int:
@@ -51,8 +51,8 @@ def build_parser():
                    help="Samples per colour, composition and skin-tone prompt.")
     p.add_argument("--retrieval_samples", type=positive, default=1, help="Samples per held-out caption (retrieval).")
     p.add_argument("--num_people", type=positive, default=6, help="People drawn in the five skin tones.")
-    p.add_argument("--guidance_scale", type=float, default=3.0, help="Classifier-free guidance towards the prompt "
-                   "(1 = none).")
+    p.add_argument("--guidance_scale", type=float, default=PROMPT_GUIDANCE, help="Classifier-free guidance towards "
+                   "the prompt (1 = none; default: what text runs judge at, the best measured).")
     p.add_argument("--seed", type=int, default=0, help="Seed for the samples and the untrained model's weights.")
     p.add_argument("--batch_size", type=positive, default=64, help="Images sampled together.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -67,7 +67,7 @@ def main(args):
         raise SystemExit(f"prompt_quality.py: error: {args.model} is not a text model (train one with "
                          "train.py --text_conditional).")
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    report = measure_prompts(model, load_emoji_dataset(), num_samples=args.num_samples,
+    report = measure_prompts(model, load_emoji_dataset(grid_repeats=1), num_samples=args.num_samples,
                              guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                              num_people=args.num_people, retrieval_samples=args.retrieval_samples, processor=processor)
     print(markdown(report))

@@ -401,13 +401,12 @@ class PixelGPTTrainer(Trainer):
             logger.warning(f"--quality_samples: skipped, {err}")
             return
         (folder / "prompt_quality.json").write_text(json.dumps(report, indent=2))
-        figures = [(f"prompt_quality_{name}", f"{title} ({which})", report[section][which][key])
-                   for name, title, section, key in PROMPT_FIGURES
-                   for which in ("trained_model_samples", "untrained_model_samples")]
+        figures = [(f"prompt_quality_{name}", f"{title} (trained model samples)",
+                    report[section]["trained_model_samples"][key]) for name, title, section, key in PROMPT_FIGURES]
+        index = training_data(self.dataset_name, self.args.data, self.num_train_images)[1]
         update_model_card(folder, key="prompt_quality", title="Do samples follow their prompts?",
-                          body=prompt_markdown(report), eval_results=index_results(
-                              "text-to-image", ("twemoji", "Twemoji captions (built-in)"), figures[::2]))
-        metrics.update({name: value for name, _, value in figures[::2]},
+                          body=prompt_markdown(report), eval_results=index_results("text-to-image", index, figures))
+        metrics.update({name: value for name, _, value in figures},
                        prompt_quality_seconds=round(time.time() - started, 1))
         (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         logger.info(f"prompts at guidance {PROMPT_GUIDANCE:g}: colour words "
@@ -417,20 +416,19 @@ class PixelGPTTrainer(Trainer):
 
     def write_card(self, folder, metrics: dict) -> None:
         note, prompts = None, self.grid_prompts() if self.text_processor is not None else None
+        guidance = self.grid_guidance()
         if prompts:
-            guidance = self.grid_guidance()
             note = f"Samples of the final model, one prompt per row (guidance {guidance:g}): " + ", ".join(
                 f'"{p}"' for p in prompts) + "."
         if self.config.num_classes:
             names = [class_name(self.config, c) or str(c) for c in range(min(self.config.num_classes,
                                                                               GRID_MAX_CLASSES))]
-            guidance = self.grid_guidance()
             note = (f"Samples of the final model, one class per row (guidance {guidance:g}): "
                     f"{', '.join(names)}{'' if len(names) == self.config.num_classes else ', ...'}.")
         write_model_card(folder, args=self.args, config=self.config,
                          processor=self.processor, dataset_name=self.dataset_name, metrics=metrics,
                          bits_name=self.bits_name, num_train_images=self.num_train_images, grid_note=note,
-                         prompt=prompts[0] if prompts else None, guidance=self.grid_guidance())
+                         prompt=prompts[0] if prompts else None, guidance=guidance)
 
 
 # A text run on the built-in emoji judges --quality_samples / PROMPT_QUALITY_SHARE samples per prompt (8 of 200):

@@ -237,10 +237,11 @@ def _people(train, num_people: int) -> list[str]:
     return ordered[:num_people]
 
 
-def prompt_sets(dataset, num_people: int = 6, see=lambda images: images) -> dict:
+def prompt_sets(dataset, num_people: int = 6, see=lambda images: images, fits=lambda caption: True) -> dict:
     """What the four figures ask for and compare with, from a DatasetDict of train/test splits with columns
     `image`, `text` and `name`: the prompts with their expected answers, and the real images (through `see`, e.g.
-    the model's quantization) for the references and the ceilings."""
+    the model's quantization) for the references and the ceilings. Retrieval asks for the test captions that
+    `fits` accepts (those the model can read) and ranks every test image."""
     train, test = dataset["train"], dataset["test"]
     grid = lambda name: colour_shape(name) is not None and colour_shape(name) not in HELD_OUT_PAIRS  # noqa: E731
     idx, names, texts = _rows(train, grid)
@@ -273,6 +274,7 @@ def prompt_sets(dataset, num_people: int = 6, see=lambda images: images) -> dict
     if not len(test):
         raise ValueError("prompt_sets: the test split is empty; retrieval ranks its images.")
     gallery = {"prompts": list(test["text"]), "images": see(list(test["image"]))}
+    gallery["queries"] = [i for i, caption in enumerate(gallery["prompts"]) if fits(caption)]
     return {"colour_references": colour_references({c: by_colour[c] for c in sorted(judged)}),
             "unjudged_colours": sorted(set(by_colour) - judged), "colour_words": trained,
             "composition": held_out, "skin_tones": skin, "retrieval": gallery}
@@ -289,7 +291,7 @@ def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
     k = len(TONE_CODES)
     tones = {p: per_prompt[i * k:(i + 1) * k] for i, p in enumerate(skin["people"])}
     gallery = sets["retrieval"]
-    targets = rep(range(len(gallery["prompts"])), repeats)
+    targets = rep(gallery["queries"], repeats)
     return {"colour_words": colour_accuracy(samples["colour_words"], rep(words["colours"], n), refs),
             "composition": held_out, "skin_tones": tone_order(tones),
             "retrieval": retrieval(samples["retrieval"], targets, gallery["images"], gallery["prompts"])}
@@ -312,7 +314,8 @@ def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) ->
     for name in names:
         size = n * len(sets[name]["prompts"])
         samples[name], start = images[start:start + size], start + size
-    samples["retrieval"] = draw(sets["retrieval"]["prompts"], repeats, settings["seed"] + 1)
+    gallery = sets["retrieval"]
+    samples["retrieval"] = draw([gallery["prompts"][i] for i in gallery["queries"]], repeats, settings["seed"] + 1)
     return samples
 
 
@@ -332,7 +335,10 @@ def measure_prompts(model, dataset, num_samples: int = 8, guidance_scale: float 
         raise ValueError("measure_prompts needs a text model (config.text_vocab_size > 0).")
     images_processor = getattr(processor, "image_processor", processor)
     see = (lambda images: images) if images_processor is None else (lambda images: quantized(images_processor, images))
-    sets = prompt_sets(dataset, num_people, see)
+    tokenizer = getattr(processor, "tokenizer", None)  # test captions longer than the model reads are not asked
+    fits = (lambda caption: True) if tokenizer is None else (lambda caption: len(
+        tokenizer.backend_tokenizer.encode(caption, add_special_tokens=False).ids) <= processor.max_text_length)
+    sets = prompt_sets(dataset, num_people, see, fits)
     settings = {"num_samples": num_samples, "retrieval_samples": retrieval_samples, "guidance_scale": guidance_scale,
                 "seed": seed, "batch_size": batch_size}
     was_training = model.training
@@ -356,7 +362,7 @@ def _report(sets: dict, settings: dict, trained: dict, untrained: dict, seed: in
     gallery = sets["retrieval"]
     real = _figures(sets, {"colour_words": sets["colour_words"]["images"], "composition": sets["composition"]["images"],
                            "skin_tones": sets["skin_tones"]["images"],
-                           "retrieval": jittered(gallery["images"], seed)}, 1, 1)
+                           "retrieval": jittered([gallery["images"][i] for i in gallery["queries"]], seed)}, 1, 1)
     levels = chance(len(sets["colour_references"]), len(gallery["images"]))
     report = {"sampling": settings, "features": FEATURES_NAME}
     for name in ("colour_words", "composition", "skin_tones", "retrieval"):
@@ -369,7 +375,8 @@ def _report(sets: dict, settings: dict, trained: dict, untrained: dict, seed: in
     report["composition"]["prompts"] = sets["composition"]["prompts"]
     report["skin_tones"].update(people=sets["skin_tones"]["people"], tones=list(SKIN_TONES),
                                 references=[[round(v, 1) for v in rgb] for rgb in sets["skin_tones"]["references"]])
-    report["retrieval"].update(num_gallery=len(gallery["images"]), features=FEATURES_NAME,
+    report["retrieval"].update(num_gallery=len(gallery["images"]), num_queries=len(gallery["queries"]),
+                               features=FEATURES_NAME,
                                real_images_are="test images shifted by up to 1/32 of their side, noise 8 (jittered)")
     return report
 
@@ -399,4 +406,8 @@ def markdown(report: dict) -> str:
     lines.append(f"\nSamples per prompt: {s['num_samples']} ({s['retrieval_samples']} per retrieval caption); guidance "
                  f"scale {s['guidance_scale']}, seed {s['seed']}; retrieval among {report['retrieval']['num_gallery']} "
                  f"test images by {report['features']}; people: {', '.join(report['skin_tones']['people'])}.")
+    r = report["retrieval"]
+    if r.get("num_queries", r["num_gallery"]) < r["num_gallery"]:  # captions longer than the model reads
+        lines.append(f"Retrieval asked for {r['num_queries']} of the {r['num_gallery']} test captions: the others "
+                     "are longer than the model reads.")
     return "\n".join(lines)

@@ -8,10 +8,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from training_helpers import assert_same_weights, checkpoint_names, crash_after_saving, train, weights
 from transformers import AutoModel, AutoProcessor
 
+from pixelgpt.prompt_quality import PROMPT_GUIDANCE
 from pixelgpt.training import loop
 from pixelgpt.training.arguments import parse_args
 from pixelgpt.training.pixelgpt import PROMPT_TOKENIZER, prompt_grid_prompts
@@ -150,3 +152,23 @@ def test_the_grid_shows_prompts_spread_over_the_held_out_captions_that_fit():
     prompts, cols = prompt_grid_prompts(processor, many, num_samples=16)
     assert prompts == many[::6] and cols == 4
     assert prompt_grid_prompts(processor, ["red " * 30], 16)[0] == [""]  # none fits: the unconditional row
+
+
+def test_a_text_run_on_the_built_in_emoji_judges_its_prompts_on_the_card(tmp_path):
+    out = train(tmp_path, "--text_conditional", "--tokenizer_steps", "2", "--max_train_steps", "2",
+                "--resolution", "16", "--tokenizer", "train", "--max_train_samples", "1000", "--quality_samples", "25")
+    report = json.loads((out / "prompt_quality.json").read_text())
+    assert report["sampling"]["num_samples"] == 1 and report["sampling"]["guidance_scale"] == PROMPT_GUIDANCE
+    # 1,000 training captions teach a vocabulary that spells some test captions longer than the model reads:
+    # retrieval asks for the others only (and says so), instead of the judgement failing.
+    retrieval = report["retrieval"]
+    assert 150 < retrieval["num_queries"] < retrieval["num_gallery"] == 193
+    assert "Retrieval asked for" in (out / "README.md").read_text()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["prompt_quality_skin_tone_order"] == report["skin_tones"]["trained_model_samples"]["in_order_share"]
+    assert results["prompt_quality_retrieval_top5"] == report["retrieval"]["trained_model_samples"]["top_5"]
+    card = ModelCard.load(out / "README.md")
+    assert "## Do samples follow their prompts?" in card.text and card.data.pipeline_tag == "text-to-image"
+    yaml = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert yaml["prompt_quality_colour_words"] == round(results["prompt_quality_colour_words"], 4)
+    assert {r.dataset_name for r in card.data.eval_results} == {"Twemoji captions (built-in)"}

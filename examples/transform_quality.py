@@ -3,6 +3,7 @@
     python examples/transform_quality.py inpaint --model inpaint-model --raster_model pixelgpt-fashion
     python examples/transform_quality.py upscale --model upscale-model
     python examples/transform_quality.py colorize --model colorize-model --train_data_dir emoji --resolution 16
+    python examples/transform_quality.py translate --model sketch2emoji --train_data_dir emoji --source_dir sketches
 
 inpaint: held-out images with a centre square (half the side) or a random rectangle masked. Reported: the masked
 pixels' negative log-likelihood (bits/token) under the inpainting model, which reads every other pixel, and under a
@@ -11,15 +12,20 @@ and masks) with its standard error (--num_scored_images scores more images than 
 figure); the masked pixels' mean absolute and squared error (0-255) of inpainted samples, of raster-prefix-only
 filling (the raster model completes from the first masked row; the rest is pasted back) and of mean-fill (the mean
 of the image's kept pixels), plus the mean of 4 samples (the squared-error-optimal estimate a sampler can give).
-upscale / colorize: PSNR (dB) against the original of a sample (and that figure averaged over 4 draws), of greedy
-decoding and of the mean of 4 samples, against the naive baseline (bicubic upsampling of the low-resolution input /
-the grayscale input itself) and the ceiling that the model's own quantization allows (the original, quantized; for
+upscale / colorize / translate: PSNR (dB) against the original of a sample (and that figure averaged over 4 draws),
+of greedy decoding and of the mean of 4 samples, against the naive baselines (bicubic upsampling of the
+low-resolution input / the grayscale input itself / the source image itself and the mean training target) and the
+ceiling that the model's own quantization allows (the original, quantized; for
 a model on a tokenizer's grid, the tokenizer's reconstruction).
+Per image, against each baseline: the share of samples (4 draws per image) with a higher PSNR than the baseline's
+and the median over images of the difference in dB. A mean of PSNRs is pulled by the few images that a baseline
+gets almost exactly (a gray glyph's gray input reaches the 100 dB cap); these two figures are not.
 Colorization keeps the input's luminance (`keep_luminance=True`); a sample without it is reported too.
 --temperature below 1 (e.g. 0.9) trades variety for pixel error in the samples.
 
 Held-out images: the built-in test split, or --train_data_dir's split made exactly as train.py makes it, or with
---eval_data_dir the images of another folder (unseen images of another style, say).
+--eval_data_dir the images of another folder (unseen images of another style, say). translate pairs each target
+with the file of the same relative path under --source_dir, as train.py does.
 
 --update_card writes the report into the model folder (`<task>_quality.json`, the examples as
 `<task>_quality_grid.png`) and adds its figures to the folder's model card (README.md, as train.py wrote it): a
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Image as ImageFeature
 from huggingface_hub import EvalResult
 from PIL import Image
 from transformers import AutoModel
@@ -47,10 +54,12 @@ from pixelgpt.utils import IMAGE_EXTENSIONS, image_files, make_image_grid, open_
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["inpaint", "upscale", "colorize"], help="What to measure.")
+    p.add_argument("task", choices=["inpaint", "upscale", "colorize", "translate"], help="What to measure.")
     p.add_argument("--model", required=True, help="Model folder trained for the task.")
     p.add_argument("--raster_model", help="inpaint: a raster (--task generate) model of the same data, the baseline.")
     p.add_argument("--train_data_dir", help="Image folder the model was trained on (default: the built-in data).")
+    p.add_argument("--source_dir", help="translate: the source images, paired with the targets by relative path "
+                   "(as given to train.py; with --eval_data_dir, the sources of its images).")
     p.add_argument("--eval_data_dir", help="Measure on the images of this folder instead of held-out training images "
                    "(the first --num_images, in file order): images of another style than the training data, say.")
     p.add_argument("--resolution", type=int, default=None, help="As given to train.py (default: the model's).")
@@ -75,14 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
 def held_out_images(args, model, count: int | None = None) -> list[Image.Image]:
     count = count or args.num_images
     if args.eval_data_dir:  # every image of the folder is unseen: the first `count`, in file order
-        files = image_files(args.eval_data_dir)
-        if not files:
-            raise ValueError(f"--eval_data_dir {args.eval_data_dir}: no image files "
-                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
-        return [open_image(path, str(path.name)) for path in files[:count]]
+        return [open_image(path, str(path.name)) for path in eval_files(args)[:count]]
     _, held_out, _ = training.load_splits(training.DataArguments(train_data_dir=args.train_data_dir,
                                                                  max_eval_samples=count))
     return [open_image(row["image"], f"held-out {i}") for i, row in enumerate(held_out)]
+
+
+def eval_files(args) -> list[Path]:
+    """The image files of --eval_data_dir, in file order."""
+    files = image_files(args.eval_data_dir)
+    if not files:
+        raise ValueError(f"--eval_data_dir {args.eval_data_dir}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                         " in it")
+    return files
 
 
 def pixels(images) -> np.ndarray:
@@ -166,31 +180,77 @@ def measure_inpaint(args, model):
     return report, examples, min(8, len(images))
 
 
-def measure_conditional(args, model):
+def held_out_pairs(args) -> tuple[list[Image.Image], list[Image.Image]]:
+    """translate: (sources, targets) of --num_images held-out pairs. Targets are --eval_data_dir's images (the
+    first, in file order) or the held-out split of --train_data_dir; a target's source is the file of the same
+    relative path under --source_dir, as train.py pairs them."""
+    if not args.source_dir:
+        raise ValueError("translate needs --source_dir: the folder of source images paired by relative path with the "
+                         "targets (as given to train.py).")
+    if args.eval_data_dir:
+        root, sources, pairs = Path(args.eval_data_dir), Path(args.source_dir), []
+        for path in eval_files(args)[: args.num_images]:
+            source = training.data.source_file(sources, path.relative_to(root))
+            if source is None:
+                raise ValueError(f"{path} has no source image of the same relative path under {sources}.")
+            pairs.append((open_image(source, str(source)), open_image(path, str(path))))
+        return [s for s, _ in pairs], [t for _, t in pairs]
+    _, held_out, _ = training.load_splits(training.DataArguments(
+        train_data_dir=args.train_data_dir, source_dir=args.source_dir, source_column="source",
+        max_eval_samples=args.num_images))
+    return ([open_image(row["source"], f"source {i}") for i, row in enumerate(held_out)],
+            [open_image(row["image"], f"held-out {i}") for i, row in enumerate(held_out)])
+
+
+def training_mean(args, target) -> np.ndarray:
+    """translate: the per-pixel mean of the training targets at the model's resolution, `(H, W, C)`: what a model
+    that ignored its source would do best on average."""
+    train, _, _ = training.load_splits(training.DataArguments(train_data_dir=args.train_data_dir))
+    column = train.cast_column("image", ImageFeature(decode=False))["image"]
+    total = 0.0
+    for start in range(0, len(column), 256):
+        chunk = [open_image(v, f"training image {start + i}") for i, v in enumerate(column[start:start + 256])]
+        total = total + target.to_array(chunk).astype(np.float64).sum(0)
+    return total / len(column)
+
+
+def baselines(args, model, images, truth, sources=None) -> tuple[list, dict, object]:
+    """(the model's inputs, {name: baseline images like `truth`}, the model's method) for upscale, colorize and
+    translate (whose inputs are `sources`, the held-out targets' sources)."""
     processor = model.image_processor
-    images = held_out_images(args, model)
-    target = type(processor)(quantization="gray8" if processor.num_channels == 1 else "rgb8",
-                             image_size=processor.image_size, resize_mode=processor.resize_mode,
-                             resample=processor.resample, background=processor.background)
-    truth = target.to_array(images).astype(np.float64)  # (B, H, W, C) originals at the model's resolution
-    ceiling, ceiling_name = pixels(quantized(processor, images)), "quantized_original_ceiling"
-    if model.image_tokenizer is not None:  # what the model's tokens can express at best: the tokenizer's round trip
-        ceiling = pixels(model.decode_tokens(model.encode_images(images, processor), processor))
-        ceiling_name = "tokenizer_reconstruction_ceiling"
     if args.task == "upscale":
         low = processor.condition_processor.to_array(images)  # the model's input, at condition_size
         inputs = [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x) for x in low]
         mode = "L" if truth.shape[-1] == 1 else "RGB"
-        baseline = np.stack([np.asarray(i.convert(mode).resize(truth.shape[1:3][::-1], Image.Resampling.BICUBIC),
-                                        dtype=np.float64).reshape(truth.shape[1:]) for i in inputs])
-        baseline_name = "bicubic_upsampling"
-        method = model.upscale_images
-    else:
+        bicubic = np.stack([np.asarray(i.convert(mode).resize(truth.shape[1:3][::-1], Image.Resampling.BICUBIC),
+                                       dtype=np.float64).reshape(truth.shape[1:]) for i in inputs])
+        return inputs, {"bicubic_upsampling": bicubic}, model.upscale_images
+    if args.task == "colorize":
         gray = np.stack([np.asarray(Image.fromarray(t.astype(np.uint8)).convert("L"), dtype=np.float64) for t in truth])
-        baseline = np.repeat(gray[..., None], truth.shape[-1], axis=-1)
         inputs = [Image.fromarray(g.astype(np.uint8)) for g in gray]
-        baseline_name = "grayscale_input"
-        method = model.colorize_images
+        return inputs, {"grayscale_input": np.repeat(gray[..., None], truth.shape[-1], axis=-1)}, model.colorize_images
+    target = truth_processor(processor)
+    mean = np.broadcast_to(training_mean(args, target), truth.shape)
+    return sources, {"source_input": target.to_array(sources).astype(np.float64), "mean_training_target": mean}, \
+        model.translate_images
+
+
+def truth_processor(processor):
+    """A lossless processor (8-bit gray or RGB) at the model's resolution and resizing: the originals as compared."""
+    return type(processor)(quantization="gray8" if processor.num_channels == 1 else "rgb8",
+                           image_size=processor.image_size, resize_mode=processor.resize_mode,
+                           resample=processor.resample, background=processor.background)
+
+
+def measure_conditional(args, model):
+    processor = model.image_processor
+    sources, images = held_out_pairs(args) if args.task == "translate" else (None, held_out_images(args, model))
+    truth = truth_processor(processor).to_array(images).astype(np.float64)  # (B, H, W, C) originals
+    ceiling, ceiling_name = pixels(quantized(processor, images)), "quantized_original_ceiling"
+    if model.image_tokenizer is not None:  # what the model's tokens can express at best: the tokenizer's round trip
+        ceiling = pixels(model.decode_tokens(model.encode_images(images, processor), processor))
+        ceiling_name = "tokenizer_reconstruction_ceiling"
+    inputs, naive, method = baselines(args, model, images, truth, sources)
     sample = pixels(method(inputs, **sampling(args)))
     greedy = pixels(method(inputs, **sampling(args, temperature=0.0)))
     more = pixels(method(inputs, num_samples=3, **sampling(args, seed_offset=1)))
@@ -201,12 +261,18 @@ def measure_conditional(args, model):
     report = {"psnr_db": {"model_sample": mean_psnr(sample, truth), "model_sample_mean_over_4_draws": float(single),
                           "model_greedy": mean_psnr(greedy, truth),
                           "model_mean_of_4_samples": mean_psnr(mean_of_4, truth),
-                          baseline_name: mean_psnr(baseline, truth), ceiling_name: mean_psnr(ceiling, truth)}}
+                          **{name: mean_psnr(value, truth) for name, value in naive.items()},
+                          ceiling_name: mean_psnr(ceiling, truth)}}
+    draws = np.stack([psnr(sample, truth)] + [psnr(more[:, i], truth) for i in range(3)])  # (4, B) per image
+    for name, value in naive.items():  # a mean of PSNRs follows the few images a baseline gets almost exactly
+        difference = draws - psnr(value, truth)  # (4, B)
+        report[f"per_image_against_{name}"] = {"share_of_samples_better": float((difference > 0).mean()),
+                                               "median_difference_db": float(np.median(difference.mean(0)))}
     if args.task == "colorize":  # the samples above keep the input's luminance; this one uses the model's colours only
         own = pixels(method(inputs, keep_luminance=False, **sampling(args)))
         report["psnr_db"]["model_sample_without_keep_luminance"] = mean_psnr(own, truth)
     shown = [np.asarray(i.resize(truth.shape[1:3][::-1], Image.Resampling.NEAREST)) for i in inputs[:8]]
-    rows = [shown, baseline[:8], sample[:8], greedy[:8], truth[:8]]
+    rows = [shown, next(iter(naive.values()))[:8], sample[:8], greedy[:8], truth[:8]]
     examples = [Image.fromarray(np.asarray(r).astype(np.uint8).squeeze()).convert("RGB") for row in rows for r in row]
     return report, examples, min(8, len(images))
 
@@ -224,10 +290,14 @@ CARD_NOTES = {
     "colorize": "PSNR in dB against the original (higher is better): of a sample (keeping the input's luminance), "
                 "of that averaged over 4 draws, of greedy decoding and of the mean of 4 samples, against the "
                 "grayscale input itself and the ceiling that the model's quantization allows.",
+    "translate": "PSNR in dB against the target (higher is better): of a sample, of that averaged over 4 draws, of "
+                 "greedy decoding and of the mean of 4 samples, against the source image itself, the per-pixel mean "
+                 "of the training targets and the ceiling that the model's quantization allows.",
 }
 GRID_ROWS = {"inpaint": "Rows: original, masked, raster-prefix-only fill, inpainting model.",
              "upscale": "Rows: input (enlarged), bicubic, sample, greedy, original.",
-             "colorize": "Rows: grayscale input, grayscale input, sample, greedy, original."}
+             "colorize": "Rows: grayscale input, grayscale input, sample, greedy, original.",
+             "translate": "Rows: source, source, sample, greedy, target."}
 
 
 def report_figures(report: dict, path: tuple = ()) -> list:

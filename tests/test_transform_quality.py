@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,8 @@ def test_conditional_tasks_report_psnr_against_the_naive_baseline(tmp_path, task
     model = save(tmp_path / task, processor, task=task, condition_size=condition["condition_size"],
                  condition_vocab_size=256)
     report = run(task, "--model", model, "--train_data_dir", str(folder))
+    assert set(report) == {"task", "num_images", "temperature", "psnr_db", "per_image_against_" + (
+        "bicubic_upsampling" if task == "upscale" else "grayscale_input")}
     psnr = report["psnr_db"]
     baseline = "bicubic_upsampling" if task == "upscale" else "grayscale_input"
     extra = {"model_sample_without_keep_luminance"} if task == "colorize" else set()
@@ -69,6 +72,63 @@ def test_conditional_tasks_report_psnr_against_the_naive_baseline(tmp_path, task
     assert all(0 < v < 100 for v in psnr.values())
     if task == "upscale":  # an untrained model is far from the ceiling
         assert psnr["quantized_original_ceiling"] > psnr["model_sample"]
+
+
+def test_per_image_figures_count_samples_that_beat_the_baseline(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):  # gray images: the gray input is exact (the 100 dB cap), every colour a sample adds loses
+        Image.new("RGB", (8, 8), (6 * i,) * 3).save(folder / f"{i}.png")
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=8, condition_quantization="gray8",
+                                       condition_size=8)
+    model = save(tmp_path / "colorize", processor, task="colorize", condition_size=8, condition_vocab_size=256)
+    report = run("colorize", "--model", model, "--train_data_dir", str(folder))
+    assert report["psnr_db"]["grayscale_input"] == 100.0
+    per_image = report["per_image_against_grayscale_input"]
+    assert per_image["share_of_samples_better"] == 0.0
+    assert per_image["median_difference_db"] < -50
+
+
+def make_pairs(root, count, size=8):
+    """`count` random colour targets under root/targets/<group>/ and their sources (the same images' red channel
+    as gray) under root/sources/<group>/, same relative paths."""
+    for i in range(count):
+        target = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        for kind, image in (("targets", Image.fromarray(target)), ("sources", Image.fromarray(target[..., 0]))):
+            (root / kind / f"g{i % 2}").mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(root / kind / f"g{i % 2}" / f"{i}.png")
+    return str(root / "targets"), str(root / "sources")
+
+
+def test_translate_reports_psnr_against_the_source_and_the_mean_target(tmp_path):
+    targets, sources = make_pairs(tmp_path, 40)
+    processor = PixelGPTImageProcessor(quantization="rgb", num_levels=4, image_size=8, condition_quantization="rgb",
+                                       condition_num_levels=4, condition_size=8)
+    model = save(tmp_path / "translate", processor, task="translate", condition_size=8, condition_vocab_size=64)
+    report = run("translate", "--model", model, "--train_data_dir", targets, "--source_dir", sources)
+    psnr = report["psnr_db"]
+    assert {"source_input", "mean_training_target", "model_sample", "model_greedy"} <= set(psnr)
+    assert 0 < psnr["source_input"] < 100 and 0 < psnr["mean_training_target"] < 100
+    assert set(report["per_image_against_source_input"]) == {"share_of_samples_better", "median_difference_db"}
+    # Each target meets its own source: a source folder that is the targets themselves scores exactly (100 dB).
+    same = run("translate", "--model", model, "--train_data_dir", targets, "--source_dir", targets)
+    assert same["psnr_db"]["source_input"] == 100.0
+
+
+def test_translate_pairs_another_folder_by_relative_path_and_names_a_missing_source(tmp_path):
+    targets, sources = make_pairs(tmp_path, 5)
+    args = transform_quality.build_parser().parse_args(["translate", "--model", "m", "--eval_data_dir", targets,
+                                                        "--source_dir", sources, "--num_images", "4"])
+    inputs, images = transform_quality.held_out_pairs(args)
+    assert len(inputs) == len(images) == 4
+    for source, target in zip(inputs, images):  # each source is its target's red channel
+        assert np.array_equal(np.asarray(source)[..., 0], np.asarray(target)[..., 0])
+    Path(sources, "g0", "2.png").unlink()
+    with pytest.raises(ValueError, match="g0/2.png has no source image of the same relative path"):
+        transform_quality.held_out_pairs(args)
+    args.source_dir = None
+    with pytest.raises(ValueError, match="translate needs --source_dir"):
+        transform_quality.held_out_pairs(args)
 
 
 def test_eval_data_dir_measures_every_image_of_another_folder_in_file_order(tmp_path):
@@ -121,7 +181,7 @@ def test_update_card_puts_every_figure_in_the_model_card_text_and_yaml(tmp_path)
     for seed in ("0", "1"):  # measuring again replaces the figures
         report = run("upscale", "--model", model, "--train_data_dir", str(folder), "--update_card", "--seed", seed)
     figures = transform_quality.report_figures(report)
-    assert len(figures) == 6 and all(path[0] == "psnr_db" for path, _ in figures)
+    assert [path[0] for path, _ in figures] == ["psnr_db"] * 6 + ["per_image_against_bicubic_upsampling"] * 2
     saved = json.loads((tmp_path / "upscale" / "upscale_quality.json").read_text())
     assert saved == json.loads(json.dumps(report))
     card = ModelCard.load(tmp_path / "upscale" / "README.md")

@@ -104,10 +104,7 @@ def pair_with_sources(dataset: DatasetDict, data: DataArguments) -> DatasetDict:
         paired[split] = []
         for value in rows.cast_column(data.image_column, ImageFeature(decode=False))[data.image_column]:
             relative = Path(value["path"]).resolve().relative_to(root)
-            match = sources / relative
-            if not match.is_file():
-                candidates = sorted(match.parent.glob(match.stem + ".*"))  # same name, another image format
-                match = candidates[0] if candidates else None
+            match = source_file(sources, relative)
             if match is None:
                 missing.append(str(relative))
             paired[split].append(str(match) if match else None)
@@ -116,6 +113,16 @@ def pair_with_sources(dataset: DatasetDict, data: DataArguments) -> DatasetDict:
         raise ValueError(f"{len(missing)} of {total} target images have no source image of the same name under "
                          f"--source_dir {sources}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
     return DatasetDict({split: rows.add_column(data.source_column, paired[split]) for split, rows in dataset.items()})
+
+
+def source_file(sources: Path, relative: Path) -> Path | None:
+    """The source image of the target at `relative`: the file of that relative path under `sources`, in any image
+    format (same name), or None."""
+    match = sources / relative
+    if match.is_file():
+        return match
+    candidates = sorted(match.parent.glob(match.stem + ".*"))
+    return candidates[0] if candidates else None
 
 
 def resolve_label_column(label_column: str | None, dataset):

@@ -40,6 +40,11 @@ DEFAULT_OPERATION = {"generate": "complete", "inpaint": "vary", "colorize": "col
                      "translate": "translate"}
 
 
+def _check(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
 class PixelGPTConfig(PreTrainedConfig):
     r"""
     Configuration of a PixelGPT model: a decoder-only transformer over the token sequence of a square image (raster
@@ -99,6 +104,11 @@ class PixelGPTConfig(PreTrainedConfig):
         condition_size (`int`, defaults to 0):
             Side of the condition image's token grid (conditional tasks only, 1 to 256). Condition pixels are placed
             on the target grid by scaling, so a low-resolution condition lines up with the pixels it covers.
+        condition_patch_size (`int`, defaults to 1):
+            Conditional tasks: each condition row reads a `condition_patch_size`-square block of condition pixels
+            (`condition_size` a multiple of it). On a tokenizer's grid, `condition_size` = the image's side in
+            pixels and this = the tokenizer's factor give every token the full-resolution condition under its
+            cell, at one condition row per token (1: one condition pixel per row).
         condition_vocab_size (`int`, defaults to 0):
             Distinct condition tokens (the image processor's `condition_vocab_size`; conditional tasks only).
         aligned_condition (`bool`, defaults to `False`):
@@ -154,6 +164,7 @@ class PixelGPTConfig(PreTrainedConfig):
     parallel_tokens: int = 1
     task: str = "generate"
     condition_size: int = 0
+    condition_patch_size: int = 1
     condition_vocab_size: int = 0
     aligned_condition: bool = False
     condition_prefix: bool = True
@@ -196,10 +207,7 @@ class PixelGPTConfig(PreTrainedConfig):
         names its own architecture checks the same; its `@strict` type errors are not ValueErrors, so PixelGPT
         checks types here too)."""
 
-        def check(ok, message):
-            if not ok:
-                raise ValueError(message)
-
+        check = _check
         for name in ("vocab_size", "image_size", "tokens_per_pixel", "num_classes", "hidden_size",
                      "num_hidden_layers", "num_attention_heads"):
             value = getattr(self, name)
@@ -227,25 +235,10 @@ class PixelGPTConfig(PreTrainedConfig):
         check(isinstance(self.parallel_tokens, int) and 1 <= self.parallel_tokens <= 64,
               f"`parallel_tokens` must be an int in [1, 64], got {self.parallel_tokens!r}.")
         check(self.task in PIXELGPT_TASKS, f"`task` must be one of {PIXELGPT_TASKS}, got {self.task!r}.")
-        if self.is_conditional:
-            check(isinstance(self.condition_size, int) and 1 <= self.condition_size <= 256,
-                  f"task {self.task!r} needs `condition_size` in [1, 256], got {self.condition_size!r}.")
-            check(isinstance(self.condition_vocab_size, int) and self.condition_vocab_size >= 2,
-                  f"task {self.task!r} needs `condition_vocab_size` >= 2, got {self.condition_vocab_size!r}.")
-        else:
-            check(self.condition_size == 0 and self.condition_vocab_size == 0,
-                  f"`condition_size` / `condition_vocab_size` are for the conditional tasks {CONDITIONAL_TASKS}; "
-                  f"task {self.task!r} takes 0 for both.")
         for name in ("aligned_condition", "condition_prefix", "class_embedding"):
             value = getattr(self, name)
             check(isinstance(value, bool), f"`{name}` must be True or False, got {value!r}.")
-        if self.is_conditional:
-            check(self.aligned_condition or self.condition_prefix,
-                  "a conditional model needs `condition_prefix` or `aligned_condition` (or both): with neither it "
-                  "never reads its condition image.")
-        else:
-            check(not self.aligned_condition, f"`aligned_condition` is for the conditional tasks {CONDITIONAL_TASKS}; "
-                  f"task {self.task!r} has no condition image.")
+        self.validate_condition()
         check(not self.class_embedding or self.num_classes > 0,
               "`class_embedding` needs a class-conditional model (`num_classes` > 0).")
         for name in ("text_vocab_size", "max_text_length", "text_pad_token_id"):
@@ -269,6 +262,30 @@ class PixelGPTConfig(PreTrainedConfig):
                   f"({tokenizer.codebook_size}).")
             check(self.tokens_per_pixel == 1, "a model on an image tokenizer's grid reads one token per grid cell: "
                   f"`tokens_per_pixel` must be 1, got {self.tokens_per_pixel}.")
+
+    def validate_condition(self):
+        """The rules of the condition image's fields (`validate_architecture`)."""
+        check = _check
+        if self.is_conditional:
+            check(isinstance(self.condition_size, int) and 1 <= self.condition_size <= 256,
+                  f"task {self.task!r} needs `condition_size` in [1, 256], got {self.condition_size!r}.")
+            check(isinstance(self.condition_vocab_size, int) and self.condition_vocab_size >= 2,
+                  f"task {self.task!r} needs `condition_vocab_size` >= 2, got {self.condition_vocab_size!r}.")
+            check(isinstance(self.condition_patch_size, int) and self.condition_patch_size >= 1
+                  and self.condition_size % self.condition_patch_size == 0,
+                  f"`condition_patch_size` must be an int >= 1 that divides `condition_size` "
+                  f"({self.condition_size}), got {self.condition_patch_size!r}.")
+            check(self.aligned_condition or self.condition_prefix,
+                  "a conditional model needs `condition_prefix` or `aligned_condition` (or both): with neither it "
+                  "never reads its condition image.")
+        else:
+            check(self.condition_patch_size == 1, f"`condition_patch_size` is for the conditional tasks "
+                  f"{CONDITIONAL_TASKS}; task {self.task!r} takes 1.")
+            check(self.condition_size == 0 and self.condition_vocab_size == 0,
+                  f"`condition_size` / `condition_vocab_size` are for the conditional tasks {CONDITIONAL_TASKS}; "
+                  f"task {self.task!r} takes 0 for both.")
+            check(not self.aligned_condition, f"`aligned_condition` is for the conditional tasks {CONDITIONAL_TASKS}; "
+                  f"task {self.task!r} has no condition image.")
 
     # Purely derived sizes are properties, so they stay right when a field is changed after construction
     # (`from_pretrained(path, image_size=...)` sets attributes after `__post_init__`).
@@ -295,8 +312,8 @@ class PixelGPTConfig(PreTrainedConfig):
     @property
     def num_prefix_tokens(self) -> int:
         """Rows placed before the start token: the prompt's (`num_text_tokens`), then the condition's
-        (`num_condition_tokens` with `condition_prefix`)."""
-        return self.num_text_tokens + (self.num_condition_tokens if self.condition_prefix else 0)
+        (`num_condition_rows` with `condition_prefix`)."""
+        return self.num_text_tokens + (self.num_condition_rows if self.condition_prefix else 0)
 
     @property
     def num_text_tokens(self) -> int:
@@ -312,6 +329,16 @@ class PixelGPTConfig(PreTrainedConfig):
     def num_condition_tokens(self) -> int:
         """Tokens of the condition image (one per pixel): `condition_size**2`, 0 for unconditioned tasks."""
         return self.condition_size * self.condition_size
+
+    @property
+    def condition_grid_size(self) -> int:
+        """Side of the grid of condition rows: `condition_size // condition_patch_size`."""
+        return self.condition_size // self.condition_patch_size
+
+    @property
+    def num_condition_rows(self) -> int:
+        """Rows the condition image takes before the start token (with `condition_prefix`): one per patch."""
+        return self.condition_grid_size**2
 
     @property
     def is_conditional(self) -> bool:

@@ -7,7 +7,8 @@ a model is scored in exactly the layout it was trained in.
   which a random rectangle (the shape of inpainting masks) or the scored pixels come last (in random or raster
   order, or everything in raster order with the last group after the rest: the config's `inpaint_fill_order`).
 
-The `*_inputs` functions return keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows.
+The `*_inputs` functions return keyword arguments for `model(**inputs)` plus `labels`, in the order of the rows;
+`aligned_condition_weights` says which condition cells lie under each row's target pixel.
 """
 
 import torch
@@ -75,6 +76,27 @@ def any_order_inputs(input_ids: torch.LongTensor, order: torch.LongTensor) -> di
                 input_positions=torch.cat([start, order[:, :-1]], dim=1), target_positions=order, labels=tokens)
 
 
+def aligned_condition_weights(config, target_positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The condition at each target token's pixel, read bilinearly off the grid of condition cells (pixels, or
+    patches with `condition_patch_size`): the indices of the four cells around the pixel's centre and their
+    weights, `(..., 4)` each. On a grid of the
+    image's own size (colorize, same-size translation) that is the pixel itself with weight 1; under a smaller
+    grid (upscale) the covering pixel weighs most and its neighbours say which way the image changes."""
+    size, side = config.image_size, config.condition_grid_size
+    pixel = (target_positions // config.tokens_per_pixel).clamp(0, size * size - 1)
+
+    def axis(coordinate):  # the pixel centre in condition-grid coordinates, between two condition pixels
+        u = ((coordinate.float() + 0.5) * side / size - 0.5).clamp(0, side - 1)
+        low = u.floor().long()
+        return low, (low + 1).clamp(max=side - 1), u - low
+
+    top, bottom, down = axis(pixel // size)
+    left, right, across = axis(pixel % size)
+    index = torch.stack([top * side + left, top * side + right, bottom * side + left, bottom * side + right], -1)
+    weight = torch.stack([(1 - down) * (1 - across), (1 - down) * across, down * (1 - across), down * across], -1)
+    return index, weight
+
+
 def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability: float = 0.5,
                 generator: torch.Generator | None = None, scored: torch.BoolTensor | None = None,
                 box_sides: tuple[float, float] = (0.0, 1.0)) -> dict:
@@ -107,4 +129,5 @@ def task_inputs(config, input_ids: torch.LongTensor, k: int = 1, box_probability
     return inputs
 
 
-__all__ = ["any_order_inputs", "k_ahead_inputs", "last_tokens_order", "random_boxes", "random_orders", "task_inputs"]
+__all__ = ["aligned_condition_weights", "any_order_inputs", "k_ahead_inputs", "last_tokens_order", "random_boxes",
+           "random_orders", "task_inputs"]

@@ -34,6 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_pixelgpt import PixelGPTStaticCache
 from .configuration_pixelgpt import PixelGPTConfig
+from .layouts_pixelgpt import aligned_condition_weights
 from .linear_pixelgpt import PixelGPTLinear
 from .modeling_pixelgpt_vqvae import PixelGPTVQVAE
 from .pipeline_pixelgpt import PixelGPTPipeline  # imported so that remote code fetches the file, saved beside models
@@ -210,6 +211,13 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         # never has to find it (a separate table: "the pixel I draw lies over this" is not "a pixel I can look at").
         self.embed_aligned = (nn.Embedding(config.condition_vocab_size, config.hidden_size)
                               if config.is_conditional and config.aligned_condition else None)
+        # With patches (`condition_patch_size` p > 1) a condition row sums its p*p pixels' embeddings, each gated per
+        # feature by its place in the patch (a depthwise layer: edges and gradients inside a cell stay readable).
+        # It starts as the patch's mean embedding.
+        patch = config.condition_patch_size**2
+        gate = (lambda: nn.Parameter(torch.full((patch, config.hidden_size), 1.0 / patch))) if patch > 1 else None
+        self.condition_patch_gate = gate() if gate and config.condition_prefix else None
+        self.aligned_patch_gate = gate() if gate and config.aligned_condition else None
         # The class (or the unconditional start, for guidance) added to every row, not only read once at the start.
         self.embed_class = nn.Embedding(config.num_start_tokens, config.hidden_size) if config.class_embedding else None
         # A text model reads its prompt first, as DALL-E and LlamaGen do (word order and detail, through attention),
@@ -239,24 +247,14 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         start = self.embed_start((input_ids - vocab).clamp(min=0))
         return torch.where(is_image, image, start)  # (B, T, D)
 
-    def aligned_condition_weights(self, target_positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The condition at each target token's pixel, read bilinearly off the condition grid: the indices of the
-        four condition pixels around the pixel's centre and their weights, `(..., 4)` each. On a grid of the
-        image's own size (colorize, same-size translation) that is the pixel itself with weight 1; under a smaller
-        grid (upscale) the covering pixel weighs most and its neighbours say which way the image changes."""
-        size, side = self.config.image_size, self.config.condition_size
-        pixel = (target_positions // self.config.tokens_per_pixel).clamp(0, size * size - 1)
-
-        def axis(coordinate):  # the pixel centre in condition-grid coordinates, between two condition pixels
-            u = ((coordinate.float() + 0.5) * side / size - 0.5).clamp(0, side - 1)
-            low = u.floor().long()
-            return low, (low + 1).clamp(max=side - 1), u - low
-
-        top, bottom, down = axis(pixel // size)
-        left, right, across = axis(pixel % size)
-        index = torch.stack([top * side + left, top * side + right, bottom * side + left, bottom * side + right], -1)
-        weight = torch.stack([(1 - down) * (1 - across), (1 - down) * across, down * (1 - across), down * across], -1)
-        return index, weight
+    def condition_cells(self, table: nn.Embedding, gate: nn.Parameter | None, condition_ids) -> torch.Tensor:
+        """The embedding of each condition row, `(B, G*G, D)` on the `condition_grid_size` grid: a pixel's (no
+        patches), or its patch's gated sum."""
+        if gate is None:
+            return table(condition_ids)  # (B, C, D)
+        batch, p, grid = condition_ids.shape[0], self.config.condition_patch_size, self.config.condition_grid_size
+        patches = condition_ids.view(batch, grid, p, grid, p).transpose(2, 3).reshape(batch, grid * grid, p * p)
+        return (table(patches) * gate).sum(2)  # (B, G*G, p*p, D) -> (B, G*G, D)
 
     def check_condition(self, condition_ids: torch.LongTensor | None) -> None:
         if condition_ids is None:
@@ -317,9 +315,10 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
                 raise ValueError(f"This model (task {self.config.task!r}) reads a condition image at every row: "
                                  "pass `condition_ids` with every call.")
             batch, rows = inputs_embeds.shape[:2]
-            index, weight = self.aligned_condition_weights(target_positions.expand(batch, rows))  # (B, T, 4)
-            values = condition_ids.gather(1, index.flatten(1)).view(batch, rows, 4)  # (B, T, 4) condition tokens
-            aligned = (weight.to(inputs_embeds.dtype)[..., None] * self.embed_aligned(values)).sum(2)  # (B, T, D)
+            index, weight = aligned_condition_weights(self.config, target_positions.expand(batch, rows))  # (B,T,4)
+            cells = self.condition_cells(self.embed_aligned, self.aligned_patch_gate, condition_ids)  # (B, G*G, D)
+            values = cells.gather(1, index.flatten(1)[..., None].expand(-1, -1, cells.shape[-1]))  # (B, T*4, D)
+            aligned = (weight.to(inputs_embeds.dtype)[..., None] * values.view(batch, rows, 4, -1)).sum(2)  # (B,T,D)
             inputs_embeds = inputs_embeds + aligned
         return inputs_embeds
 
@@ -339,9 +338,9 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         told by the slot embeddings. Without either, the rows are returned as they are."""
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
         if condition_ids is not None and self.embed_condition is not None:
-            rotation = self.rotary_emb.condition(self.config.condition_size, device, dtype)
-            inputs_embeds, position_embeddings = self.prepend(inputs_embeds, position_embeddings,
-                                                              self.embed_condition(condition_ids), rotation)
+            rotation = self.rotary_emb.condition(self.config.condition_grid_size, device, dtype)
+            rows = self.condition_cells(self.embed_condition, self.condition_patch_gate, condition_ids)  # (B,G*G,D)
+            inputs_embeds, position_embeddings = self.prepend(inputs_embeds, position_embeddings, rows, rotation)
         if text_ids is not None:
             rows = self.embed_text(text_ids) + self.embed_text_position.weight  # (B, L, D)
             before = torch.full((1, 1, text_ids.shape[1]), -1, device=device)
@@ -354,7 +353,7 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         and condition rows placed before it. Returns `(1, T)`."""
         first = past_seen - self.config.num_text_tokens if past_seen else 0
         if past_seen and condition_ids is not None and self.embed_condition is not None:
-            first -= self.config.num_condition_tokens
+            first -= self.config.num_condition_rows
         return torch.arange(first, first + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
     def causal_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids):

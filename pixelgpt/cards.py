@@ -132,6 +132,12 @@ def token_scheme(config, processor) -> str:
             "palette": f"a {processor.vocab_size}-colour k-means palette, one token per pixel"}[processor.quantization]
 
 
+def condition_cells(config) -> str:
+    """How a conditional model reads its condition, when in cells: ", a 4x4 cell per token"."""
+    patch = getattr(config, "condition_patch_size", 1)
+    return f", a {patch}x{patch} cell per token" if patch > 1 else ""
+
+
 def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
     """The card's hyper-parameter table of a PixelGPT run (`args`: its `TrainingArguments`)."""
     run, model = args.run, args.model
@@ -139,7 +145,8 @@ def hyperparameters(args, config, processor, metrics: dict) -> list[tuple]:
         ("model size", f"{model.model_size} ({config.hidden_size} wide, {config.num_hidden_layers} layers, "
                        f"{config.num_attention_heads} heads)"),
         ("task", config.task + (f" (condition: {config.condition_size}x{config.condition_size} "
-                                f"{processor.condition_quantization})" if config.is_conditional else "")),
+                                f"{processor.condition_quantization}{condition_cells(config)})"
+                                if config.is_conditional else "")),
         ("resolution", args.image.resolution),
         ("quantization", "image tokenizer" + (f", trained in this run (stage one, {metrics['tokenizer_steps']} steps)"
                                               if "tokenizer_steps" in metrics else "")

@@ -79,6 +79,11 @@ def test_presets_are_valid(name):
         (dict(task="upscale", condition_size=2, condition_vocab_size=8, condition_prefix=False),
          r"needs `condition_prefix` or `aligned_condition`"),
         (dict(aligned_condition=True), r"`aligned_condition` is for the conditional tasks"),
+        (dict(task="colorize", condition_size=12, condition_vocab_size=256, condition_patch_size=5),
+         r"`condition_patch_size` must be an int >= 1 that divides `condition_size` \(12\), got 5"),
+        (dict(task="colorize", condition_size=12, condition_vocab_size=256, condition_patch_size=0),
+         r"`condition_patch_size` must be an int >= 1"),
+        (dict(condition_patch_size=2), r"`condition_patch_size` is for the conditional tasks"),
         (dict(class_embedding=True), r"`class_embedding` needs a class-conditional model"),
         (dict(task="inpaint", inpaint_fill_order="spiral"),
          r"`inpaint_fill_order` must be one of \('random', 'raster', 'raster_both'\)"),
@@ -97,6 +102,10 @@ def test_conditional_sequences_are_longer_by_the_condition_grid():
     aligned_only = PixelGPTConfig(image_size=8, task="upscale", condition_size=2, condition_vocab_size=256,
                                   aligned_condition=True, condition_prefix=False)
     assert aligned_only.num_prefix_tokens == 0 and aligned_only.max_position_embeddings == 1 + 64
+    cells = PixelGPTConfig(image_size=8, task="colorize", condition_size=32, condition_vocab_size=256,
+                           condition_patch_size=4)  # a 4x4 cell per token: 64 condition rows for 1,024 pixels
+    assert (cells.num_condition_tokens, cells.condition_grid_size, cells.num_condition_rows) == (1024, 8, 64)
+    assert cells.num_prefix_tokens == 64 and cells.max_position_embeddings == 64 + 1 + 64
 
 
 def test_from_pretrained_overrides_are_checked_like_constructor_arguments(tmp_path):

@@ -17,6 +17,7 @@ from pixelgpt import (
     PixelGPTModel,
 )
 from pixelgpt.modeling import linear_pixelgpt, modeling_pixelgpt
+from pixelgpt.modeling.layouts_pixelgpt import aligned_condition_weights
 from pixelgpt.modeling.linear_pixelgpt import ONEDNN, PixelGPTLinear
 
 from conftest import make_conditional, make_model, random_ids
@@ -341,14 +342,14 @@ def test_rotary_tables_are_looked_up_bit_for_bit_and_far_positions_still_compute
 def test_aligned_condition_is_read_bilinearly_and_is_the_pixel_itself_on_a_same_size_grid():
     targets = torch.arange(36)[None]
     colorize, _ = make_conditional("colorize", condition_size=6, aligned_condition=True)
-    index, weight = colorize.model.aligned_condition_weights(targets)  # (1, 36, 4)
+    index, weight = aligned_condition_weights(colorize.config, targets)  # (1, 36, 4)
     assert torch.equal(index[..., 0], targets) and torch.equal(weight, torch.tensor([1.0, 0, 0, 0]).expand(1, 36, 4))
     rgb8 = make_model(task="translate", vocab_size=256, image_size=3, tokens_per_pixel=3, condition_size=3,
                       condition_vocab_size=256, aligned_condition=True)
-    index, weight = rgb8.model.aligned_condition_weights(torch.arange(27)[None])
+    index, weight = aligned_condition_weights(rgb8.config, torch.arange(27)[None])
     assert torch.equal(index[..., 0], torch.arange(27)[None] // 3) and (weight[..., 0] == 1).all()
     upscale, _ = make_conditional("upscale", condition_size=3, aligned_condition=True)  # 3x3 under 6x6
-    index, weight = upscale.model.aligned_condition_weights(targets)
+    index, weight = aligned_condition_weights(upscale.config, targets)
     torch.testing.assert_close(weight.sum(-1), torch.ones(1, 36))
     # Bilinear weights reproduce a linear function: the weighted condition-grid coordinates are each pixel
     # centre's, (r + 0.5) / 2 - 0.5, clamped to the grid.
@@ -374,6 +375,40 @@ def test_aligned_condition_reaches_the_rows_over_its_pixel_and_no_earlier_row(pr
         assert changed.all()
     else:  # only the row predicting pixel 9 and the rows after it (their keys include it) can see the change
         assert not changed[:9].any() and changed[9:].all()
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["with_prefix", "aligned_only"])
+def test_condition_patches_give_each_token_the_pixels_of_its_cell(prefix):
+    # 5x5 tokens over a 15x15 condition: token (i, j) reads the 3x3 block of pixels rows 3i.., columns 3j..
+    model = make_model(task="colorize", vocab_size=64, image_size=5, condition_size=15, condition_patch_size=3,
+                       condition_vocab_size=256, aligned_condition=True, condition_prefix=prefix)
+    inner, config = model.model, model.config
+    assert (config.condition_grid_size, config.num_condition_rows, config.num_prefix_tokens) == (5, 25, 25 * prefix)
+    ids = random_ids(config)
+    condition = torch.randint(0, 256, (2, 225), generator=torch.Generator().manual_seed(0))
+    hidden = inner(ids, condition_ids=condition).last_hidden_state
+    assert hidden.shape == (2, 25 * prefix + 26, config.hidden_size)
+    with torch.no_grad():  # a gate that is not uniform: where a pixel sits in its cell matters
+        inner.aligned_patch_gate.normal_(generator=torch.Generator().manual_seed(1))
+    cells = inner.condition_cells(inner.embed_aligned, inner.aligned_patch_gate, condition)  # (2, 25, D)
+    block = condition.view(2, 15, 15)[:, 3:6, 6:9].reshape(2, 9)  # token (1, 2) = cell 7
+    torch.testing.assert_close(cells[:, 7], (inner.embed_aligned(block) * inner.aligned_patch_gate).sum(1))
+    out = model(ids, condition_ids=condition).logits
+    other = condition.clone().view(2, 15, 15)
+    other[:, 4, 7] = (other[:, 4, 7] + 50) % 256  # a pixel inside cell 7 ...
+    changed = (model(ids, condition_ids=other.view(2, 225)).logits - out).abs().amax(dim=(0, 2)) > 0  # (26,)
+    if prefix:  # ... reaches every row through the prefix
+        assert changed.all()
+    else:  # ... or only the row predicting token 7 and the rows after it
+        assert not changed[:7].any() and changed[7:].all()
+    swapped = condition.clone().view(2, 15, 15)
+    swapped[:, 3, 6], swapped[:, 5, 8] = condition.view(2, 15, 15)[:, 5, 8], condition.view(2, 15, 15)[:, 3, 6]
+    assert not torch.allclose(model(ids, condition_ids=swapped.view(2, 225)).logits, out)
+    # cached continuation, the condition passed with every call, equals the full forward
+    first = model(ids[:, :4], condition_ids=condition, use_cache=True)
+    rest = model(ids[:, 4:], condition_ids=condition, cache=getattr(first, modeling_pixelgpt.CACHE_NAME),
+                 use_cache=True).logits
+    torch.testing.assert_close(torch.cat([first.logits, rest], 1), out, rtol=1e-4, atol=1e-5)
 
 
 def test_class_embedding_is_added_to_every_row_and_start_ids_are_passed_explicitly():

@@ -228,15 +228,22 @@ def test_tokenizer_auto_trains_one_when_the_grid_is_4x4_and_nothing_asks_for_pix
     assert args.image.quantization == ("palette" if "--fit_palette" in argv else "gray")  # unused on tokens
 
 
-def test_on_tokens_the_condition_is_one_pixel_per_token():
+def test_on_tokens_colorize_and_translate_read_the_cell_under_each_token_and_upscale_one_pixel():
+    from pixelgpt.training.pixelgpt import condition_patch_size
+
     colorize = training.parse_args(["--task", "colorize", "--train_data_dir", "x", "--resolution", "64"]).model
-    assert (colorize.condition_size, colorize.condition_quantization) == (16, "gray8")  # 64 / 4, not 64x64 = 4,096
+    assert (colorize.condition_size, colorize.condition_quantization) == (64, "gray8")
+    assert condition_patch_size(64, 16, tokenizer=object()) == 4  # 16x16 tokens: a 4x4 cell each, 256 rows
     upscale = training.parse_args(["--task", "upscale"]).model  # built-in gray images: 8-bit gray
     assert (upscale.condition_size, upscale.condition_quantization) == (7, "gray8")
+    assert condition_patch_size(7, 7, tokenizer=object()) == 1
     folder = training.parse_args(["--task", "translate", "--train_data_dir", "t", "--source_dir", "s"]).model
-    assert (folder.condition_size, folder.condition_quantization) == (8, "rgb")  # colour folders: rgb
+    assert (folder.condition_size, folder.condition_quantization) == (32, "rgb")  # colour folders: rgb
     coarse = training.parse_args(["--task", "upscale", "--resolution", "32", "--downsample_factor", "8"]).model
     assert coarse.condition_size == 4
+    # a size given: a whole multiple of the grid is read in cells, any other size one pixel per row; pixels: 1
+    assert condition_patch_size(16, 8, tokenizer=object()) == 2 and condition_patch_size(12, 8, object()) == 1
+    assert condition_patch_size(32, 32, tokenizer=None) == 1 and condition_patch_size(None, 8, object()) == 1
 
 
 def test_run_length_defaults_to_the_trainers_budget_and_quality_flags_are_checked():

@@ -185,6 +185,22 @@ def test_stage_two_on_a_stream_upscales_from_pixel_conditions(tmp_path, folder, 
     assert [i.size for i in upscaled] == [(16, 16)] * 2
 
 
+def test_stage_two_colorizes_reading_the_full_resolution_gray_cell_under_each_token(tmp_path, folder, stage_one):
+    out = train_stage_two(tmp_path, folder, stage_one, "--task", "colorize", "--resolution", "16",
+                          "--max_train_steps", "2", name="colour")
+    model = AutoModel.from_pretrained(out)
+    config = model.config  # 4x4 tokens, each reading the 4x4 gray pixels under it: 16 condition rows, not 256
+    assert (config.condition_size, config.condition_patch_size, config.image_size) == (16, 4, 4)
+    assert config.num_condition_rows == 16 and config.num_prefix_tokens == 16
+    assert "(condition: 16x16 gray8, a 4x4 cell per token)" in (out / "README.md").read_text()
+    gray = [Image.open(p).convert("L").resize((16, 16)) for p in sorted(folder.rglob("*.png"))[:2]]
+    colour = model.colorize_images(gray, show_progress=False, generator=torch.Generator().manual_seed(0))
+    assert [i.size for i in colour] == [(16, 16)] * 2
+    # the input's own gray values are kept as the luminance (only where the colour fits the RGB gamut exactly)
+    luma = np.asarray(colour[0].convert("L"), dtype=float)
+    assert np.abs(luma - np.asarray(gray[0], dtype=float)).mean() < 3
+
+
 @pytest.mark.slow
 def test_the_example_script_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, folder):
     """accelerate launch of examples/train_tokenizer.py with 2 processes, as a user would run it: the gathered

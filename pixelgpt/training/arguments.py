@@ -318,9 +318,9 @@ class ModelArguments:
                                               "grayscale data on tokens; rgb otherwise).", MODEL,
                                               choices=CONDITION_QUANTIZATIONS)
     condition_num_levels: int = flag(8, "Levels per channel of gray/rgb conditions.", MODEL)
-    condition_size: int | None = flag(None, "Side of the condition grid (default: on tokens the token grid's side, "
-                                      "one condition pixel per token; on pixels resolution/4 for upscale, else the "
-                                      "resolution).", MODEL)
+    condition_size: int | None = flag(None, "Side of the condition image (default: upscale the token grid's side on "
+                                      "tokens, resolution/4 on pixels; else the resolution). On tokens, a multiple "
+                                      "of the grid's side is read a cell per token.", MODEL)
     model_size: str = flag("tiny", "Size preset.", MODEL, choices=sorted(PIXELGPT_PRESETS))
     hidden_size: int | None = flag(None, "Override the preset's width.", MODEL)
     num_hidden_layers: int | None = flag(None, "Override the preset's depth.", MODEL)
@@ -523,10 +523,10 @@ class TrainingArguments(Arguments):
                 gray = model.task == "colorize" or (data.is_default if factor else image.quantization in ("gray",
                                                                                                          "gray8"))
                 quantization = "gray8" if gray else "rgb"
-            # On tokens one condition pixel sits under each token (upscale 28 -> 7x7 with factor 4; colorize 64 ->
-            # 16x16: a full-size gray condition would be a prefix 16 times longer than the image's tokens).
-            size = model.condition_size or (image.resolution // factor if factor else max(1, image.resolution // 4)
-                                            if model.task == "upscale" else image.resolution)
+            # Upscale reads one low-resolution pixel per token (28 -> 7x7 with factor 4); colorize and translate
+            # the full resolution, on tokens each token the cell of pixels under it (`build_config`).
+            low = image.resolution // factor if factor else max(1, image.resolution // 4)
+            size = model.condition_size or (low if model.task == "upscale" else image.resolution)
             model = dataclasses.replace(model, condition_quantization=quantization, condition_size=size)
             model.check()
         return dataclasses.replace(self, data=data, image=image, model=model, tokenizer=tokenizer)

@@ -196,6 +196,14 @@ def build_processor(args: TrainingArguments, tokenizer) -> PixelGPTImageProcesso
                                   resize_mode=image.resize_mode, resample=image.resample, **condition)
 
 
+def condition_patch_size(condition_size: int | None, grid_size: int, tokenizer) -> int:
+    """On a tokenizer's grid, a condition finer than the grid by a whole factor is read a cell per token (the
+    pixels under it: as long a prefix as one pixel per token, with all the detail); else one pixel per row."""
+    if tokenizer is None or not condition_size or condition_size % grid_size:
+        return 1
+    return condition_size // grid_size
+
+
 def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int, class_names,
                  text_processor=None) -> PixelGPTConfig:
     model = args.model
@@ -214,6 +222,7 @@ def build_config(args: TrainingArguments, processor, tokenizer, num_classes: int
                           tokens_per_pixel=1 if tokenizer else processor.tokens_per_pixel,
                           parallel_tokens=model.parallel_tokens,
                           task=model.task, condition_size=processor.condition_size,
+                          condition_patch_size=condition_patch_size(processor.condition_size, grid_size, tokenizer),
                           condition_vocab_size=processor.condition_vocab_size,
                           aligned_condition=model.aligned_condition and model.is_conditional,
                           condition_prefix=model.condition_prefix, inpaint_fill_order=model.inpaint_fill_order,

@@ -79,9 +79,9 @@ def any_order_inputs(input_ids: torch.LongTensor, order: torch.LongTensor) -> di
 def aligned_condition_weights(config, target_positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The condition at each target token's pixel, read bilinearly off the grid of condition cells (pixels, or
     patches with `condition_patch_size`): the indices of the four cells around the pixel's centre and their
-    weights, `(..., 4)` each. On a grid of the
-    image's own size (colorize, same-size translation) that is the pixel itself with weight 1; under a smaller
-    grid (upscale) the covering pixel weighs most and its neighbours say which way the image changes."""
+    weights, `(..., 4)` each. On a grid of the image's own size (colorize, same-size translation) that is the cell
+    itself with weight 1; under a smaller grid (upscale) the covering pixel weighs most and its neighbours say which
+    way the image changes."""
     size, side = config.image_size, config.condition_grid_size
     pixel = (target_positions // config.tokens_per_pixel).clamp(0, size * size - 1)
 

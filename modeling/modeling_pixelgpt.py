@@ -247,14 +247,20 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
         start = self.embed_start((input_ids - vocab).clamp(min=0))
         return torch.where(is_image, image, start)  # (B, T, D)
 
-    def condition_cells(self, table: nn.Embedding, gate: nn.Parameter | None, condition_ids) -> torch.Tensor:
-        """The embedding of each condition row, `(B, G*G, D)` on the `condition_grid_size` grid: a pixel's (no
-        patches), or its patch's gated sum."""
-        if gate is None:
-            return table(condition_ids)  # (B, C, D)
+    def condition_cells(self, table: nn.Embedding, gate: nn.Parameter | None, condition_ids, index=None):
+        """The embedding of each condition row on the `condition_grid_size` grid, `(B, G*G, D)`: a pixel's (no
+        patches) or its patch's gated sum; with `index` `(B, K)` those cells only, `(B, K, D)`. A call for a few
+        rows (a sampling step) embeds only the cells it reads, a full sequence every cell once."""
         batch, p, grid = condition_ids.shape[0], self.config.condition_patch_size, self.config.condition_grid_size
-        patches = condition_ids.view(batch, grid, p, grid, p).transpose(2, 3).reshape(batch, grid * grid, p * p)
-        return (table(patches) * gate).sum(2)  # (B, G*G, p*p, D) -> (B, G*G, D)
+        cells = condition_ids.view(batch, grid, p, grid, p).transpose(2, 3).reshape(batch, grid * grid, p * p)
+        few = index is not None and index.shape[1] < cells.shape[1]
+        if few:
+            cells = cells.gather(1, index[..., None].expand(-1, -1, p * p))  # (B, K, p*p)
+        embedded = table(cells)  # (B, cells, p*p, D)
+        embedded = embedded[:, :, 0] if gate is None else (embedded * gate).sum(2)  # (B, cells, D)
+        if index is None or few:
+            return embedded
+        return embedded.gather(1, index[..., None].expand(-1, -1, embedded.shape[-1]))  # (B, K, D)
 
     def check_condition(self, condition_ids: torch.LongTensor | None) -> None:
         if condition_ids is None:
@@ -316,8 +322,8 @@ class PixelGPTModel(PixelGPTPreTrainedModel):
                                  "pass `condition_ids` with every call.")
             batch, rows = inputs_embeds.shape[:2]
             index, weight = aligned_condition_weights(self.config, target_positions.expand(batch, rows))  # (B,T,4)
-            cells = self.condition_cells(self.embed_aligned, self.aligned_patch_gate, condition_ids)  # (B, G*G, D)
-            values = cells.gather(1, index.flatten(1)[..., None].expand(-1, -1, cells.shape[-1]))  # (B, T*4, D)
+            values = self.condition_cells(self.embed_aligned, self.aligned_patch_gate, condition_ids,
+                                          index.flatten(1))  # (B, T*4, D)
             aligned = (weight.to(inputs_embeds.dtype)[..., None] * values.view(batch, rows, 4, -1)).sum(2)  # (B,T,D)
             inputs_embeds = inputs_embeds + aligned
         return inputs_embeds

@@ -67,7 +67,8 @@ def main(args):
         raise SystemExit(f"prompt_quality.py: error: {args.model} is not a text model (train one with "
                          "train.py --text_conditional).")
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    report = measure_prompts(model, load_emoji_dataset(grid_repeats=1), num_samples=args.num_samples,
+    real = load_emoji_dataset(grid_repeats=1, recoloured_copies=0)  # each real emoji once, no recoloured copies
+    report = measure_prompts(model, real, num_samples=args.num_samples,
                              guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                              num_people=args.num_people, retrieval_samples=args.retrieval_samples, processor=processor)
     print(markdown(report))

@@ -32,6 +32,14 @@ from pixelgpt.quality import quantized, untrained_copy
 # on the built-in emoji, 1 to 1.5 gave the most colour words right and the best retrieval, 2 fewer, 3 far fewer
 # (guidance 3 turned flat colour fields to speckle: docs/text.md#guidance).
 PROMPT_GUIDANCE = 1.5
+# Stressing a word: guidance from the prompt without it ("square") instead of from the empty prompt amplifies what
+# that word changes, not the whole prompt. A colour never trained on a shape ("purple square") is otherwise drawn in
+# a colour that shape was trained in; guided from its shape alone, the colour word decides
+# (docs/text.md#stressing-a-word). Stressed, the colour and skin-tone figures are measured again, each prompt guided
+# from itself without its colour or tone words, at this guidance and temperature (the best of guidance 1.5 / 3 / 4
+# and temperature 1 / 0.7 on the built-in emoji).
+STRESS_GUIDANCE, STRESS_TEMPERATURE = 4.0, 0.7
+STRESSED = ("colour_words", "composition", "skin_tones")
 BACKGROUND = (255, 255, 255)
 # A pixel farther than this (Euclidean RGB, 0-255) from the background is foreground. Twemoji's "white" fill,
 # (230, 231, 232), sits 40 away; anti-aliased edges that are mostly background fall below.
@@ -280,33 +288,51 @@ def prompt_sets(dataset, num_people: int = 6, see=lambda images: images, fits=la
             "composition": held_out, "skin_tones": skin, "retrieval": gallery}
 
 
+def without_attributes(prompt: str) -> str:
+    """The prompt without its colour words and skin tones ("purple square" -> "square", "wave medium-light skin
+    tone" -> "wave"): what a stressed prompt is guided from."""
+    for tone in sorted(SKIN_TONES, key=len, reverse=True):  # "light skin tone" is in "medium-light skin tone"
+        prompt = prompt.replace(f" and {tone}", " ").replace(tone, " ")  # two people: "... and dark skin tone"
+    return " ".join(w for w in prompt.split() if w not in COLOURS)
+
+
 def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
     """The four figures of `samples` (per set: the images in the order of the set's prompts, `n` per prompt; the
-    retrieval set `repeats` per prompt)."""
+    retrieval set `repeats` per prompt), and those of the `<set>_stressed` samples when there are some."""
     refs, words, held, skin = sets["colour_references"], sets["colour_words"], sets["composition"], sets["skin_tones"]
     rep = lambda values, k: [v for v in values for _ in range(k)]  # noqa: E731
-    held_out = colour_accuracy(samples["composition"], rep(held["colours"], n), refs, rep(held["pairs"], n))
-    lightness = [skin_lightness(image, skin["references"]) for image in samples["skin_tones"]]
-    per_prompt = [lightness[i * n:(i + 1) * n] for i in range(len(skin["prompts"]))]
-    k = len(TONE_CODES)
-    tones = {p: per_prompt[i * k:(i + 1) * k] for i, p in enumerate(skin["people"])}
+
+    def tones(images):
+        lightness = [skin_lightness(image, skin["references"]) for image in images]
+        per_prompt = [lightness[i * n:(i + 1) * n] for i in range(len(skin["prompts"]))]
+        k = len(TONE_CODES)
+        return tone_order({p: per_prompt[i * k:(i + 1) * k] for i, p in enumerate(skin["people"])})
+
+    judge = {"colour_words": lambda images: colour_accuracy(images, rep(words["colours"], n), refs),
+             "composition": lambda images: colour_accuracy(images, rep(held["colours"], n), refs,
+                                                           rep(held["pairs"], n)),
+             "skin_tones": tones}
     gallery = sets["retrieval"]
-    targets = rep(gallery["queries"], repeats)
-    return {"colour_words": colour_accuracy(samples["colour_words"], rep(words["colours"], n), refs),
-            "composition": held_out, "skin_tones": tone_order(tones),
-            "retrieval": retrieval(samples["retrieval"], targets, gallery["images"], gallery["prompts"])}
+    figures = {"retrieval": retrieval(samples["retrieval"], rep(gallery["queries"], repeats), gallery["images"],
+                                      gallery["prompts"])}
+    for name in STRESSED:
+        figures[name] = judge[name](samples[name])
+    for name in STRESSED:
+        if f"{name}_stressed" in samples:
+            figures[f"{name}_stressed"] = judge[name](samples[f"{name}_stressed"])
+    return {name: figures[name] for name in (*STRESSED, "retrieval", *figures) if name in figures}
 
 
 def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) -> dict:
     """The samples of each set: one `generate_images` call for the first three sets, one for the retrieval set."""
     extra = {} if processor is None else {"image_processor": processor}
 
-    def draw(prompts, count, seed):
+    def draw(prompts, count, seed, guidance_scale=settings["guidance_scale"], **stress):
         if not prompts:
             return []
-        return model.generate_images(count, prompt=list(prompts), guidance_scale=settings["guidance_scale"],
+        return model.generate_images(count, prompt=list(prompts), guidance_scale=guidance_scale,
                                      generator=torch.Generator().manual_seed(seed),
-                                     batch_size=settings["batch_size"], show_progress=False, **extra)
+                                     batch_size=settings["batch_size"], show_progress=False, **stress, **extra)
 
     names = ("colour_words", "composition", "skin_tones")
     images = draw([p for name in names for p in sets[name]["prompts"]], n, settings["seed"])
@@ -316,16 +342,28 @@ def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) ->
         samples[name], start = images[start:start + size], start + size
     gallery = sets["retrieval"]
     samples["retrieval"] = draw([gallery["prompts"][i] for i in gallery["queries"]], repeats, settings["seed"] + 1)
+    if settings.get("stress"):  # the same prompts again, each guided from itself without its colour or tone
+        prompts = [p for name in names for p in sets[name]["prompts"]]
+        images = draw(prompts, n, settings["seed"] + 2, guidance_scale=settings["stress"]["guidance_scale"],
+                      temperature=settings["stress"]["temperature"],
+                      negative_prompt=list(map(without_attributes, prompts)))
+        start = 0
+        for name in names:
+            size = n * len(sets[name]["prompts"])
+            samples[f"{name}_stressed"], start = images[start:start + size], start + size
     return samples
 
 
 def measure_prompts(model, dataset, num_samples: int = 8, guidance_scale: float = 3.0, seed: int = 0, *,
-                    batch_size: int = 64, num_people: int = 6, retrieval_samples: int = 1, processor=None) -> dict:
+                    batch_size: int = 64, num_people: int = 6, retrieval_samples: int = 1, processor=None,
+                    stress: bool = True) -> dict:
     """Sample `model` on the four sets of prompts (`prompt_sets` of `dataset`; `num_samples` per prompt,
     `retrieval_samples` per held-out caption) and an untrained copy of it (`quality.untrained_copy`, seed `seed`),
     and report each figure for both beside its chance level and the real images' ceiling (a JSON-ready dict).
     `processor`: the model's (`PixelGPTProcessor` or image processor), given to `generate_images` and used to see
-    the real images as the model does (its quantization); None: the model's own, real images as they are. The
+    the real images as the model does (its quantization); None: the model's own, real images as they are.
+    `stress`: also measure the colour words, the composition and the skin tones stressed (each prompt guided from
+    itself without its colour or tone words, at STRESS_GUIDANCE and STRESS_TEMPERATURE; `<figure>_stressed`). The
     global (CPU) random state is left as it was, and `model` in the mode it was in."""
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("num_people", num_people),
                         ("retrieval_samples", retrieval_samples)):
@@ -341,6 +379,9 @@ def measure_prompts(model, dataset, num_samples: int = 8, guidance_scale: float 
     sets = prompt_sets(dataset, num_people, see, fits)
     settings = {"num_samples": num_samples, "retrieval_samples": retrieval_samples, "guidance_scale": guidance_scale,
                 "seed": seed, "batch_size": batch_size}
+    if stress:
+        settings["stress"] = {"guidance_scale": STRESS_GUIDANCE, "temperature": STRESS_TEMPERATURE,
+                              "negative_prompt": "the prompt without its colour or skin-tone words"}
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
@@ -360,14 +401,15 @@ def measure_prompts(model, dataset, num_samples: int = 8, guidance_scale: float 
 def _report(sets: dict, settings: dict, trained: dict, untrained: dict, seed: int) -> dict:
     """The JSON-ready report: per figure, the samples', the untrained model's, the real images' and chance."""
     gallery = sets["retrieval"]
-    real = _figures(sets, {"colour_words": sets["colour_words"]["images"], "composition": sets["composition"]["images"],
-                           "skin_tones": sets["skin_tones"]["images"],
-                           "retrieval": jittered([gallery["images"][i] for i in gallery["queries"]], seed)}, 1, 1)
+    images = {name: sets[name]["images"] for name in STRESSED}
+    stressed = {f"{name}_stressed": images[name] for name in STRESSED if f"{name}_stressed" in trained}
+    real = _figures(sets, {**images, **stressed, "retrieval": jittered([gallery["images"][i] for i in
+                                                                          gallery["queries"]], seed)}, 1, 1)
     levels = chance(len(sets["colour_references"]), len(gallery["images"]))
     report = {"sampling": settings, "features": FEATURES_NAME}
-    for name in ("colour_words", "composition", "skin_tones", "retrieval"):
+    for name in trained:
         report[name] = {"trained_model_samples": trained[name], "untrained_model_samples": untrained[name],
-                        "real_images": real[name], "chance": levels.get(name)}
+                        "real_images": real[name], "chance": levels.get(name.removesuffix("_stressed"))}
     report["colour_words"]["references"] = {c: [round(v, 1) for v in rgb]
                                             for c, rgb in sets["colour_references"].items()}
     report["colour_words"]["prompts"] = sets["colour_words"]["prompts"]
@@ -388,16 +430,19 @@ def markdown(report: dict) -> str:
 
     rows = [("Colour words (share of the colour named)", "colour_words", "accuracy"),
             ("Composition: held-out colour x shape pairs", "composition", "accuracy"),
+            ("Colour words, stressed", "colour_words_stressed", "accuracy"),
+            ("Composition, stressed", "composition_stressed", "accuracy"),
+            ("Skin tones, stressed", "skin_tones_stressed", "in_order_share"),
             ("Skin tones (tone pairs in order of lightness)", "skin_tones", "in_order_share"),
             ("Retrieval top-1 among the test images", "retrieval", "top_1"),
             ("Retrieval top-5 among the test images", "retrieval", "top_5")]
     lines = ["| figure | samples | untrained model | real images | chance |", "|---|---|---|---|---|"]
-    for title, name, key in rows:
+    for title, name, key in (row for row in rows if row[1] in report):
         entry = report[name]
         level = entry["chance"][key] if isinstance(entry["chance"], dict) else entry["chance"]
         values = [entry[part][key] for part in ("trained_model_samples", "untrained_model_samples", "real_images")]
         lines.append(f"| {title} | " + " | ".join(map(cell, [*values, level])) + " |")
-        if name == "composition":
+        if name.startswith("composition"):
             for pair in entry["trained_model_samples"]["per_group"]:
                 values = [entry[part]["per_group"].get(pair) for part in
                           ("trained_model_samples", "untrained_model_samples", "real_images")]
@@ -406,6 +451,10 @@ def markdown(report: dict) -> str:
     lines.append(f"\nSamples per prompt: {s['num_samples']} ({s['retrieval_samples']} per retrieval caption); guidance "
                  f"scale {s['guidance_scale']}, seed {s['seed']}; retrieval among {report['retrieval']['num_gallery']} "
                  f"test images by {report['features']}; people: {', '.join(report['skin_tones']['people'])}.")
+    if s.get("stress"):
+        lines.append(f"Stressed: each prompt guided from itself without its colour or skin-tone words (\"square\" "
+                     f"for \"purple square\", \"wave\" for \"wave dark skin tone\") at guidance "
+                     f"{s['stress']['guidance_scale']:g}, temperature {s['stress']['temperature']:g}.")
     r = report["retrieval"]
     if r.get("num_queries", r["num_gallery"]) < r["num_gallery"]:  # captions longer than the model reads
         lines.append(f"Retrieval asked for {r['num_queries']} of the {r['num_gallery']} test captions: the others "

@@ -10,6 +10,7 @@ import pytest
 
 from pixelgpt.default_data import DATA_DIR, GRID_REPEATS, load_default_dataset, load_emoji_dataset
 from pixelgpt.emoji_captions import HELD_OUT_PAIRS, colour_shape, emoji_caption
+from pixelgpt.emoji_recolour import recoloured_rows
 
 from conftest import REPO_ROOT, SHARED_DATA
 
@@ -41,13 +42,17 @@ def test_shipped_files_are_the_ones_the_readme_names():
 
 
 def test_emoji_dataset_has_both_splits_with_captioned_64x64_rgba_images(emoji):
-    assert {split: len(emoji[split]) for split in emoji} == {"train": 3593 + 22 * (GRID_REPEATS - 1), "test": 193}
-    once = load_emoji_dataset(grid_repeats=1)["train"]
+    once = load_emoji_dataset(grid_repeats=1, recoloured_copies=0)["train"]
+    real = 3593 + 22 * (GRID_REPEATS - 1)
+    copies = recoloured_rows(once)
+    assert {split: len(emoji[split]) for split in emoji} == {"train": real + len(copies["name"]), "test": 193}
     assert len(once) == 3593 and list(emoji["train"]["name"][:3593]) == list(once["name"])
-    repeated = list(emoji["train"]["name"][3593:])  # the training grid again: each of its 22 emoji, 15 more times
+    repeated = list(emoji["train"]["name"][3593:real])  # the training grid again: each of its 22 emoji, 15 more times
     assert len(set(repeated)) == 22 and all(colour_shape(n) not in (None, *HELD_OUT_PAIRS) for n in repeated)
+    assert list(emoji["train"]["name"][real:]) == copies["name"]  # then the recoloured copies
+    assert list(emoji["train"]["text"][real:]) == copies["text"]
     for split in ("train", "test"):
-        data = emoji[split]
+        data = emoji[split] if split == "test" else emoji[split].select(range(real))
         assert data.column_names == ["image", "text", "name", "label"]
         assert data.features["label"].names == EMOJI_CATEGORIES
         assert list(data["text"]) == [emoji_caption(name) for name in data["name"]]
@@ -66,9 +71,11 @@ def test_emoji_test_split_is_the_held_out_pairs_and_five_percent_of_the_rest(emo
 
 
 def test_streaming_emoji_dataset_yields_the_same_rows(emoji):
-    streamed, loaded = next(iter(load_emoji_dataset(streaming=True)["test"])), emoji["test"][0]
-    assert [streamed[k] for k in ("text", "name", "label")] == [loaded[k] for k in ("text", "name", "label")]
-    assert np.array_equal(np.asarray(streamed["image"]), np.asarray(loaded["image"]))
+    streamed = load_emoji_dataset(streaming=True)
+    first, loaded = next(iter(streamed["test"])), emoji["test"][0]
+    assert [first[k] for k in ("text", "name", "label")] == [loaded[k] for k in ("text", "name", "label")]
+    assert np.array_equal(np.asarray(first["image"]), np.asarray(loaded["image"]))
+    assert [row["name"] for row in streamed["train"]] == list(emoji["train"]["name"])  # copies streamed too
 
 
 def test_default_dataset_is_still_fashion_mnist():
@@ -85,7 +92,7 @@ def test_builder_rebuilds_the_shipped_emoji_test_file_byte_for_byte(tmp_path):
         images, labels = data["images"], data["labels"]
         names, categories = [str(n) for n in data["names"]], [str(c) for c in data["categories"]]
     train, test = build_emoji_dataset.split(names)
-    shipped = load_emoji_dataset(grid_repeats=1)
+    shipped = load_emoji_dataset(grid_repeats=1, recoloured_copies=0)
     assert [names[i] for i in train] == list(shipped["train"]["name"])
     assert [names[i] for i in test] == list(shipped["test"]["name"])
     build_emoji_dataset.build(images, names, labels, categories, test, tmp_path / "emoji_test.parquet")

@@ -17,7 +17,7 @@ from pixelgpt.emoji_captions import (
 def emoji():
     from pixelgpt.default_data import load_emoji_dataset
 
-    return load_emoji_dataset(grid_repeats=1)  # each emoji once
+    return load_emoji_dataset(grid_repeats=1, recoloured_copies=0)  # each emoji once
 
 
 @pytest.mark.parametrize("name, caption", [

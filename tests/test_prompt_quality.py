@@ -156,8 +156,10 @@ class Stub(torch.nn.Module):
         return torch.device("cpu")
 
     def generate_images(self, num_images, prompt, guidance_scale, generator, batch_size, show_progress, **kwargs):
-        self.calls.append((num_images, list(prompt), guidance_scale, batch_size))
-        draw = (lambda p: self.answers[p].copy()) if self.answers else (lambda p: drawn(FILLS["black"]))
+        self.calls.append((num_images, list(prompt), guidance_scale, batch_size, kwargs))
+        # Guided from another prompt, this stub draws black: the stressed figures must come from those samples.
+        right = self.answers and "negative_prompt" not in kwargs
+        draw = (lambda p: self.answers[p].copy()) if right else (lambda p: drawn(FILLS["black"]))
         return [draw(p) for p in prompt for _ in range(num_images)]
 
 
@@ -168,11 +170,26 @@ def test_measure_prompts_reports_each_figure_beside_the_untrained_model_the_real
     state = torch.get_rng_state()
     report = pq.measure_prompts(model, data, num_samples=2, guidance_scale=2.5, seed=3, batch_size=7)
     assert torch.equal(state, torch.get_rng_state()) and model.training  # left as it was
-    assert model.calls[0][0] == 2 and model.calls[1][0] == 1 and model.calls[0][2:] == (2.5, 7)
+    assert model.calls[0][0] == 2 and model.calls[1][0] == 1 and model.calls[0][2:4] == (2.5, 7)
     assert len(model.calls[0][1]) == 22 + 5 + 10 and model.calls[1][1] == list(data["test"]["text"])
+    stressed = model.calls[2]  # the same prompts again, each guided from itself without its colour or tone
+    assert stressed[1] == model.calls[0][1] and stressed[2] == pq.STRESS_GUIDANCE
+    negative = dict(zip(stressed[1], stressed[4]["negative_prompt"]))
+    assert negative["purple square"] == "square" and negative["wave dark skin tone"] == "wave"
+    assert set(negative.values()) == {"circle", "square", "heart", "wave", "clap"}
+    assert stressed[4]["temperature"] == pq.STRESS_TEMPERATURE
     json.dumps(report)  # JSON-ready
     assert report["sampling"] == {"num_samples": 2, "retrieval_samples": 1, "guidance_scale": 2.5, "seed": 3,
-                                  "batch_size": 7}
+                                  "batch_size": 7, "stress": {"guidance_scale": pq.STRESS_GUIDANCE,
+                                                              "temperature": pq.STRESS_TEMPERATURE,
+                                                              "negative_prompt": "the prompt without its colour or "
+                                                                                 "skin-tone words"}}
+    for name in ("colour_words_stressed", "composition_stressed"):
+        assert report[name]["real_images"]["accuracy"] == 1.0 and report[name]["chance"] == pytest.approx(1 / 9)
+    assert report["colour_words_stressed"]["trained_model_samples"]["accuracy"] == pytest.approx(3 / 22)  # black
+    assert report["composition_stressed"]["trained_model_samples"]["accuracy"] == 0.0
+    tones = report["skin_tones_stressed"]
+    assert tones["trained_model_samples"]["in_order_share"] == 0.5 and tones["real_images"]["in_order_share"] == 1.0
     for name, key in (("colour_words", "accuracy"), ("composition", "accuracy"), ("skin_tones", "in_order_share"),
                       ("retrieval", "top_1")):
         assert report[name]["trained_model_samples"][key] == 1.0 == report[name]["real_images"][key], name
@@ -187,6 +204,20 @@ def test_measure_prompts_reports_each_figure_beside_the_untrained_model_the_real
     table = pq.markdown(report)
     assert "| Colour words (share of the colour named) | 100.0% | 13.6% | 100.0% | 11.1% |" in table
     assert "purple square" in table and "7 test images" in table and "Samples per prompt: 2 (1 per" in table
+    assert "| Composition, stressed | 0.0% | 0.0% | 100.0% | 11.1% |" in table
+    assert "guidance 4, temperature 0.7" in table
+    plain = pq.measure_prompts(Stub(StubConfig(), answers), data, num_samples=1, stress=False)
+    assert "stress" not in plain["sampling"] and "composition_stressed" not in plain
+    assert "stressed" not in pq.markdown(plain)
+
+
+def test_a_prompt_is_stressed_by_guiding_from_it_without_its_colour_and_tone_words():
+    assert pq.without_attributes("purple square") == "square"
+    assert pq.without_attributes("large blue circle") == "large circle"
+    assert pq.without_attributes("red") == ""  # the empty prompt: plain guidance
+    assert pq.without_attributes("wave medium-light skin tone") == "wave"
+    assert pq.without_attributes("man heart man light skin tone and dark skin tone") == "man heart man"
+    assert pq.without_attributes("thunder cloud and rain") == "thunder cloud and rain"
 
 
 def test_measure_prompts_refuses_what_it_cannot_measure():

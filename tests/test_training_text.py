@@ -167,8 +167,11 @@ def test_a_text_run_on_the_built_in_emoji_judges_its_prompts_on_the_card(tmp_pat
     results = json.loads((out / "eval_results.json").read_text())
     assert results["prompt_quality_skin_tone_order"] == report["skin_tones"]["trained_model_samples"]["in_order_share"]
     assert results["prompt_quality_retrieval_top5"] == report["retrieval"]["trained_model_samples"]["top_5"]
+    assert results["prompt_quality_held_out_pairs_stressed"] == report["composition_stressed"][
+        "trained_model_samples"]["accuracy"]
     card = ModelCard.load(out / "README.md")
     assert "## Do samples follow their prompts?" in card.text and card.data.pipeline_tag == "text-to-image"
+    assert "| Composition, stressed |" in card.text
     yaml = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert yaml["prompt_quality_colour_words"] == round(results["prompt_quality_colour_words"], 4)
     assert {r.dataset_name for r in card.data.eval_results} == {"Twemoji captions (built-in)"}

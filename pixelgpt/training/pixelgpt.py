@@ -402,7 +402,8 @@ class PixelGPTTrainer(Trainer):
         retrieval) on its card, eval_results.json and prompt_quality.json."""
         model_args, started = self.args.model, time.time()
         try:
-            report = measure_prompts(self.accelerator.unwrap_model(self.model), load_emoji_dataset(grid_repeats=1),
+            real = load_emoji_dataset(grid_repeats=1, recoloured_copies=0)  # each real emoji once
+            report = measure_prompts(self.accelerator.unwrap_model(self.model), real,
                                      num_samples=max(1, model_args.quality_samples // PROMPT_QUALITY_SHARE),
                                      guidance_scale=PROMPT_GUIDANCE, seed=self.run.seed,
                                      processor=self.text_processor)
@@ -421,7 +422,10 @@ class PixelGPTTrainer(Trainer):
         logger.info(f"prompts at guidance {PROMPT_GUIDANCE:g}: colour words "
                     f"{report['colour_words']['trained_model_samples']['accuracy']:.1%}, held-out pairs "
                     f"{report['composition']['trained_model_samples']['accuracy']:.1%}, skin-tone order "
-                    f"{report['skin_tones']['trained_model_samples']['in_order_share']:.1%}; on the card")
+                    f"{report['skin_tones']['trained_model_samples']['in_order_share']:.1%}; stressed: "
+                    f"{report['colour_words_stressed']['trained_model_samples']['accuracy']:.1%}, "
+                    f"{report['composition_stressed']['trained_model_samples']['accuracy']:.1%}, "
+                    f"{report['skin_tones_stressed']['trained_model_samples']['in_order_share']:.1%}; on the card")
 
     def write_card(self, folder, metrics: dict) -> None:
         note, prompts = None, self.grid_prompts() if self.text_processor is not None else None
@@ -441,13 +445,20 @@ class PixelGPTTrainer(Trainer):
 
 
 # A text run on the built-in emoji judges --quality_samples / PROMPT_QUALITY_SHARE samples per prompt (8 of 200):
-# 22 colour prompts, 5 held-out pairs, 30 skin-tone prompts and 193 retrieval captions, for the model and an
-# untrained copy, ~1 minute on a 2-core CPU. PROMPT_FIGURES: (name, title, report section, key) of its figures.
+# 22 colour prompts, 5 held-out pairs and 30 skin-tone prompts (twice: plain and stressed) and 193 retrieval
+# captions, for the model and an untrained copy, ~1.5 minutes on a 2-core CPU. PROMPT_FIGURES: (name, title, report
+# section, key) of its figures.
 PROMPT_QUALITY_SHARE = 25
 PROMPT_FIGURES = (("colour_words", "colour words right", "colour_words", "accuracy"),
                   ("held_out_pairs", "held-out colour x shape pairs right", "composition", "accuracy"),
                   ("skin_tone_order", "skin-tone pairs in order", "skin_tones", "in_order_share"),
-                  ("retrieval_top5", "retrieval top-5 among the test images", "retrieval", "top_5"))
+                  ("retrieval_top5", "retrieval top-5 among the test images", "retrieval", "top_5"),
+                  ("colour_words_stressed", "colour words right, colour stressed", "colour_words_stressed",
+                   "accuracy"),
+                  ("held_out_pairs_stressed", "held-out pairs right, colour stressed", "composition_stressed",
+                   "accuracy"),
+                  ("skin_tone_order_stressed", "skin-tone pairs in order, tone stressed", "skin_tones_stressed",
+                   "in_order_share"))
 
 # Training images the judging classifier of --quality_samples learns from (as examples/sample_quality.py).
 QUALITY_CLASSIFIER_IMAGES = 6000

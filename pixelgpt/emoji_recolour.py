@@ -1,0 +1,105 @@
+"""Recoloured copies of the built-in emoji, captioned with their new colour, so that a colour word is learnt apart from
+the shapes it comes with.
+
+Why: in Twemoji a shape's colour is mostly fixed (hands and faces are yellow, leaves green), so a caption's colour
+word tells a model little it could not guess from the other words, and "purple square" (never seen) is drawn as
+some square, or some purple thing. A copy of the apple in blue captioned "blue apple" can only be drawn right by
+reading "blue". Captioning every emoji with the colour it already had did not help (docs/text.md); recolouring is
+what makes the word carry the colour. As for any augmentation, the copies are not real emoji; they never write a
+held-out colour onto a held-out shape (`HELD_OUT_PAIRS`), so the composition test still asks for pairs never seen.
+
+How: the nine colours' reference RGBs are the mean opaque pixel of the training split's colour x shape emoji of each
+colour. An emoji takes part when at least `DOMINANT_SHARE` of its opaque pixels lie within `NEAR` of one reference
+(its colour) and its caption is not a flag, a skin tone or a grid emoji (those colours mean something). Its copy
+moves every opaque pixel whose nearest reference is that colour by the difference of the two references (shading
+and outlines of the colour move with it; other colours stay), and its caption names the new colour: the old colour
+word replaced, or the new one put first ("apple" -> "blue apple").
+"""
+
+import re
+
+import numpy as np
+from PIL import Image
+
+from .emoji_captions import COLOURS, HELD_OUT_PAIRS, colour_shape
+
+# Copies per emoji that takes part, each in another colour (drawn with a seeded generator).
+RECOLOURED_COPIES = 2
+# An emoji takes part when this share of its opaque pixels is within NEAR (RGB distance) of one colour's reference.
+DOMINANT_SHARE, NEAR = 0.6, 40.0
+OPAQUE = 200  # alpha above this is the emoji, not its anti-aliased edge
+_SKIPPED = re.compile(r"\bflag\b|skin tone")
+
+
+def colour_references(rows) -> dict[str, np.ndarray]:
+    """Each colour's reference RGB: the mean opaque pixel of the colour x shape emoji of that colour in `rows`
+    (dicts with `name` and an RGBA `image`)."""
+    pixels: dict[str, list] = {c: [] for c in COLOURS}
+    for row in rows:
+        pair = colour_shape(row["name"])
+        if pair:
+            rgba = np.asarray(row["image"].convert("RGBA"))
+            pixels[pair[0]].append(rgba[rgba[..., 3] > OPAQUE][:, :3].astype(np.float64))
+    missing = [c for c, p in pixels.items() if not p]
+    if missing:
+        raise ValueError(f"colour_references: no colour x shape emoji of {missing}")
+    return {c: np.concatenate(p).mean(0) for c, p in pixels.items()}
+
+
+def dominant_colour(image: Image.Image, references: dict[str, np.ndarray]) -> str | None:
+    """The colour of `references` that at least DOMINANT_SHARE of the image's opaque pixels are within NEAR of,
+    else None."""
+    rgba = np.asarray(image.convert("RGBA"))
+    pixels = rgba[rgba[..., 3] > OPAQUE][:, :3].astype(np.float64)
+    if len(pixels) == 0:
+        return None
+    distance = np.linalg.norm(pixels[:, None] - np.stack(list(references.values()))[None], axis=2)  # (N, colours)
+    near = distance.min(1) <= NEAR
+    share = np.bincount(distance.argmin(1)[near], minlength=len(references)) / len(pixels)
+    return list(references)[int(share.argmax())] if share.max() >= DOMINANT_SHARE else None
+
+
+def recolour(image: Image.Image, source: str, target: str, references: dict[str, np.ndarray]) -> Image.Image:
+    """The image with every pixel whose nearest reference is `source` moved by `target`'s reference minus
+    `source`'s (clipped to 0..255); alpha and the other colours stay."""
+    rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
+    table = np.stack(list(references.values()))
+    nearest = np.linalg.norm(rgba[..., None, :3] - table, axis=-1).argmin(-1)  # (H, W)
+    mine = (nearest == list(references).index(source)) & (rgba[..., 3] > 0)
+    rgba[mine, :3] += references[target] - references[source]
+    return Image.fromarray(np.clip(np.rint(rgba), 0, 255).astype(np.uint8), "RGBA")
+
+
+def recoloured_caption(caption: str, source: str, target: str) -> str:
+    """`caption` with its word `source` replaced by `target`, or `target` put first when it has none."""
+    words = caption.split()
+    return " ".join(target if w == source else w for w in words) if source in words else f"{target} {caption}"
+
+
+def writes_held_out_pair(caption: str) -> bool:
+    """Whether `caption` holds a held-out pair's colour and a word starting with its shape ("green hearts")."""
+    words = caption.split()
+    return any(colour in words and any(w.startswith(shape) for w in words) for colour, shape in HELD_OUT_PAIRS)
+
+
+def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0) -> dict[str, list]:
+    """Recoloured copies of the emoji of `rows` (dicts with `image`, `text`, `name`, `label`) that take part, as
+    columns: `copies` per emoji, each in another colour drawn at random (`seed`) among those whose caption would not
+    write a held-out pair. Names are `<name>~<colour>`."""
+    rows = list(rows)
+    references, rng = colour_references(rows), np.random.default_rng(seed)
+    out: dict[str, list] = {"image": [], "text": [], "name": [], "label": []}
+    for row in rows:
+        if colour_shape(row["name"]) or _SKIPPED.search(row["text"]):
+            continue
+        source = dominant_colour(row["image"], references)
+        if source is None:
+            continue
+        captions = {c: recoloured_caption(row["text"], source, c) for c in COLOURS if c != source}
+        allowed = [c for c, text in captions.items() if not writes_held_out_pair(text)]
+        for target in rng.choice(allowed, size=min(copies, len(allowed)), replace=False):
+            out["image"].append(recolour(row["image"], source, target, references))
+            out["text"].append(captions[target])
+            out["name"].append(f"{row['name']}~{target}")
+            out["label"].append(row["label"])
+    return out

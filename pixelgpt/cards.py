@@ -265,7 +265,9 @@ def prompt_section(max_text_length: int, examples: list[str]) -> str:
             f"lower case and may be at most {max_text_length} tokens long (a longer one is refused, naming the "
             "limit); a word that no caption had is read as the word pieces it shares with known words. The empty "
             "prompt draws unconditionally; `guidance_scale` > 1 steers towards the prompt (classifier-free guidance: "
-            "the model also learned the empty prompt) and `negative_prompt=` away from another one. Every image "
+            "the model also learned the empty prompt) and `negative_prompt=` away from another one; the prompt "
+            "without one word as `negative_prompt` stresses that word (`prompt=\"purple square\", negative_prompt="
+            "\"square\", guidance_scale=4.0, temperature=0.7`: the colour decides). Every image "
             "method takes `prompt=` (e.g. `model.inpaint_images(image, mask, prompt=...)`), and so does "
             "`pipeline(\"text-to-image\", model=..., trust_remote_code=True)`.")
 

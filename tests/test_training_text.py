@@ -104,6 +104,7 @@ def test_the_built_in_captioned_emoji_train_in_two_stages(tmp_path):
     assert model.image_tokenizer is not None and model.config.is_text_conditional
     card = (out / "README.md").read_text()
     assert "Twemoji graphics by Twitter, Inc. and other contributors, CC-BY 4.0" in card and "## Prompts" in card
+    assert 'negative_prompt="square"' in card  # how to stress a word
     # 64 images teach too small a vocabulary to spell every judged prompt in 16 tokens: the judgement is skipped,
     # saying why, and the run still ends with its model.
     assert not (out / "prompt_quality.json").exists()

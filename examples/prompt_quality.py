@@ -18,6 +18,9 @@
    by its distance to the sample (8x8 colour thumbnail plus foreground colour histogram: where the colours are and
    which colours are drawn, tolerant to a shift of a few pixels). Top-1 / top-5: the caption's own image is the
    nearest / among the 5 nearest (chance: k / the number of test images).
+5. Stressed: 1-3 again, each prompt guided from itself without its colour or skin-tone words ("square" for "purple
+   square", "wave" for "wave dark skin tone") at guidance 4 and temperature 0.7: what a colour word does once the
+   other words are not amplified with it (docs/text.md#stressing-a-word).
 
 Each figure is shown for the model's samples, for an untrained model of the same configuration (fresh weights: the
 baseline), for the real images judged as if they were samples (the ceiling; retrieval: shifted, noisy copies of the

@@ -33,6 +33,9 @@ def load_emoji_dataset(streaming: bool = False, grid_repeats: int = GRID_REPEATS
     each is there `grid_repeats` times (3,593 + 22 x 15 rows by default), then with `recoloured_copies` recoloured
     copies of each emoji of one dominant colour (`pixelgpt.emoji_recolour`; 0 for the real emoji only).
     `streaming=True`: an `IterableDatasetDict` instead."""
+    if grid_repeats < 1 or recoloured_copies < 0:
+        raise ValueError(f"load_emoji_dataset needs grid_repeats >= 1 and recoloured_copies >= 0, got "
+                         f"{grid_repeats} and {recoloured_copies}")
     files = {split: str(DATA_DIR / f"emoji_{split}.parquet") for split in ("train", "test")}
     dataset = load_dataset("parquet", data_files=files, streaming=streaming)
     if grid_repeats > 1:

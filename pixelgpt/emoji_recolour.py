@@ -31,7 +31,7 @@ OPAQUE = 200  # alpha above this is the emoji, not its anti-aliased edge
 _SKIPPED = re.compile(r"\bflag\b|skin tone")
 
 
-def colour_references(rows) -> dict[str, np.ndarray]:
+def grid_references(rows) -> dict[str, np.ndarray]:
     """Each colour's reference RGB: the mean opaque pixel of the colour x shape emoji of that colour in `rows`
     (dicts with `name` and an RGBA `image`)."""
     pixels: dict[str, list] = {c: [] for c in COLOURS}
@@ -42,7 +42,7 @@ def colour_references(rows) -> dict[str, np.ndarray]:
             pixels[pair[0]].append(rgba[rgba[..., 3] > OPAQUE][:, :3].astype(np.float64))
     missing = [c for c, p in pixels.items() if not p]
     if missing:
-        raise ValueError(f"colour_references: no colour x shape emoji of {missing}")
+        raise ValueError(f"grid_references: no colour x shape emoji of {missing}")
     return {c: np.concatenate(p).mean(0) for c, p in pixels.items()}
 
 
@@ -87,7 +87,7 @@ def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0) -> dic
     columns: `copies` per emoji, each in another colour drawn at random (`seed`) among those whose caption would not
     write a held-out pair. Names are `<name>~<colour>`."""
     rows = list(rows)
-    references, rng = colour_references(rows), np.random.default_rng(seed)
+    references, rng = grid_references(rows), np.random.default_rng(seed)
     out: dict[str, list] = {"image": [], "text": [], "name": [], "label": []}
     for row in rows:
         if colour_shape(row["name"]) or _SKIPPED.search(row["text"]):

@@ -78,6 +78,12 @@ def test_streaming_emoji_dataset_yields_the_same_rows(emoji):
     assert [row["name"] for row in streamed["train"]] == list(emoji["train"]["name"])  # copies streamed too
 
 
+@pytest.mark.parametrize("bad", [dict(grid_repeats=0), dict(recoloured_copies=-1)])
+def test_emoji_dataset_refuses_impossible_counts(bad):
+    with pytest.raises(ValueError, match="grid_repeats >= 1 and recoloured_copies >= 0"):
+        load_emoji_dataset(**bad)
+
+
 def test_default_dataset_is_still_fashion_mnist():
     default_dataset = load_default_dataset()
     assert {split: len(default_dataset[split]) for split in default_dataset} == {"train": 6000, "test": 1000}

@@ -9,8 +9,8 @@ from pixelgpt.default_data import load_emoji_dataset
 from pixelgpt.emoji_captions import COLOURS, HELD_OUT_PAIRS, SHAPES, colour_shape
 from pixelgpt.emoji_recolour import (
     OPAQUE,
-    colour_references,
     dominant_colour,
+    grid_references,
     recolour,
     recoloured_caption,
     recoloured_rows,
@@ -71,13 +71,13 @@ def test_dominant_colour_needs_most_opaque_pixels_near_one_reference():
 
 
 def test_references_are_the_grid_emoji_means(real):
-    references = colour_references(real)
+    references = grid_references(real)
     assert list(references) == list(COLOURS)
     purple = next(row for row in real if colour_shape(row["name"]) == ("purple", "heart"))
     rgba = np.asarray(purple["image"])
     assert np.linalg.norm(references["purple"] - rgba[rgba[..., 3] > OPAQUE][:, :3].mean(0)) < 10
     with pytest.raises(ValueError, match="no colour x shape emoji"):
-        colour_references(real.select(range(10)))
+        grid_references(real.select(range(10)))
 
 
 def test_copies_of_the_built_in_emoji(real, copies):
@@ -88,7 +88,7 @@ def test_copies_of_the_built_in_emoji(real, copies):
     assert not any(colour_shape(n) or "skin tone" in t or t.startswith("flag") for n, t in zip(sources, texts))
     counts = np.unique(sources, return_counts=True)[1]
     assert set(counts) == {2}  # two copies each, in two colours
-    references = colour_references(real)
+    references = grid_references(real)
     # Each copy's colour is the one its caption names (clipping at 0/255 may move a few off it).
     judged = [dominant_colour(image, references) == name.split("~")[1] for image, name in zip(copies["image"], names)]
     assert np.mean(judged) > 0.9

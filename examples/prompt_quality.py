@@ -1,4 +1,5 @@
-"""Does a text model draw what its prompt says? Four figures on the built-in emoji set, no download needed.
+"""Does a text model draw what its prompt says? Four figures on the built-in emoji set (three also
+stressed), no download needed.
 
     python examples/prompt_quality.py --model emoji-text-model --num_samples 8 --guidance_scale 1.5
     python examples/prompt_quality.py --model emoji-text-model --output_json prompt_quality.json

@@ -44,7 +44,8 @@ def load_emoji_dataset(streaming: bool = False, grid_repeats: int = GRID_REPEATS
         dataset["train"] = concatenate_datasets([train] + [grid] * (grid_repeats - 1))
     if recoloured_copies > 0:
         real = load_dataset("parquet", data_files=files["train"], split="train")
-        copies = Dataset.from_dict(recoloured_rows(real, recoloured_copies), features=real.features)
+        test = load_dataset("parquet", data_files={"test": files["test"]}, split="test")
+        copies = Dataset.from_dict(recoloured_rows(real, recoloured_copies, avoid=test["text"]), features=real.features)
         dataset["train"] = concatenate_datasets([dataset["train"],
                                                  copies.to_iterable_dataset() if streaming else copies])
     return dataset

@@ -5,8 +5,10 @@ Why: in Twemoji a shape's colour is mostly fixed (hands and faces are yellow, le
 word tells a model little it could not guess from the other words, and "purple square" (never seen) is drawn as
 some square, or some purple thing. A copy of the apple in blue captioned "blue apple" can only be drawn right by
 reading "blue". Captioning every emoji with the colour it already had did not help (docs/text.md); recolouring is
-what makes the word carry the colour. As for any augmentation, the copies are not real emoji; they never write a
-held-out colour onto a held-out shape (`HELD_OUT_PAIRS`), so the composition test still asks for pairs never seen.
+what makes the word carry the colour. As for any augmentation, the copies are not real emoji. The composition test
+still asks for pairs never seen: no copy puts a held-out pair's colour (`HELD_OUT_PAIRS`) in a caption beside its
+shape's word, nor onto an emoji shaped like that shape (an orange face is an orange circle to the eye, whatever its
+caption: its outline overlaps the grid circle's by SHAPE_OVERLAP or more), and no copy's caption is a test caption.
 
 How: the nine colours' reference RGBs are the mean opaque pixel of the training split's colour x shape emoji of each
 colour. An emoji takes part when at least `DOMINANT_SHARE` of its opaque pixels lie within `NEAR` of one reference
@@ -27,6 +29,8 @@ from .emoji_captions import COLOURS, HELD_OUT_PAIRS, colour_shape
 RECOLOURED_COPIES = 2
 # An emoji takes part when this share of its opaque pixels is within NEAR (RGB distance) of one colour's reference.
 DOMINANT_SHARE, NEAR = 0.6, 40.0
+# An emoji whose opaque outline overlaps a grid shape's this much (intersection over union) counts as that shape.
+SHAPE_OVERLAP = 0.7
 OPAQUE = 200  # alpha above this is the emoji, not its anti-aliased edge
 _SKIPPED = re.compile(r"\bflag\b|skin tone")
 
@@ -46,6 +50,25 @@ def grid_references(rows) -> dict[str, np.ndarray]:
     return {c: np.concatenate(p).mean(0) for c, p in pixels.items()}
 
 
+def grid_outlines(rows) -> dict[str, np.ndarray]:
+    """Each shape's outline: the opaque pixels `(H, W)` of the colour x shape emoji of that shape in `rows` (all
+    colours of a shape share one outline in Twemoji; their union is taken)."""
+    outlines: dict[str, np.ndarray] = {}
+    for row in rows:
+        pair = colour_shape(row["name"])
+        if pair:
+            opaque = np.asarray(row["image"].convert("RGBA"))[..., 3] > OPAQUE
+            outlines[pair[1]] = outlines.get(pair[1], opaque) | opaque
+    return outlines
+
+
+def overlap(image: Image.Image, outline: np.ndarray) -> float:
+    """Intersection over union of the image's opaque pixels and `outline`."""
+    opaque = np.asarray(image.convert("RGBA"))[..., 3] > OPAQUE
+    union = (opaque | outline).sum()
+    return float((opaque & outline).sum() / union) if union else 0.0
+
+
 def dominant_colour(image: Image.Image, references: dict[str, np.ndarray]) -> str | None:
     """The colour of `references` that at least DOMINANT_SHARE of the image's opaque pixels are within NEAR of,
     else None."""
@@ -60,8 +83,8 @@ def dominant_colour(image: Image.Image, references: dict[str, np.ndarray]) -> st
 
 
 def recolour(image: Image.Image, source: str, target: str, references: dict[str, np.ndarray]) -> Image.Image:
-    """The image with every pixel whose nearest reference is `source` moved by `target`'s reference minus
-    `source`'s (clipped to 0..255); alpha and the other colours stay."""
+    """The image with every visible pixel (alpha > 0, anti-aliased edges included) whose nearest reference is
+    `source` moved by `target`'s reference minus `source`'s (clipped to 0..255); alpha and the other colours stay."""
     rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
     table = np.stack(list(references.values()))
     nearest = np.linalg.norm(rgba[..., None, :3] - table, axis=-1).argmin(-1)  # (H, W)
@@ -82,12 +105,13 @@ def writes_held_out_pair(caption: str) -> bool:
     return any(colour in words and any(w.startswith(shape) for w in words) for colour, shape in HELD_OUT_PAIRS)
 
 
-def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0) -> dict[str, list]:
+def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0, avoid=()) -> dict[str, list]:
     """Recoloured copies of the emoji of `rows` (dicts with `image`, `text`, `name`, `label`) that take part, as
-    columns: `copies` per emoji, each in another colour drawn at random (`seed`) among those whose caption would not
-    write a held-out pair. Names are `<name>~<colour>`."""
-    rows = list(rows)
-    references, rng = grid_references(rows), np.random.default_rng(seed)
+    columns: `copies` per emoji, each in another colour drawn at random (`seed`) among those that make no held-out
+    pair (in the caption or by the emoji's shape) and no caption of `avoid` (e.g. the test captions). Names are
+    `<name>~<colour>`."""
+    rows, avoid = list(rows), set(avoid)
+    references, outlines, rng = grid_references(rows), grid_outlines(rows), np.random.default_rng(seed)
     out: dict[str, list] = {"image": [], "text": [], "name": [], "label": []}
     for row in rows:
         if colour_shape(row["name"]) or _SKIPPED.search(row["text"]):
@@ -96,7 +120,9 @@ def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0) -> dic
         if source is None:
             continue
         captions = {c: recoloured_caption(row["text"], source, c) for c in COLOURS if c != source}
-        allowed = [c for c, text in captions.items() if not writes_held_out_pair(text)]
+        shaped = {colour for colour, shape in HELD_OUT_PAIRS if overlap(row["image"], outlines[shape]) >= SHAPE_OVERLAP}
+        allowed = [c for c, text in captions.items()
+                   if not writes_held_out_pair(text) and c not in shaped and text not in avoid]
         for target in rng.choice(allowed, size=min(copies, len(allowed)), replace=False):
             out["image"].append(recolour(row["image"], source, target, references))
             out["text"].append(captions[target])

@@ -1,4 +1,5 @@
-"""Does a text-prompted model draw what its prompt says? Four figures on the emoji set that need no download.
+"""Does a text-prompted model draw what its prompt says? Four figures on the emoji set that need no download, three
+of them also with the prompt's colour or tone stressed.
 
 1. Colour words: every colour x shape prompt of the training split ("large blue circle"), `num_samples` samples
    each; a sample's colour is its mean foreground RGB assigned to the nearest named colour's reference (measured
@@ -38,8 +39,8 @@ PROMPT_GUIDANCE = 1.5
 # that word changes, not the whole prompt. A colour never trained on a shape ("purple square") is otherwise drawn in
 # a colour that shape was trained in; guided from its shape alone, the colour word decides
 # (docs/text.md#stressing-a-word). Stressed, the colour and skin-tone figures are measured again, each prompt guided
-# from itself without its colour or tone words, at this guidance and temperature (the best of guidance 1.5 / 3 / 4
-# and temperature 1 / 0.7 on the built-in emoji).
+# from itself without its colour or tone words, at this guidance and temperature (the best of guidance 1.5, 3 and 4
+# at temperature 1, and 3 and 4 at temperature 0.7, on the built-in emoji: docs/text.md).
 STRESS_GUIDANCE, STRESS_TEMPERATURE = 4.0, 0.7
 STRESSED = ("colour_words", "composition", "skin_tones")  # the figures measured again stressed
 BACKGROUND = (255, 255, 255)
@@ -299,7 +300,7 @@ def without_attributes(prompt: str) -> str:
 
 
 def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
-    """The four figures of `samples` (per set: the images in the order of the set's prompts, `n` per prompt; the
+    """The figures of `samples` (per set: the images in the order of the set's prompts, `n` per prompt; the
     retrieval set `repeats` per prompt), and those of the `<set>_stressed` samples when there are some."""
     refs, words, held, skin = sets["colour_references"], sets["colour_words"], sets["composition"], sets["skin_tones"]
     rep = lambda values, k: [v for v in values for _ in range(k)]  # noqa: E731
@@ -315,17 +316,17 @@ def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
                                                            rep(held["pairs"], n)),
              "skin_tones": tones}
     gallery = sets["retrieval"]
-    figures = {"retrieval": retrieval(samples["retrieval"], rep(gallery["queries"], repeats), gallery["images"],
-                                      gallery["prompts"])}
-    for name in STRESSED:
-        figures[name] = judge[name](samples[name])
-        if f"{name}_stressed" in samples:
-            figures[f"{name}_stressed"] = judge[name](samples[f"{name}_stressed"])
+    figures = {name: judge[name](samples[name]) for name in STRESSED}  # plain, then retrieval, then stressed
+    figures["retrieval"] = retrieval(samples["retrieval"], rep(gallery["queries"], repeats), gallery["images"],
+                                     gallery["prompts"])
+    figures.update({f"{name}_stressed": judge[name](samples[f"{name}_stressed"]) for name in STRESSED
+                    if f"{name}_stressed" in samples})
     return figures
 
 
 def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) -> dict:
-    """The samples of each set: one `generate_images` call for the first three sets, one for the retrieval set."""
+    """The samples of each set: one `generate_images` call for the first three sets, one for the retrieval set, and
+    with `settings["stress"]` one more for the first three sets stressed."""
     extra = {} if processor is None else {"image_processor": processor}
 
     def draw(prompts, count, seed, guidance_scale=settings["guidance_scale"], **stress):

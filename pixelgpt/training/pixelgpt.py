@@ -399,7 +399,7 @@ class PixelGPTTrainer(Trainer):
 
     def judge_prompts(self, folder: Path, metrics: dict) -> None:
         """A text model on the built-in emoji: `pixelgpt.prompt_quality` (colour words, held-out pairs, skin tones,
-        retrieval) on its card, eval_results.json and prompt_quality.json."""
+        retrieval; the first three also stressed) on its card, eval_results.json and prompt_quality.json."""
         model_args, started = self.args.model, time.time()
         try:
             real = load_emoji_dataset(grid_repeats=1, recoloured_copies=0)  # each real emoji once

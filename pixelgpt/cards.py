@@ -97,7 +97,8 @@ def training_data(dataset_name: str | None, data, num_train_images: int | None) 
         count = f"{num_train_images:,}" if num_train_images else "the"
         return None, ("twemoji", "Twemoji captions (built-in)"), (
             f"{count} captioned Twemoji images shipped with PixelGPT (Twemoji graphics by Twitter, Inc. and other "
-            "contributors, CC-BY 4.0; captions made from their short names)")
+            "contributors, CC-BY 4.0; captions made from their short names; some recoloured, captioned with the new "
+            "colour)")
     hub_dataset = DEFAULT_DATASET_HUB_ID if is_default else dataset_name  # None for local data
     index = (hub_dataset,) * 2 if hub_dataset else (("imagefolder", "local image folder") if data.train_data_dir else
                                                     ("local", "local dataset"))

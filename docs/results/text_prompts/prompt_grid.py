@@ -17,7 +17,7 @@ from pixelgpt.utils import make_image_grid
 
 # Trained colour x shape prompts, held-out pairs (never in training: marked *), skin tones, and other emoji.
 PROMPTS = ["red heart", "blue circle", "green square", "purple square *", "orange circle *", "yellow square *",
-           "wave light skin tone", "wave dark skin tone", "thumbs up medium skin tone", "grinning face", "flag fr",
+           "wave light skin tone", "wave dark skin tone", "thumbs up medium skin tone", "grinning", "flag fr",
            "pizza"]
 
 
@@ -49,8 +49,8 @@ def main() -> None:
     page.paste(grid, (label, 0))
     pen = ImageDraw.Draw(page)
     for i, prompt in enumerate(PROMPTS):
-        label = f"{prompt} (stressed)" if prompt.split()[0] in COLOURS else prompt
-        pen.text((8, i * row + row // 2 - 6), label, fill="black")
+        text = f"{prompt} (stressed)" if prompt.split()[0] in COLOURS else prompt
+        pen.text((8, i * row + row // 2 - 6), text, fill="black")
     page.save(args.output)
 
 

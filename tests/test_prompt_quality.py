@@ -220,6 +220,25 @@ def test_a_prompt_is_stressed_by_guiding_from_it_without_its_colour_and_tone_wor
     assert pq.without_attributes("thunder cloud and rain") == "thunder cloud and rain"
 
 
+class StressedStub(Stub):
+    """Draws each prompt's real image, stressed too, but only when its negative prompt is that prompt's own."""
+
+    def generate_images(self, num_images, prompt, guidance_scale, generator, batch_size, show_progress, **kwargs):
+        negatives = kwargs.get("negative_prompt") or [None] * len(prompt)
+        own = [bool(self.answers) and (n is None or n == pq.without_attributes(p))  # untrained: no answers
+               for p, n in zip(prompt, negatives, strict=True)]
+        return [self.answers[p].copy() if ok else drawn(FILLS["black"])
+                for p, ok in zip(prompt, own) for _ in range(num_images)]
+
+
+def test_stressed_samples_are_judged_against_their_own_prompts():
+    data = synthetic_dataset()
+    answers = {row["text"]: row["image"] for split in ("train", "test") for row in data[split]}
+    report = pq.measure_prompts(StressedStub(StubConfig(), answers), data, num_samples=3)
+    for name, key in (("colour_words", "accuracy"), ("composition", "accuracy"), ("skin_tones", "in_order_share")):
+        assert report[f"{name}_stressed"]["trained_model_samples"][key] == 1.0, name
+
+
 def test_measure_prompts_refuses_what_it_cannot_measure():
     data = synthetic_dataset()
 

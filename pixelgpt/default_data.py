@@ -38,14 +38,16 @@ def load_emoji_dataset(streaming: bool = False, grid_repeats: int = GRID_REPEATS
                          f"{grid_repeats} and {recoloured_copies}")
     files = {split: str(DATA_DIR / f"emoji_{split}.parquet") for split in ("train", "test")}
     dataset = load_dataset("parquet", data_files=files, streaming=streaming)
+    real = dict(dataset)  # the files' rows, each once: what the recoloured copies are made from
     if grid_repeats > 1:
         train = dataset["train"]
         grid = train.filter(lambda name: colour_shape(name) is not None, input_columns="name")
         dataset["train"] = concatenate_datasets([train] + [grid] * (grid_repeats - 1))
     if recoloured_copies > 0:
-        real = load_dataset("parquet", data_files=files["train"], split="train")
-        test = load_dataset("parquet", data_files={"test": files["test"]}, split="test")
-        copies = Dataset.from_dict(recoloured_rows(real, recoloured_copies, avoid=test["text"]), features=real.features)
+        if streaming:  # the copies are made in memory, from the files read unstreamed
+            real = load_dataset("parquet", data_files=files)
+        copies = Dataset.from_dict(recoloured_rows(real["train"], recoloured_copies, avoid=real["test"]["text"]),
+                                   features=real["train"].features)
         dataset["train"] = concatenate_datasets([dataset["train"],
                                                  copies.to_iterable_dataset() if streaming else copies])
     return dataset

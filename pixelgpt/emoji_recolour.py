@@ -35,15 +35,20 @@ OPAQUE = 200  # alpha above this is the emoji, not its anti-aliased edge
 _SKIPPED = re.compile(r"\bflag\b|skin tone")
 
 
-def grid_references(rows) -> dict[str, np.ndarray]:
-    """Each colour's reference RGB: the mean opaque pixel of the colour x shape emoji of that colour in `rows`
-    (dicts with `name` and an RGBA `image`)."""
-    pixels: dict[str, list] = {c: [] for c in COLOURS}
+def _grid(rows):
+    """(colour, shape, `(H, W, 4)` RGBA pixels) of each colour x shape emoji of `rows` (dicts with `name` and an
+    RGBA `image`)."""
     for row in rows:
         pair = colour_shape(row["name"])
         if pair:
-            rgba = np.asarray(row["image"].convert("RGBA"))
-            pixels[pair[0]].append(rgba[rgba[..., 3] > OPAQUE][:, :3].astype(np.float64))
+            yield (*pair, np.asarray(row["image"].convert("RGBA")))
+
+
+def grid_references(rows) -> dict[str, np.ndarray]:
+    """Each colour's reference RGB: the mean opaque pixel of the colour x shape emoji of that colour in `rows`."""
+    pixels: dict[str, list] = {c: [] for c in COLOURS}
+    for colour, _, rgba in _grid(rows):
+        pixels[colour].append(rgba[rgba[..., 3] > OPAQUE][:, :3].astype(np.float64))
     missing = [c for c, p in pixels.items() if not p]
     if missing:
         raise ValueError(f"grid_references: no colour x shape emoji of {missing}")
@@ -54,11 +59,9 @@ def grid_outlines(rows) -> dict[str, np.ndarray]:
     """Each shape's outline: the opaque pixels `(H, W)` of the colour x shape emoji of that shape in `rows` (all
     colours of a shape share one outline in Twemoji; their union is taken)."""
     outlines: dict[str, np.ndarray] = {}
-    for row in rows:
-        pair = colour_shape(row["name"])
-        if pair:
-            opaque = np.asarray(row["image"].convert("RGBA"))[..., 3] > OPAQUE
-            outlines[pair[1]] = outlines.get(pair[1], opaque) | opaque
+    for _, shape, rgba in _grid(rows):
+        opaque = rgba[..., 3] > OPAQUE
+        outlines[shape] = outlines.get(shape, opaque) | opaque
     return outlines
 
 

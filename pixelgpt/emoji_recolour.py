@@ -25,8 +25,9 @@ from PIL import Image
 
 from .emoji_captions import COLOURS, HELD_OUT_PAIRS, colour_shape
 
-# Copies per emoji that takes part, each in another colour (drawn with a seeded generator).
-RECOLOURED_COPIES = 2
+# Copies per emoji that takes part, each in another colour (drawn with a seeded generator). Four carried the colour
+# words to the held-out pairs far better than two, at a small cost in held-out loss (docs/text.md#copies-per-emoji).
+RECOLOURED_COPIES = 4
 # An emoji takes part when this share of its opaque pixels is within NEAR (RGB distance) of one colour's reference.
 DOMINANT_SHARE, NEAR = 0.6, 40.0
 # An emoji whose opaque outline overlaps a grid shape's this much (intersection over union) counts as that shape.
@@ -110,9 +111,9 @@ def writes_held_out_pair(caption: str) -> bool:
 
 def recoloured_rows(rows, copies: int = RECOLOURED_COPIES, seed: int = 0, avoid=()) -> dict[str, list]:
     """Recoloured copies of the emoji of `rows` (dicts with `image`, `text`, `name`, `label`) that take part, as
-    columns: `copies` per emoji, each in another colour drawn at random (`seed`) among those that make no held-out
-    pair (in the caption or by the emoji's shape) and no caption of `avoid` (e.g. the test captions). Names are
-    `<name>~<colour>`."""
+    columns: `copies` per emoji (fewer where fewer colours are allowed), each in another colour drawn at random
+    (`seed`) among those that make no held-out pair (in the caption or by the emoji's shape) and no caption of `avoid`
+    (e.g. the test captions). Names are `<name>~<colour>`."""
     rows, avoid = list(rows), set(avoid)
     references, outlines, rng = grid_references(rows), grid_outlines(rows), np.random.default_rng(seed)
     out: dict[str, list] = {"image": [], "text": [], "name": [], "label": []}

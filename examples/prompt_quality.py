@@ -8,7 +8,8 @@ stressed), no download needed.
    samples each. A sample's colour is its mean foreground RGB (pixels not near the white background that
    transparent images are composited onto), assigned to the nearest of the nine named colours, whose references are
    measured the same way from the real training images of each colour. Reported: the share of samples of the colour
-   named (chance: 1/9), per colour too.
+   named (chance: 1/9), per colour too; and the share right in colour and shape (chance: 1/27), a sample's shape
+   being the grid shape whose outline its foreground, cropped to its bounding box, overlaps most.
 2. Composition: the same for the five colour x shape pairs the training split never shows (purple square, green
    heart, orange circle, yellow square, brown heart): can the model put together words it saw apart? Per pair too.
 3. Skin tones: six people ("wave", "thumbs up", ...) in the five tones, "wave light skin tone" to "wave dark skin

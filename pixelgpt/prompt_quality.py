@@ -4,7 +4,9 @@ of them also with the prompt's colour or tone stressed.
 1. Colour words: every colour x shape prompt of the training split ("large blue circle"), `num_samples` samples
    each; a sample's colour is its mean foreground RGB assigned to the nearest named colour's reference (measured
    the same way from the real training images of that colour, `colour_references`). Figure: the share of samples
-   of the colour named. Chance 1/9.
+   of the colour named. Chance 1/9. Beside it the shape: a sample's shape is the grid shape whose outline (the
+   union of the real images' foregrounds, `shape_outlines`) its foreground overlaps most; the share of samples of
+   the shape named (chance 1/3) and of both colour and shape (1/27).
 2. Composition: the same on the colour x shape pairs never trained on (`HELD_OUT_PAIRS`), per pair and overall.
 3. Skin tones: for several people, the five tone prompts; a sample's skin is its pixels near one of the five skin
    references (the real `skin-tone-2..6` swatches), summarised by their mean luma. Figure: the share of tone pairs
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelgpt.emoji_captions import COLOURS, HELD_OUT_PAIRS, SKIN_TONES, colour_shape
+from pixelgpt.emoji_captions import COLOURS, HELD_OUT_PAIRS, SHAPES, SKIN_TONES, colour_shape
 from pixelgpt.quality import quantized, untrained_copy
 
 # The colour transparent pixels are composited over, as the image processor does (its `background` default).
@@ -60,6 +62,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601: the lightness of a skin pixe
 PALETTE_WEIGHT = 0.5  # of the foreground colour histogram beside the 8x8 thumbnail (see `features`)
 FEATURES_NAME = "8x8 RGB thumbnail over white + 0.5 x sqrt foreground colour histogram (4x4x4 bins), L2"
 TOP_K = (1, 5)
+OUTLINE_SIZE = 32  # side of the frame shapes are compared in (`_framed`)
 
 
 def rgb_pixels(image) -> np.ndarray:
@@ -72,13 +75,18 @@ def rgb_pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
+def foreground(pixels: np.ndarray) -> np.ndarray:
+    """`(H, W)` bool of `rgb_pixels` `(H, W, 3)`: the pixels not near the background."""
+    return np.linalg.norm(pixels - np.array(BACKGROUND), axis=-1) > FOREGROUND_DISTANCE
+
+
 def mean_foreground(image) -> np.ndarray | None:
     """Mean RGB of the pixels not near the background, or None when fewer than `MIN_PIXEL_SHARE` of them are."""
-    pixels = rgb_pixels(image).reshape(-1, 3)
-    foreground = np.linalg.norm(pixels - np.array(BACKGROUND), axis=1) > FOREGROUND_DISTANCE
-    if foreground.mean() < MIN_PIXEL_SHARE:
+    pixels = rgb_pixels(image)
+    mask = foreground(pixels)
+    if mask.mean() < MIN_PIXEL_SHARE:
         return None
-    return pixels[foreground].mean(0)
+    return pixels[mask].mean(0)
 
 
 def colour_references(images_by_colour: Mapping[str, Sequence]) -> dict[str, list[float]]:
@@ -107,16 +115,58 @@ def nearest_colour(image, references: Mapping[str, Sequence[float]]) -> str | No
     return names[int(np.linalg.norm(np.array([references[n] for n in names]) - mean, axis=1).argmin())]
 
 
-def colour_accuracy(images, colours: Sequence[str], references, groups: Sequence[str] | None = None) -> dict:
+def _framed(mask: np.ndarray) -> np.ndarray:
+    """`mask` cropped to its bounding box and resized to OUTLINE_SIZE x OUTLINE_SIZE: its shape, whatever its size
+    and place (a small square in a corner is a square)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    box = Image.fromarray(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8) * 255)
+    return np.asarray(box.resize((OUTLINE_SIZE, OUTLINE_SIZE), Image.Resampling.BILINEAR)) >= 128
+
+
+def shape_outlines(images_by_shape: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
+    """Each shape's outline `(OUTLINE_SIZE, OUTLINE_SIZE)` bool: the union of the framed foregrounds (`_framed`) of
+    the real images of that shape (in Twemoji every colour of a shape has the same outline)."""
+    return {shape: np.logical_or.reduce([_framed(foreground(rgb_pixels(image))) for image in images])
+            for shape, images in images_by_shape.items()}
+
+
+def nearest_shape(image, outlines: Mapping[str, np.ndarray]) -> str | None:
+    """The shape whose outline the image's framed foreground overlaps most (intersection over union), or None when
+    fewer than `MIN_PIXEL_SHARE` of its pixels are foreground."""
+    mask = foreground(rgb_pixels(image))
+    if mask.mean() < MIN_PIXEL_SHARE:
+        return None
+    mask = _framed(mask)
+    iou = {shape: (mask & outline).sum() / (mask | outline).sum() for shape, outline in outlines.items()}
+    return max(iou, key=iou.get)
+
+
+def _shares(hits: Sequence[bool], keys: Sequence[str]) -> tuple[float | None, dict[str, float]]:
+    """The share of true `hits`, overall and per key."""
+    grouped = defaultdict(list)
+    for key, hit in zip(keys, hits, strict=True):
+        grouped[key].append(hit)
+    return (float(np.mean(hits)) if len(hits) else None), {k: float(np.mean(v)) for k, v in grouped.items()}
+
+
+def colour_accuracy(images, colours: Sequence[str], references, groups: Sequence[str] | None = None,
+                    shapes: Sequence[str] | None = None, outlines: Mapping[str, np.ndarray] | None = None) -> dict:
     """The share of `images` judged (`nearest_colour`) the colour named for each, overall and per colour (or per
-    `groups` entry, e.g. "purple square"), with how many images had no foreground (judged wrong)."""
+    `groups` entry, e.g. "purple square"), with how many images had no foreground (judged wrong). With the
+    `shapes` named and their `outlines`: also the share judged that shape (`nearest_shape`) and the share right in
+    both, overall (`shape_accuracy`, `colour_and_shape_accuracy`) and per group (`per_group_colour_and_shape`)."""
     judged = [nearest_colour(image, references) for image in images]
-    hits, keys = defaultdict(list), groups if groups is not None else colours
-    for key, colour, seen in zip(keys, colours, judged, strict=True):
-        hits[key].append(seen == colour)
-    every = [hit for key in hits for hit in hits[key]]
-    return {"accuracy": float(np.mean(every)) if every else None, "num_images": len(every),
-            "no_foreground": judged.count(None), "per_group": {k: float(np.mean(v)) for k, v in hits.items()}}
+    keys = groups if groups is not None else colours
+    colour_hits = [seen == colour for colour, seen in zip(colours, judged, strict=True)]
+    accuracy, per_group = _shares(colour_hits, keys)
+    report = {"accuracy": accuracy, "num_images": len(colour_hits), "no_foreground": judged.count(None),
+              "per_group": per_group}
+    if shapes is not None:
+        shape_hits = [nearest_shape(image, outlines) == shape for image, shape in zip(images, shapes, strict=True)]
+        both, per_group_both = _shares([a and b for a, b in zip(colour_hits, shape_hits)], keys)
+        report.update(shape_accuracy=_shares(shape_hits, keys)[0], colour_and_shape_accuracy=both,
+                      per_group_colour_and_shape=per_group_both)
+    return report
 
 
 def skin_lightness(image, references, threshold: float = SKIN_DISTANCE) -> float | None:
@@ -209,9 +259,12 @@ def jittered(images, seed: int, shift: int | None = None, noise: float = 8.0) ->
     return copies
 
 
-def chance(num_colours: int = len(COLOURS), num_gallery: int | None = None) -> dict:
-    """The chance levels: a colour drawn at random, a coin per tone pair, a random ranking of the gallery."""
-    levels = {"colour_words": 1 / num_colours, "composition": 1 / num_colours, "skin_tones": 0.5}
+def chance(num_colours: int = len(COLOURS), num_gallery: int | None = None, num_shapes: int = len(SHAPES)) -> dict:
+    """The chance levels: a colour (and a shape) drawn at random, a coin per tone pair, a random ranking of the
+    gallery."""
+    drawn = {"accuracy": 1 / num_colours, "shape_accuracy": 1 / num_shapes,
+             "colour_and_shape_accuracy": 1 / (num_colours * num_shapes)}
+    levels = {"colour_words": drawn, "composition": dict(drawn), "skin_tones": 0.5}
     if num_gallery:
         levels["retrieval"] = {f"top_{k}": min(k, num_gallery) / num_gallery for k in TOP_K}
     return levels
@@ -256,12 +309,14 @@ def prompt_sets(dataset, num_people: int = 6, see=lambda images: images, fits=la
     train, test = dataset["train"], dataset["test"]
     grid = lambda name: colour_shape(name) is not None and colour_shape(name) not in HELD_OUT_PAIRS  # noqa: E731
     idx, names, texts = _rows(train, grid)
-    trained = {"prompts": texts, "colours": [colour_shape(n)[0] for n in names], "images": _images(train, idx, see)}
+    trained = {"prompts": texts, "colours": [colour_shape(n)[0] for n in names],
+               "shapes": [colour_shape(n)[1] for n in names], "images": _images(train, idx, see)}
     by_colour = defaultdict(list)
     for colour, image in zip(trained["colours"], trained["images"], strict=True):
         by_colour[colour].append(image)
     idx, names, texts = _rows(test, lambda name: colour_shape(name) in HELD_OUT_PAIRS)
     held_out = {"prompts": texts, "colours": [colour_shape(n)[0] for n in names],
+                "shapes": [colour_shape(n)[1] for n in names],
                 "pairs": [" ".join(colour_shape(n)) for n in names], "images": _images(test, idx, see)}
     # A colour the model's quantization turns into background (white at 4 levels per channel) cannot be judged.
     judged = {c for c, images in by_colour.items() if any(mean_foreground(i) is not None for i in images)}
@@ -286,7 +341,11 @@ def prompt_sets(dataset, num_people: int = 6, see=lambda images: images, fits=la
         raise ValueError("prompt_sets: the test split is empty; retrieval ranks its images.")
     gallery = {"prompts": list(test["text"]), "images": see(list(test["image"]))}
     gallery["queries"] = [i for i, caption in enumerate(gallery["prompts"]) if fits(caption)]
+    by_shape = defaultdict(list)
+    for shape, image in zip(trained["shapes"], trained["images"], strict=True):
+        by_shape[shape].append(image)
     return {"colour_references": colour_references({c: by_colour[c] for c in sorted(judged)}),
+            "shape_outlines": shape_outlines(by_shape),
             "unjudged_colours": sorted(set(by_colour) - judged), "colour_words": trained,
             "composition": held_out, "skin_tones": skin, "retrieval": gallery}
 
@@ -311,9 +370,11 @@ def _figures(sets: dict, samples: dict, n: int, repeats: int) -> dict:
         k = len(TONE_CODES)
         return tone_order({p: per_prompt[i * k:(i + 1) * k] for i, p in enumerate(skin["people"])})
 
-    judge = {"colour_words": lambda images: colour_accuracy(images, rep(words["colours"], n), refs),
+    outlines = sets["shape_outlines"]
+    judge = {"colour_words": lambda images: colour_accuracy(images, rep(words["colours"], n), refs,
+                                                            shapes=rep(words["shapes"], n), outlines=outlines),
              "composition": lambda images: colour_accuracy(images, rep(held["colours"], n), refs,
-                                                           rep(held["pairs"], n)),
+                                                           rep(held["pairs"], n), rep(held["shapes"], n), outlines),
              "skin_tones": tones}
     gallery = sets["retrieval"]
     figures = {name: judge[name](samples[name]) for name in STRESSED}  # plain, then retrieval, then stressed
@@ -431,12 +492,16 @@ def markdown(report: dict) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
 
     rows = [("Colour words (share of the colour named)", "colour_words", "accuracy"),
+            ("Colour words: colour and shape right", "colour_words", "colour_and_shape_accuracy"),
             ("Composition: held-out colour x shape pairs", "composition", "accuracy"),
+            ("Composition: colour and shape right", "composition", "colour_and_shape_accuracy"),
             ("Skin tones (tone pairs in order of lightness)", "skin_tones", "in_order_share"),
             ("Retrieval top-1 among the test images", "retrieval", "top_1"),
             ("Retrieval top-5 among the test images", "retrieval", "top_5"),
             ("Colour words, stressed", "colour_words_stressed", "accuracy"),
+            ("Colour words, stressed: colour and shape right", "colour_words_stressed", "colour_and_shape_accuracy"),
             ("Composition, stressed", "composition_stressed", "accuracy"),
+            ("Composition, stressed: colour and shape right", "composition_stressed", "colour_and_shape_accuracy"),
             ("Skin tones, stressed", "skin_tones_stressed", "in_order_share")]
     lines = ["| figure | samples | untrained model | real images | chance |", "|---|---|---|---|---|"]
     for title, name, key in (row for row in rows if row[1] in report):
@@ -444,9 +509,10 @@ def markdown(report: dict) -> str:
         level = entry["chance"][key] if isinstance(entry["chance"], dict) else entry["chance"]
         values = [entry[part][key] for part in ("trained_model_samples", "untrained_model_samples", "real_images")]
         lines.append(f"| {title} | " + " | ".join(map(cell, [*values, level])) + " |")
-        if name.startswith("composition"):
-            for pair in entry["trained_model_samples"]["per_group"]:
-                values = [entry[part]["per_group"].get(pair) for part in
+        if name.startswith("composition"):  # each pair, by the row's figure
+            per_group = "per_group" if key == "accuracy" else "per_group_colour_and_shape"
+            for pair in entry["trained_model_samples"][per_group]:
+                values = [entry[part][per_group].get(pair) for part in
                           ("trained_model_samples", "untrained_model_samples", "real_images")]
                 lines.append(f"| &nbsp;&nbsp;{pair} | " + " | ".join(map(cell, [*values, level])) + " |")
     s = report["sampling"]

@@ -24,11 +24,15 @@ SKIN = [(247, 222, 206), (243, 210, 162), (213, 171, 136), (175, 126, 87), (124,
 
 
 def drawn(colour, shape="square", size=16, mode="RGBA", extra=None) -> PILImage.Image:
-    """A flat `shape` of `colour` on a transparent (RGBA) or white (RGB) background; `extra`: a second colour in a
-    corner (a sleeve beside a hand)."""
+    """A flat `shape` of `colour` on a transparent (RGBA) or white (RGB) background (a heart is a triangle pointing
+    down, an outline of its own); `extra`: a second colour in a corner (a sleeve beside a hand)."""
     image = PILImage.new(mode, (size, size), (0, 0, 0, 0) if mode == "RGBA" else (255, 255, 255))
-    draw, box = ImageDraw.Draw(image), (size // 8, size // 8, size - size // 8, size - size // 8)
-    (draw.ellipse if shape != "square" else draw.rectangle)(box, fill=tuple(colour))
+    low, high = size // 8, size - size // 8
+    draw, box = ImageDraw.Draw(image), (low, low, high, high)
+    if shape == "heart":
+        draw.polygon([(low, low), (high, low), (size // 2, high)], fill=tuple(colour))
+    else:
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=tuple(colour))
     if extra is not None:
         draw.rectangle((0, 0, size // 4, size // 4), fill=tuple(extra))
     return image
@@ -86,6 +90,26 @@ def test_the_reference_is_the_mean_foreground_and_an_empty_image_has_no_colour()
         pq.colour_references({"white": [blank]})
 
 
+def test_a_sample_is_judged_the_shape_its_foreground_overlaps_most():
+    outlines = pq.shape_outlines({s: [drawn(FILLS[c], s) for c in ("red", "white")] for s in SHAPES})
+    assert {s: o.shape for s, o in outlines.items()} == {s: (pq.OUTLINE_SIZE,) * 2 for s in SHAPES}
+    assert outlines["square"].all() and not outlines["circle"].all()  # framed: a square fills its frame
+    for shape in SHAPES:  # any colour, over white or transparent, and a smaller, shifted copy
+        assert pq.nearest_shape(drawn(FILLS["purple"], shape, mode="RGB"), outlines) == shape
+        small = PILImage.new("RGB", (16, 16), "white")
+        small.paste(drawn(FILLS["green"], shape, size=12), (3, 1), drawn(FILLS["green"], shape, size=12))
+        assert pq.nearest_shape(small, outlines) == shape
+    assert pq.nearest_shape(PILImage.new("RGB", (16, 16), "white"), outlines) is None
+    # "purple square" drawn as a purple heart, a purple square and a green square: colour, shape, both.
+    references = pq.colour_references({c: [drawn(FILLS[c])] for c in COLOURS})
+    images = [drawn(FILLS["purple"], "heart"), drawn(FILLS["purple"]), drawn(FILLS["green"])]
+    judged = pq.colour_accuracy(images, ["purple"] * 3, references, ["purple square"] * 3, ["square"] * 3, outlines)
+    assert judged["accuracy"] == judged["shape_accuracy"] == pytest.approx(2 / 3)
+    assert judged["colour_and_shape_accuracy"] == pytest.approx(1 / 3)
+    assert judged["per_group_colour_and_shape"] == {"purple square": pytest.approx(1 / 3)}
+    assert "shape_accuracy" not in pq.colour_accuracy(images, ["purple"] * 3, references)  # colour only
+
+
 # ----------------------------------------------------------------------------------------------------- skin tones
 def test_a_lighter_to_darker_series_scores_100_percent_and_its_reverse_0():
     series = [drawn(rgb, "circle", extra=(40, 90, 200)) for rgb in SKIN]
@@ -131,7 +155,9 @@ def test_features_compare_layout_and_palette_and_jittered_copies_are_still_found
 
 def test_chance_levels():
     levels = pq.chance(9, 194)
-    assert levels["colour_words"] == levels["composition"] == pytest.approx(1 / 9) and levels["skin_tones"] == 0.5
+    drawn_at_random = {"accuracy": pytest.approx(1 / 9), "shape_accuracy": pytest.approx(1 / 3),
+                       "colour_and_shape_accuracy": pytest.approx(1 / 27)}
+    assert levels["colour_words"] == levels["composition"] == drawn_at_random and levels["skin_tones"] == 0.5
     assert levels["retrieval"] == {"top_1": pytest.approx(1 / 194), "top_5": pytest.approx(5 / 194)}
     assert pq.chance(9, 3)["retrieval"]["top_5"] == 1.0 and "retrieval" not in pq.chance()
 
@@ -185,7 +211,8 @@ def test_measure_prompts_reports_each_figure_beside_the_untrained_model_the_real
                                                               "negative_prompt": "the prompt without its colour or "
                                                                                  "skin-tone words"}}
     for name in ("colour_words_stressed", "composition_stressed"):
-        assert report[name]["real_images"]["accuracy"] == 1.0 and report[name]["chance"] == pytest.approx(1 / 9)
+        assert report[name]["real_images"]["accuracy"] == 1.0 and report[name]["chance"]["accuracy"] == pytest.approx(
+            1 / 9)
     assert report["colour_words_stressed"]["trained_model_samples"]["accuracy"] == pytest.approx(3 / 22)  # black
     assert report["composition_stressed"]["trained_model_samples"]["accuracy"] == 0.0
     tones = report["skin_tones_stressed"]
@@ -199,12 +226,16 @@ def test_measure_prompts_reports_each_figure_beside_the_untrained_model_the_real
         " ".join(pair) for pair in HELD_OUT_PAIRS}
     assert report["skin_tones"]["untrained_model_samples"]["in_order_share"] == 0.5  # no skin: undecided
     assert report["skin_tones"]["people"] == ["wave", "clap"] and report["retrieval"]["num_gallery"] == 7
-    assert report["colour_words"]["chance"] == pytest.approx(1 / 9)
+    assert report["colour_words"]["chance"]["accuracy"] == pytest.approx(1 / 9)
+    for name in ("colour_words", "composition"):  # the real images drawn back: every shape right too
+        for part in ("trained_model_samples", "real_images"):
+            assert report[name][part]["colour_and_shape_accuracy"] == 1.0 == report[name][part]["shape_accuracy"]
     assert report["retrieval"]["chance"] == {"top_1": pytest.approx(1 / 7), "top_5": pytest.approx(5 / 7)}
     table = pq.markdown(report)
     assert "| Colour words (share of the colour named) | 100.0% | 13.6% | 100.0% | 11.1% |" in table
     assert "purple square" in table and "7 test images" in table and "Samples per prompt: 2 (1 per" in table
     assert "| Composition, stressed | 0.0% | 0.0% | 100.0% | 11.1% |" in table
+    assert "| Composition: colour and shape right | 100.0% | 0.0% | 100.0% | 3.7% |" in table
     assert "guidance 4, temperature 0.7" in table
     plain = pq.measure_prompts(Stub(StubConfig(), answers), data, num_samples=1, stress=False)
     assert "stress" not in plain["sampling"] and "composition_stressed" not in plain
@@ -280,7 +311,7 @@ def test_measure_prompts_on_a_tiny_untrained_text_model():
     # White (230, 231, 232) becomes background at 4 levels per channel: its prompts cannot be judged, so left out.
     words = report["colour_words"]
     assert words["unjudged_colours"] == ["white"] and "white" not in words["references"]
-    assert words["real_images"]["num_images"] == 22 - 3 and words["chance"] == pytest.approx(1 / 8)
+    assert words["real_images"]["num_images"] == 22 - 3 and words["chance"]["accuracy"] == pytest.approx(1 / 8)
 
 
 # ------------------------------------------------------------------------------------------------ the command line

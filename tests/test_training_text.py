@@ -170,9 +170,11 @@ def test_a_text_run_on_the_built_in_emoji_judges_its_prompts_on_the_card(tmp_pat
     assert results["prompt_quality_retrieval_top5"] == report["retrieval"]["trained_model_samples"]["top_5"]
     assert results["prompt_quality_held_out_pairs_stressed"] == report["composition_stressed"][
         "trained_model_samples"]["accuracy"]
+    assert results["prompt_quality_held_out_pairs_shaped_stressed"] == report["composition_stressed"][
+        "trained_model_samples"]["colour_and_shape_accuracy"]
     card = ModelCard.load(out / "README.md")
     assert "## Do samples follow their prompts?" in card.text and card.data.pipeline_tag == "text-to-image"
-    assert "| Composition, stressed |" in card.text
+    assert "| Composition, stressed |" in card.text and "| Composition, stressed: colour and shape right |" in card.text
     yaml = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert yaml["prompt_quality_colour_words"] == round(results["prompt_quality_colour_words"], 4)
     assert {r.dataset_name for r in card.data.eval_results} == {"Twemoji captions (built-in)"}

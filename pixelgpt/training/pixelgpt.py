@@ -451,12 +451,16 @@ class PixelGPTTrainer(Trainer):
 PROMPT_QUALITY_SHARE = 25
 PROMPT_FIGURES = (("colour_words", "colour words right", "colour_words", "accuracy"),
                   ("held_out_pairs", "held-out colour x shape pairs right", "composition", "accuracy"),
+                  ("held_out_pairs_shaped", "held-out pairs right in colour and shape", "composition",
+                   "colour_and_shape_accuracy"),
                   ("skin_tone_order", "skin-tone pairs in order", "skin_tones", "in_order_share"),
                   ("retrieval_top5", "retrieval top-5 among the test images", "retrieval", "top_5"),
                   ("colour_words_stressed", "colour words right, colour stressed", "colour_words_stressed",
                    "accuracy"),
                   ("held_out_pairs_stressed", "held-out pairs right, colour stressed", "composition_stressed",
                    "accuracy"),
+                  ("held_out_pairs_shaped_stressed", "held-out pairs right in colour and shape, colour stressed",
+                   "composition_stressed", "colour_and_shape_accuracy"),
                   ("skin_tone_order_stressed", "skin-tone pairs in order, tone stressed", "skin_tones_stressed",
                    "in_order_share"))
 

@@ -125,9 +125,14 @@ def _framed(mask: np.ndarray) -> np.ndarray:
 
 def shape_outlines(images_by_shape: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
     """Each shape's outline `(OUTLINE_SIZE, OUTLINE_SIZE)` bool: the union of the framed foregrounds (`_framed`) of
-    the real images of that shape (in Twemoji every colour of a shape has the same outline)."""
-    return {shape: np.logical_or.reduce([_framed(foreground(rgb_pixels(image))) for image in images])
-            for shape, images in images_by_shape.items()}
+    the real images of that shape that have one (in Twemoji every colour of a shape has the same outline)."""
+    outlines = {}
+    for shape, images in images_by_shape.items():
+        masks = [m for m in (foreground(rgb_pixels(image)) for image in images) if m.mean() >= MIN_PIXEL_SHARE]
+        if not masks:
+            raise ValueError(f"shape_outlines: no image of {shape!r} has a foreground.")
+        outlines[shape] = np.logical_or.reduce([_framed(mask) for mask in masks])
+    return outlines
 
 
 def nearest_shape(image, outlines: Mapping[str, np.ndarray]) -> str | None:

@@ -99,7 +99,11 @@ def test_a_sample_is_judged_the_shape_its_foreground_overlaps_most():
         small = PILImage.new("RGB", (16, 16), "white")
         small.paste(drawn(FILLS["green"], shape, size=12), (3, 1), drawn(FILLS["green"], shape, size=12))
         assert pq.nearest_shape(small, outlines) == shape
-    assert pq.nearest_shape(PILImage.new("RGB", (16, 16), "white"), outlines) is None
+    blank = PILImage.new("RGB", (16, 16), "white")
+    assert pq.nearest_shape(blank, outlines) is None
+    assert (pq.shape_outlines({"square": [drawn(FILLS["red"]), blank]})["square"] == outlines["square"]).all()
+    with pytest.raises(ValueError, match="no image of 'heart' has a foreground"):
+        pq.shape_outlines({"heart": [blank]})
     # "purple square" drawn as a purple heart, a purple square and a green square: colour, shape, both.
     references = pq.colour_references({c: [drawn(FILLS[c])] for c in COLOURS})
     images = [drawn(FILLS["purple"], "heart"), drawn(FILLS["purple"]), drawn(FILLS["green"])]

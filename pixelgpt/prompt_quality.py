@@ -5,8 +5,9 @@ of them also with the prompt's colour or tone stressed.
    each; a sample's colour is its mean foreground RGB assigned to the nearest named colour's reference (measured
    the same way from the real training images of that colour, `colour_references`). Figure: the share of samples
    of the colour named. Chance 1/9. Beside it the shape: a sample's shape is the grid shape whose outline (the
-   union of the real images' foregrounds, `shape_outlines`) its foreground overlaps most; the share of samples of
-   the shape named (chance 1/3) and of both colour and shape (1/27).
+   union of the real images' foregrounds, each cropped to its bounding box: `shape_outlines`) its own foreground,
+   cropped the same way, overlaps most; the share of samples of the shape named (chance 1/3) and of both colour
+   and shape (1/27).
 2. Composition: the same on the colour x shape pairs never trained on (`HELD_OUT_PAIRS`), per pair and overall.
 3. Skin tones: for several people, the five tone prompts; a sample's skin is its pixels near one of the five skin
    references (the real `skin-tone-2..6` swatches), summarised by their mean luma. Figure: the share of tone pairs

@@ -404,22 +404,22 @@ def _draw(model, sets: dict, n: int, repeats: int, settings: dict, processor) ->
                                      batch_size=settings["batch_size"], show_progress=False, **stress, **extra)
 
     names = STRESSED  # the first three sets, drawn in one call (and again stressed)
-    images = draw([p for name in names for p in sets[name]["prompts"]], n, settings["seed"])
-    samples, start = {}, 0
-    for name in names:
-        size = n * len(sets[name]["prompts"])
-        samples[name], start = images[start:start + size], start + size
+    prompts = [p for name in names for p in sets[name]["prompts"]]
+
+    def by_set(images, suffix=""):  # one call's images, cut back into the sets they were asked for
+        cut, start = {}, 0
+        for name in names:
+            size = n * len(sets[name]["prompts"])
+            cut[name + suffix], start = images[start:start + size], start + size
+        return cut
+
+    samples = by_set(draw(prompts, n, settings["seed"]))
     gallery = sets["retrieval"]
     samples["retrieval"] = draw([gallery["prompts"][i] for i in gallery["queries"]], repeats, settings["seed"] + 1)
     if settings.get("stress"):  # the same prompts again, each guided from itself without its colour or tone
-        prompts = [p for name in names for p in sets[name]["prompts"]]
-        images = draw(prompts, n, settings["seed"] + 2, guidance_scale=settings["stress"]["guidance_scale"],
-                      temperature=settings["stress"]["temperature"],
-                      negative_prompt=list(map(without_attributes, prompts)))
-        start = 0
-        for name in names:
-            size = n * len(sets[name]["prompts"])
-            samples[f"{name}_stressed"], start = images[start:start + size], start + size
+        samples |= by_set(draw(prompts, n, settings["seed"] + 2, guidance_scale=settings["stress"]["guidance_scale"],
+                               temperature=settings["stress"]["temperature"],
+                               negative_prompt=list(map(without_attributes, prompts))), "_stressed")
     return samples
 
 

@@ -66,11 +66,15 @@ def grid_outlines(rows) -> dict[str, np.ndarray]:
     return outlines
 
 
+def iou(mask: np.ndarray, outline: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one size (0 when both are empty)."""
+    union = (mask | outline).sum()
+    return float((mask & outline).sum() / union) if union else 0.0
+
+
 def overlap(image: Image.Image, outline: np.ndarray) -> float:
     """Intersection over union of the image's opaque pixels and `outline`."""
-    opaque = np.asarray(image.convert("RGBA"))[..., 3] > OPAQUE
-    union = (opaque | outline).sum()
-    return float((opaque & outline).sum() / union) if union else 0.0
+    return iou(np.asarray(image.convert("RGBA"))[..., 3] > OPAQUE, outline)
 
 
 def dominant_colour(image: Image.Image, references: dict[str, np.ndarray]) -> str | None:

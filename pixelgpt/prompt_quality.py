@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from pixelgpt.emoji_captions import COLOURS, HELD_OUT_PAIRS, SHAPES, SKIN_TONES, colour_shape
+from pixelgpt.emoji_recolour import iou
 from pixelgpt.quality import quantized, untrained_copy
 
 # The colour transparent pixels are composited over, as the image processor does (its `background` default).
@@ -143,8 +144,8 @@ def nearest_shape(image, outlines: Mapping[str, np.ndarray]) -> str | None:
     if mask.mean() < MIN_PIXEL_SHARE:
         return None
     mask = _framed(mask)
-    iou = {shape: (mask & outline).sum() / (mask | outline).sum() for shape, outline in outlines.items()}
-    return max(iou, key=iou.get)
+    overlaps = {shape: iou(mask, outline) for shape, outline in outlines.items()}
+    return max(overlaps, key=overlaps.get)
 
 
 def _shares(hits: Sequence[bool], keys: Sequence[str]) -> tuple[float | None, dict[str, float]]:
